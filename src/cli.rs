@@ -1,0 +1,471 @@
+//! The command line (SPEC §1): `serve` (the default), `config`, `token`, `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, LoadedConfig};
+use crate::env::{Env, ProcessEnv};
+use crate::token::CachedToken;
+use crate::{App, Listeners};
+
+/// Exit code for a bad configuration (EX_CONFIG-like, sysexits EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// patless: call Entra-protected APIs (Azure DevOps, Defender, Graph, ARM) without holding a secret.
+#[derive(Debug, Parser)]
+#[command(name = "patless", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Config file (else $PATLESS_CONFIG, ./patless.toml, $XDG_CONFIG_HOME/patless/patless.toml,
+    /// /etc/patless/patless.toml, else the embedded default).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy and the admin listener until SIGTERM/SIGINT.
+    Serve,
+    /// Print the effective configuration (file + environment + defaults), secrets redacted.
+    Config,
+    /// Print a token the way `az account get-access-token --output json` does.
+    Token {
+        /// Profile (default: `server.default_profile`).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Scope, e.g. `499b84ac-1321-427f-aa17-267ca6975798/.default`.
+        #[arg(long, conflicts_with = "resource")]
+        scope: Option<String>,
+        /// Resource, e.g. `https://management.azure.com` (becomes `<resource>/.default`).
+        #[arg(long)]
+        resource: Option<String>,
+        /// `json` (az-compatible) or `raw` (the token alone).
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+    },
+    /// Validate the config, acquire a token per profile, show what it holds, probe each route.
+    Check {
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Skip the probe requests.
+        #[arg(long)]
+        no_probe: bool,
+    },
+}
+
+/// `patless token --output`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    /// az-compatible JSON.
+    Json,
+    /// The token alone.
+    Raw,
+}
+
+/// Parses the command line and runs it; the return value is the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("patless: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env: Env = Arc::new(ProcessEnv);
+    let loaded = match config::load(cli.config.as_deref(), env.as_ref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("patless: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(loaded, env).await,
+            Command::Config => print_config(&loaded),
+            Command::Token {
+                profile,
+                scope,
+                resource,
+                output,
+            } => {
+                token(
+                    loaded,
+                    env,
+                    profile,
+                    scope.or(resource.map(resource_to_scope)),
+                    output,
+                )
+                .await
+            }
+            Command::Check { profile, no_probe } => check(loaded, env, profile, no_probe).await,
+        }
+    })
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PATLESS_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn resource_to_scope(resource: String) -> String {
+    format!("{}/.default", resource.trim_end_matches('/'))
+}
+
+async fn serve(loaded: LoadedConfig, env: Env) -> ExitCode {
+    tracing::info!(config = %loaded.source, "patless {} starting", env!("CARGO_PKG_VERSION"));
+    let app = match App::new(loaded.config, env, prometheus::Registry::new()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("patless: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let listeners = match Listeners::bind(&app.config).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("patless: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::run(listeners, app, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT. SIGHUP is caught (so it does not kill the process) and logged.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop patless with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP: this version does not reload its configuration; restart patless to apply changes"
+            ),
+        }
+    }
+}
+
+fn print_config(loaded: &LoadedConfig) -> ExitCode {
+    println!("# source: {}", loaded.source);
+    match toml::to_string_pretty(&loaded.raw.redacted()) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("patless: cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scope_for_profile(loaded: &LoadedConfig, profile: &str) -> Option<String> {
+    loaded
+        .config
+        .routes
+        .iter()
+        .find(|r| r.profile == profile)
+        .map(|r| r.scope.clone())
+}
+
+async fn token(
+    loaded: LoadedConfig,
+    env: Env,
+    profile: Option<String>,
+    scope: Option<String>,
+    output: Output,
+) -> ExitCode {
+    let profile = profile.unwrap_or_else(|| loaded.config.server.default_profile.clone());
+    if !loaded.config.profiles.contains_key(&profile) {
+        eprintln!(
+            "patless: no profile `{profile}`; defined: {}",
+            loaded
+                .config
+                .profiles
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let Some(scope) = scope.or_else(|| scope_for_profile(&loaded, &profile)) else {
+        eprintln!("patless: no route uses profile `{profile}`; name the token's audience with --scope or --resource");
+        return ExitCode::from(2);
+    };
+    let app = match App::new(loaded.config, env, prometheus::Registry::new()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("patless: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(entry) = app.cache.entry(&profile, &scope, None) else {
+        eprintln!("patless: profile `{profile}` has no credential");
+        return ExitCode::FAILURE;
+    };
+    let token = match entry.get().await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("patless: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match output {
+        Output::Raw => println!("{}", token.secret().expose()),
+        Output::Json => {
+            let claims = decode_claims(token.secret().expose()).unwrap_or_default();
+            let tenant = claims
+                .get("tid")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let local = chrono::DateTime::from_timestamp(token.expires_unix as i64, 0)
+                .map(|t| {
+                    t.with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M:%S%.6f")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let out = serde_json::json!({
+                "accessToken": token.secret().expose(),
+                "expiresOn": local,
+                "expires_on": token.expires_unix,
+                "tenant": tenant,
+                "tokenType": "Bearer",
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The claims of a JWT, decoded without verification (for display only).
+pub fn decode_claims(jwt: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// One line describing what a token holds: audience, tenant, app/user, roles or scopes, expiry.
+pub fn describe_token(token: &CachedToken) -> String {
+    let Some(c) = decode_claims(token.secret().expose()) else {
+        return "an opaque token (not a JWT)".into();
+    };
+    let s = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+    let who = match c
+        .get("upn")
+        .or_else(|| c.get("unique_name"))
+        .and_then(|v| v.as_str())
+    {
+        Some(user) => format!("user {user}"),
+        None => format!(
+            "app {}",
+            c.get("appid")
+                .or_else(|| c.get("azp"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("-")
+        ),
+    };
+    let grants = match (
+        c.get("roles").and_then(|v| v.as_array()),
+        c.get("scp").and_then(|v| v.as_str()),
+    ) {
+        (Some(roles), _) => format!(
+            "roles [{}]",
+            roles
+                .iter()
+                .filter_map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, Some(scp)) => format!("scopes [{scp}]"),
+        (None, None) => "no roles or scopes".into(),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let left = token.expires_unix.saturating_sub(now);
+    format!(
+        "audience {}, tenant {}, {who}, {grants}, expires in {}m{}s",
+        s("aud"),
+        s("tid"),
+        left / 60,
+        left % 60
+    )
+}
+
+async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: bool) -> ExitCode {
+    println!("config: {} — valid", loaded.source);
+    let config = loaded.config.clone();
+    if let Some(p) = &only {
+        if !config.profiles.contains_key(p) {
+            eprintln!("patless: no profile `{p}`");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let app = match App::new(loaded.config, env, prometheus::Registry::new()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("patless: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    let mut tokens = std::collections::HashMap::new();
+    for route in &config.routes {
+        if only.as_ref().is_some_and(|p| p != &route.profile) {
+            continue;
+        }
+        let key = (route.profile.clone(), route.scope.clone());
+        if tokens.contains_key(&key) {
+            continue;
+        }
+        let Some(entry) = app.cache.entry(&route.profile, &route.scope, None) else {
+            continue;
+        };
+        let kind = config
+            .profiles
+            .get(&route.profile)
+            .map(|p| p.kind.name())
+            .unwrap_or("?");
+        match entry.get().await {
+            Ok(t) => {
+                println!(
+                    "profile {} ({kind}), scope {}: OK — {}",
+                    route.profile,
+                    route.scope,
+                    describe_token(&t)
+                );
+                tokens.insert(key, Some(t));
+            }
+            Err(e) => {
+                failed = true;
+                println!(
+                    "profile {} ({kind}), scope {}: FAILED — {}",
+                    route.profile, route.scope, e.message
+                );
+                tokens.insert(key, None);
+            }
+        }
+    }
+    if !no_probe {
+        let http = match crate::tls::entra_http_client(
+            config.entra.ca_file.as_deref(),
+            Duration::from_secs(15),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("patless: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for route in &config.routes {
+            if only.as_ref().is_some_and(|p| p != &route.profile) {
+                continue;
+            }
+            let Some(Some(token)) = tokens.get(&(route.profile.clone(), route.scope.clone()))
+            else {
+                println!(
+                    "route {} → {}: not probed (no token)",
+                    route.prefix, route.upstream
+                );
+                continue;
+            };
+            let host = route.upstream.host_str().unwrap_or_default();
+            let ado = crate::hosts::is_azure_devops(host);
+            let url = if ado && route.upstream.path().len() > 1 {
+                format!(
+                    "{}/_apis/connectionData",
+                    route.upstream.as_str().trim_end_matches('/')
+                )
+            } else {
+                format!("{}/", route.upstream.as_str().trim_end_matches('/'))
+            };
+            let mut req = http
+                .get(&url)
+                .header(http::header::AUTHORIZATION, token.header.clone());
+            if ado {
+                req = req.header("X-TFS-FedAuthRedirect", "Suppress");
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let verdict = match status.as_u16() {
+                        401 => {
+                            failed = true;
+                            "FAILED — the upstream rejected the token (wrong audience, tenant, or the identity is not known to the service)"
+                        }
+                        403 => {
+                            failed = true;
+                            "FAILED — authenticated, but the identity lacks permission (roles/scopes, or not added to the organization)"
+                        }
+                        203 => {
+                            failed = true;
+                            "FAILED — Azure DevOps answered with a sign-in page (token not accepted)"
+                        }
+                        _ => "OK",
+                    };
+                    println!("route {} → GET {url}: {status} {verdict}", route.prefix);
+                }
+                Err(e) => {
+                    failed = true;
+                    println!(
+                        "route {} → GET {url}: FAILED — {}",
+                        route.prefix,
+                        error_chain(&e)
+                    );
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

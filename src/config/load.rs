@@ -1,0 +1,190 @@
+//! Finding and reading the configuration (SPEC §1): `--config`, `$PATLESS_CONFIG`,
+//! `./patless.toml`, `$XDG_CONFIG_HOME/patless/patless.toml`, `/etc/patless/patless.toml`, else
+//! the embedded default; then `PATLESS_SECTION__KEY` environment overrides.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format as _, Json, Serialized, Toml, Yaml};
+use figment::value::Value;
+use figment::Figment;
+
+use super::{validate, Config, ConfigError, RawConfig, EMBEDDED_DEFAULT};
+use crate::env::Environment;
+
+/// Where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A file.
+    File(PathBuf),
+    /// No file was found: the embedded default.
+    Embedded,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+            ConfigSource::Embedded => f.write_str("embedded default"),
+        }
+    }
+}
+
+/// The file formats, chosen by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.toml`
+    Toml,
+    /// `.yaml` / `.yml`
+    Yaml,
+    /// `.json`
+    Json,
+}
+
+impl Format {
+    fn of(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "toml" => Some(Format::Toml),
+            "yaml" | "yml" => Some(Format::Yaml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// A loaded config: the validated model, the raw form (for `patless config`), and its source.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// Validated.
+    pub config: Config,
+    /// As read (file + environment), before validation.
+    pub raw: RawConfig,
+    /// Where it came from.
+    pub source: ConfigSource,
+}
+
+/// The config file to use, by SPEC §1's lookup order; `None` means the embedded default.
+pub fn find_config_file(
+    explicit: Option<&Path>,
+    env: &dyn Environment,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let must_exist = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| crate::env::non_empty(env, "PATLESS_CONFIG").map(PathBuf::from));
+    if let Some(path) = must_exist {
+        if !path.is_file() {
+            return Err(ConfigError::File {
+                path,
+                reason: "no such file (named by --config or $PATLESS_CONFIG)".into(),
+            });
+        }
+        return Ok(Some(path));
+    }
+    let mut candidates = vec![PathBuf::from("patless.toml")];
+    let xdg = crate::env::non_empty(env, "XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| crate::env::non_empty(env, "HOME").map(|h| Path::new(&h).join(".config")));
+    if let Some(xdg) = xdg {
+        candidates.push(xdg.join("patless").join("patless.toml"));
+    }
+    candidates.push(PathBuf::from("/etc/patless/patless.toml"));
+    Ok(candidates.into_iter().find(|p| p.is_file()))
+}
+
+/// Finds, reads and validates the configuration.
+pub fn load(explicit: Option<&Path>, env: &dyn Environment) -> Result<LoadedConfig, ConfigError> {
+    match find_config_file(explicit, env)? {
+        Some(path) => {
+            let format = Format::of(&path).ok_or_else(|| ConfigError::File {
+                path: path.clone(),
+                reason: "unknown extension: expected .toml, .yaml, .yml or .json".into(),
+            })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            load_from_str(&text, format, ConfigSource::File(path), env)
+        }
+        None => load_from_str(EMBEDDED_DEFAULT, Format::Toml, ConfigSource::Embedded, env),
+    }
+}
+
+/// Reads and validates a configuration given as text (used by `load` and by tests).
+pub fn load_from_str(
+    text: &str,
+    format: Format,
+    source: ConfigSource,
+    env: &dyn Environment,
+) -> Result<LoadedConfig, ConfigError> {
+    let source_name = source.to_string();
+    let mut figment = match format {
+        Format::Toml => Figment::from(Toml::string(text)),
+        Format::Yaml => Figment::from(Yaml::string(text)),
+        Format::Json => Figment::from(Json::string(text)),
+    };
+    for (key, value) in env_overrides(env) {
+        figment = figment.merge(Serialized::default(&key, value));
+    }
+    let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Parse {
+        source_name: source_name.clone(),
+        errors: e.into_iter().map(describe_figment_error).collect(),
+    })?;
+    let config = validate::validate(&raw, env).map_err(|errors| ConfigError::Invalid {
+        source_name,
+        errors,
+    })?;
+    Ok(LoadedConfig {
+        config,
+        raw,
+        source,
+    })
+}
+
+/// `PATLESS_SERVER__LISTEN=…` → (`server.listen`, value). Only names with `__` are keys: every
+/// top-level key is a table, and `PATLESS_CONFIG` or a secret like `PATLESS_INBOUND_TOKEN` is not.
+fn env_overrides(env: &dyn Environment) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = env
+        .vars()
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let rest = name.strip_prefix("PATLESS_")?;
+            if !rest.contains("__") {
+                return None;
+            }
+            let key = rest
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
+            Some((key, env_value(&value)))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Booleans and numbers become typed; everything else stays a string (a secret or an id that
+/// happens to be digits must not turn into a number).
+fn env_value(text: &str) -> Value {
+    match text {
+        "true" => Value::from(true),
+        "false" => Value::from(false),
+        _ => Value::from(text.to_string()),
+    }
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    let key = e.path.join(".");
+    let origin = e
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(src) => format!(" (from {src})"),
+            None => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default();
+    if key.is_empty() {
+        format!("{}{origin}", e.kind)
+    } else {
+        format!("{key}: {}{origin}", e.kind)
+    }
+}

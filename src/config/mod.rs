@@ -1,0 +1,275 @@
+//! Configuration: found (SPEC §1 lookup order), read (TOML/YAML/JSON + `PATLESS_…` overrides),
+//! then validated into the model the rest of the program uses. Every problem is collected and
+//! reported at once, each naming its key; nothing binds before the config is whole.
+
+mod load;
+pub mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+pub use load::{find_config_file, load, load_from_str, ConfigSource, Format, LoadedConfig};
+pub use raw::{RawConfig, SecretValue};
+
+use crate::env::Environment;
+use crate::secret::Secret;
+
+/// The embedded default config (SPEC §4).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[entra]`
+    pub entra: EntraConfig,
+    /// Profiles by name (including an implicit `auto` when host routes need it).
+    pub profiles: BTreeMap<String, Profile>,
+    /// Explicit routes, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// Where a listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix domain socket path (`unix:/path`).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Proxy listener.
+    pub listen: ListenAddr,
+    /// Admin listener, if on.
+    pub admin_listen: Option<ListenAddr>,
+    /// Serve `/{known-host}/…`.
+    pub host_routes: bool,
+    /// Profile for host routes.
+    pub default_profile: String,
+    /// Drain time on SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Upstream connect timeout (TCP + TLS).
+    pub connect_timeout: Duration,
+    /// Upstream response-header timeout.
+    pub response_header_timeout: Duration,
+    /// How long a request waits for a token acquisition in flight.
+    pub token_wait_timeout: Duration,
+}
+
+/// `[entra]`, validated.
+#[derive(Debug, Clone)]
+pub struct EntraConfig {
+    /// Authority host (`https://login.microsoftonline.com`).
+    pub authority_host: Url,
+    /// Default tenant.
+    pub tenant_id: Option<String>,
+    /// Extra trust roots.
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one token request.
+    pub request_timeout: Duration,
+}
+
+/// A secret reference, resolved at each acquisition (so rotated files are picked up).
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A literal value from the config.
+    Literal(Secret),
+    /// An environment variable.
+    Env(String),
+    /// A file, re-read each time, trailing newline trimmed.
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Literal(_) => f.write_str("literal(<redacted>)"),
+            SecretSource::Env(name) => write!(f, "env({name})"),
+            SecretSource::File(path) => write!(f, "file({})", path.display()),
+        }
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret now. The error says where it looked, never what it found.
+    pub fn resolve(&self, env: &dyn Environment) -> Result<Secret, String> {
+        match self {
+            SecretSource::Literal(s) => Ok(s.clone()),
+            SecretSource::Env(name) => match env.var(name) {
+                Some(v) if !v.is_empty() => Ok(Secret::new(v)),
+                _ => Err(format!("environment variable {name} is not set or empty")),
+            },
+            SecretSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let v = text.trim_end_matches(['\n', '\r']);
+                    if v.is_empty() {
+                        Err(format!("secret file {} is empty", path.display()))
+                    } else {
+                        Ok(Secret::new(v))
+                    }
+                }
+                Err(e) => Err(format!("cannot read secret file {}: {e}", path.display())),
+            },
+        }
+    }
+}
+
+/// A credential profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Its name (`[profiles.NAME]`).
+    pub name: String,
+    /// Authority host for this profile.
+    pub authority_host: Url,
+    /// What kind of credential, with its settings.
+    pub kind: ProfileKind,
+}
+
+/// The credential kinds this build supports, with their validated settings.
+#[derive(Debug, Clone)]
+pub enum ProfileKind {
+    /// Client credentials grant with a secret.
+    ClientSecret {
+        /// Tenant.
+        tenant_id: String,
+        /// Application id.
+        client_id: String,
+        /// The secret.
+        client_secret: SecretSource,
+    },
+    /// The `auto` chain.
+    Auto {
+        /// Tenant (else `AZURE_TENANT_ID`).
+        tenant_id: Option<String>,
+        /// Client id (else `AZURE_CLIENT_ID`).
+        client_id: Option<String>,
+    },
+}
+
+impl ProfileKind {
+    /// The kind's name, as in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProfileKind::ClientSecret { .. } => "client_secret",
+            ProfileKind::Auto { .. } => "auto",
+        }
+    }
+}
+
+/// An explicit route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Normalised prefix: starts with `/`, no trailing `/` (`/` alone for the root).
+    pub prefix: String,
+    /// Upstream base URL (no trailing `/` in the path, no query).
+    pub upstream: Url,
+    /// Profile name.
+    pub profile: String,
+    /// Entra scope.
+    pub scope: String,
+}
+
+impl Config {
+    /// The profiles that some route (or host routes) uses, in name order.
+    pub fn profiles_in_use(&self) -> Vec<&Profile> {
+        let mut names: Vec<&str> = self.routes.iter().map(|r| r.profile.as_str()).collect();
+        if self.server.host_routes {
+            names.push(&self.server.default_profile);
+        }
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|n| self.profiles.get(n))
+            .collect()
+    }
+}
+
+/// One problem with the configuration: which key, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    /// Dotted key path (`routes[1].profile`).
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be used. Every variant means: nothing starts (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` or `$PATLESS_CONFIG` does not exist or can't be read.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file or the environment could not be read into the config's shape.
+    #[error("invalid configuration ({source_name}):\n{}", bullet(errors))]
+    Parse {
+        /// File or "embedded default".
+        source_name: String,
+        /// Every error.
+        errors: Vec<String>,
+    },
+    /// The values are wrong.
+    #[error("invalid configuration ({source_name}):\n{}", bullet(errors))]
+    Invalid {
+        /// File or "embedded default".
+        source_name: String,
+        /// Every error, each naming its key.
+        errors: Vec<KeyError>,
+    },
+}
+
+fn bullet<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Parses `"30s"`, `"250ms"`, `"5m"`, `"1h"` or plain seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&t[..i], t[i..].trim()),
+        None => (t, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "sec" | "secs" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}

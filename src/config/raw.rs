@@ -1,0 +1,157 @@
+//! The configuration as written: serde types that mirror the file (SPEC §2). Nothing here is
+//! checked beyond its shape; `validate` turns it into the model.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret as written: a literal string, `{ env = "NAME" }` or `{ file = "PATH" }`.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SecretValue {
+    /// `{ env = "NAME" }`: read from the environment at each acquisition.
+    Env {
+        /// Variable name.
+        env: String,
+    },
+    /// `{ file = "PATH" }`: read at each acquisition, trailing newline trimmed.
+    File {
+        /// File path.
+        file: PathBuf,
+    },
+    /// The value itself.
+    Literal(String),
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretValue::Env { env } => write!(f, "{{ env = {env:?} }}"),
+            SecretValue::File { file } => write!(f, "{{ file = {file:?} }}"),
+            SecretValue::Literal(_) => f.write_str("\"<redacted>\""),
+        }
+    }
+}
+
+impl SecretValue {
+    /// The same reference with a literal value replaced by `<redacted>`.
+    pub fn redacted(&self) -> SecretValue {
+        match self {
+            SecretValue::Literal(_) => SecretValue::Literal("<redacted>".into()),
+            other => other.clone(),
+        }
+    }
+}
+
+/// A duration as written: `"30s"`, `"500ms"`, `"5m"`, `"1h"`, or a number of seconds.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawDuration {
+    /// Seconds.
+    Seconds(f64),
+    /// With a unit.
+    Text(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[entra]`
+    #[serde(default)]
+    pub entra: RawEntra,
+    /// `[profiles.NAME]`
+    #[serde(default)]
+    pub profiles: BTreeMap<String, RawProfile>,
+    /// `[[routes]]`
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Proxy listener.
+    pub listen: Option<String>,
+    /// Admin listener; `""` turns it off.
+    pub admin_listen: Option<String>,
+    /// Serve `/{known-host}/…`.
+    pub host_routes: Option<bool>,
+    /// Profile for host routes.
+    pub default_profile: Option<String>,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace: Option<RawDuration>,
+    /// Upstream TCP+TLS connect timeout.
+    pub connect_timeout: Option<RawDuration>,
+    /// Time allowed for the upstream's response headers.
+    pub response_header_timeout: Option<RawDuration>,
+    /// How long a request waits for a token that is being acquired.
+    pub token_wait_timeout: Option<RawDuration>,
+}
+
+/// `[entra]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntra {
+    /// Authority host (default `AZURE_AUTHORITY_HOST`, else the public cloud).
+    pub authority_host: Option<String>,
+    /// Default tenant.
+    pub tenant_id: Option<String>,
+    /// Extra trust roots (PEM), for Entra and upstreams.
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one token request.
+    pub request_timeout: Option<RawDuration>,
+}
+
+/// `[profiles.NAME]`: the keys of every kind; `validate` checks which belong to the kind.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RawProfile {
+    /// Credential kind.
+    pub kind: Option<String>,
+    /// Tenant (overrides `[entra] tenant_id`).
+    pub tenant_id: Option<String>,
+    /// Application (client) id.
+    pub client_id: Option<String>,
+    /// Client secret.
+    pub client_secret: Option<SecretValue>,
+    /// Authority host (overrides `[entra]`).
+    pub authority_host: Option<String>,
+    /// Keys no kind knows (reported by `validate`).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Path prefix, matched on whole segments.
+    pub prefix: Option<String>,
+    /// Upstream base URL.
+    pub upstream: Option<String>,
+    /// Credential profile.
+    pub profile: Option<String>,
+    /// Entra scope; inferred for known hosts.
+    pub scope: Option<String>,
+}
+
+impl RawConfig {
+    /// A copy with every literal secret replaced by `<redacted>` (for `patless config`).
+    pub fn redacted(&self) -> RawConfig {
+        let mut c = self.clone();
+        for p in c.profiles.values_mut() {
+            p.client_secret = p.client_secret.as_ref().map(SecretValue::redacted);
+            for (k, v) in p.other.iter_mut() {
+                if k.contains("secret") || k.contains("password") || k.contains("token") {
+                    *v = serde_json::Value::String("<redacted>".into());
+                }
+            }
+        }
+        c
+    }
+}

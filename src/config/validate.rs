@@ -1,0 +1,509 @@
+//! Raw → validated. Every problem is collected (not just the first), each naming its key and what
+//! was expected; cross-checks: every route's profile exists, every scope is known or given,
+//! `http://` only toward loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::raw::{RawConfig, RawDuration, RawProfile, SecretValue};
+use super::{
+    parse_duration, Config, EntraConfig, KeyError, ListenAddr, Profile, ProfileKind, Route,
+    SecretSource, ServerConfig,
+};
+use crate::env::Environment;
+use crate::hosts;
+use crate::secret::Secret;
+
+/// Kinds in the contract that this build does not provide yet.
+const PLANNED_KINDS: &[&str] = &[
+    "client_certificate",
+    "managed_identity",
+    "workload_identity",
+    "azure_pipelines",
+    "azure_cli",
+    "azure_developer_cli",
+    "device_code",
+    "interactive_browser",
+];
+
+#[derive(Default)]
+struct Errors(Vec<KeyError>);
+
+impl Errors {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(KeyError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config, Vec<KeyError>> {
+    let mut errs = Errors::default();
+
+    let listen = listen_addr(
+        &mut errs,
+        "server.listen",
+        raw.server.listen.as_deref().unwrap_or("127.0.0.1:7070"),
+    );
+    let admin_listen = match raw
+        .server
+        .admin_listen
+        .as_deref()
+        .unwrap_or("127.0.0.1:7071")
+    {
+        "" => None,
+        text => listen_addr(&mut errs, "server.admin_listen", text),
+    };
+    let default_profile = raw
+        .server
+        .default_profile
+        .clone()
+        .unwrap_or_else(|| "auto".to_string());
+    let host_routes = raw.server.host_routes.unwrap_or(true);
+    let server = ServerConfig {
+        listen: listen.unwrap_or(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 7070)))),
+        admin_listen,
+        host_routes,
+        default_profile: default_profile.clone(),
+        shutdown_grace: duration(
+            &mut errs,
+            "server.shutdown_grace",
+            &raw.server.shutdown_grace,
+            30,
+        ),
+        connect_timeout: duration(
+            &mut errs,
+            "server.connect_timeout",
+            &raw.server.connect_timeout,
+            10,
+        ),
+        response_header_timeout: duration(
+            &mut errs,
+            "server.response_header_timeout",
+            &raw.server.response_header_timeout,
+            100,
+        ),
+        token_wait_timeout: duration(
+            &mut errs,
+            "server.token_wait_timeout",
+            &raw.server.token_wait_timeout,
+            30,
+        ),
+    };
+
+    let authority_text = raw
+        .entra
+        .authority_host
+        .clone()
+        .or_else(|| crate::env::non_empty(env, "AZURE_AUTHORITY_HOST"))
+        .unwrap_or_else(|| hosts::PUBLIC_AUTHORITY.to_string());
+    let authority_host = authority(&mut errs, "entra.authority_host", &authority_text)
+        .unwrap_or_else(|| Url::parse(hosts::PUBLIC_AUTHORITY).expect("constant URL"));
+    if let Some(t) = &raw.entra.tenant_id {
+        tenant(&mut errs, "entra.tenant_id", t);
+    }
+    if let Some(ca) = &raw.entra.ca_file {
+        if !ca.is_file() {
+            errs.add(
+                "entra.ca_file",
+                format!(
+                    "{} does not exist; expected a PEM file of CA certificates",
+                    ca.display()
+                ),
+            );
+        }
+    }
+    let entra = EntraConfig {
+        authority_host: authority_host.clone(),
+        tenant_id: raw.entra.tenant_id.clone(),
+        ca_file: raw.entra.ca_file.clone(),
+        request_timeout: duration(
+            &mut errs,
+            "entra.request_timeout",
+            &raw.entra.request_timeout,
+            30,
+        ),
+    };
+
+    let mut profiles = BTreeMap::new();
+    for (name, p) in &raw.profiles {
+        if let Some(profile) = profile(&mut errs, name, p, &entra) {
+            profiles.insert(name.clone(), profile);
+        }
+    }
+    // Host routes and the embedded default name `auto`; it exists even when not written down.
+    if host_routes && default_profile == "auto" && !raw.profiles.contains_key("auto") {
+        profiles.insert(
+            "auto".into(),
+            Profile {
+                name: "auto".into(),
+                authority_host: authority_host.clone(),
+                kind: ProfileKind::Auto {
+                    tenant_id: entra.tenant_id.clone(),
+                    client_id: None,
+                },
+            },
+        );
+    }
+    if host_routes && !raw.profiles.contains_key(&default_profile) && default_profile != "auto" {
+        errs.add(
+            "server.default_profile",
+            format!("profile `{default_profile}` is not defined under [profiles]"),
+        );
+    }
+
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let prefix = match r.prefix.as_deref() {
+            None => {
+                errs.add(
+                    format!("{key}.prefix"),
+                    "missing; expected a path such as \"/ado\"",
+                );
+                None
+            }
+            Some(p) => prefix(&mut errs, &format!("{key}.prefix"), p),
+        };
+        let upstream = match r.upstream.as_deref() {
+            None => {
+                errs.add(
+                    format!("{key}.upstream"),
+                    "missing; expected a URL such as \"https://dev.azure.com\"",
+                );
+                None
+            }
+            Some(u) => upstream(&mut errs, &format!("{key}.upstream"), u),
+        };
+        let profile = match r.profile.as_deref() {
+            None => {
+                errs.add(
+                    format!("{key}.profile"),
+                    "missing; expected the name of a [profiles] entry",
+                );
+                None
+            }
+            Some(p) if !profiles.contains_key(p) && !raw.profiles.contains_key(p) => {
+                errs.add(
+                    format!("{key}.profile"),
+                    format!(
+                        "profile `{p}` is not defined; defined: [{}]",
+                        raw.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                None
+            }
+            Some(p) => Some(p.to_string()),
+        };
+        let scope = match (&r.scope, &upstream) {
+            (Some(s), _) => scope(&mut errs, &format!("{key}.scope"), s),
+            (None, Some(u)) => {
+                let host = u.host_str().unwrap_or_default();
+                match hosts::lookup(host) {
+                    Some(k) => Some(k.scope.to_string()),
+                    None => {
+                        errs.add(
+                            format!("{key}.scope"),
+                            format!(
+                                "cannot infer a scope for host `{host}`: it is not a known Microsoft API; \
+                                 set scope = \"<resource>/.default\""
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(p) = &prefix {
+            if let Some(prev) = routes.iter().position(|r| &r.prefix == p) {
+                errs.add(
+                    format!("{key}.prefix"),
+                    format!("`{p}` is already used by routes[{prev}]"),
+                );
+            }
+        }
+        if let (Some(prefix), Some(upstream), Some(profile), Some(scope)) =
+            (prefix, upstream, profile, scope)
+        {
+            routes.push(Route {
+                prefix,
+                upstream,
+                profile,
+                scope,
+            });
+        }
+    }
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            server,
+            entra,
+            profiles,
+            routes,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn listen_addr(errs: &mut Errors, key: &str, text: &str) -> Option<ListenAddr> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() || !path.starts_with('/') {
+            errs.add(key, format!("`{text}`: expected unix:/absolute/path"));
+            return None;
+        }
+        return Some(ListenAddr::Unix(PathBuf::from(path)));
+    }
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(ListenAddr::Tcp(a)),
+        Err(_) => {
+            errs.add(
+                key,
+                format!(
+                    "`{text}`: expected IP:PORT (e.g. \"127.0.0.1:7070\"), \"unix:/path\" or \"\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn duration(
+    errs: &mut Errors,
+    key: &str,
+    value: &Option<RawDuration>,
+    default_secs: u64,
+) -> Duration {
+    let parsed = match value {
+        None => return Duration::from_secs(default_secs),
+        Some(RawDuration::Seconds(s)) if s.is_finite() && *s >= 0.0 => {
+            Some(Duration::from_secs_f64(*s))
+        }
+        Some(RawDuration::Seconds(_)) => None,
+        Some(RawDuration::Text(t)) => parse_duration(t),
+    };
+    parsed.unwrap_or_else(|| {
+        errs.add(
+            key,
+            "expected a duration such as \"30s\", \"500ms\", \"5m\" or a number of seconds",
+        );
+        Duration::from_secs(default_secs)
+    })
+}
+
+/// `https://…`, or `http://` toward loopback only (tests, local stand-ins).
+fn http_url(errs: &mut Errors, key: &str, text: &str, what: &str) -> Option<Url> {
+    let url = match Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.add(
+                key,
+                format!("`{text}` is not a valid URL ({e}); expected https://host"),
+            );
+            return None;
+        }
+    };
+    let host = url.host_str().unwrap_or_default().to_string();
+    match url.scheme() {
+        "https" => {}
+        "http" if hosts::is_loopback(&host) => {}
+        "http" => {
+            errs.add(
+                key,
+                format!(
+                    "`{text}`: http:// is allowed only toward loopback; use https:// for {what}"
+                ),
+            );
+            return None;
+        }
+        other => {
+            errs.add(
+                key,
+                format!("`{text}`: scheme `{other}` is not supported; expected https://"),
+            );
+            return None;
+        }
+    }
+    if host.is_empty() {
+        errs.add(key, format!("`{text}` has no host"));
+        return None;
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        errs.add(key, "must not carry credentials in the URL");
+        return None;
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        errs.add(key, format!("`{text}` must not have a query or fragment"));
+        return None;
+    }
+    Some(url)
+}
+
+fn upstream(errs: &mut Errors, key: &str, text: &str) -> Option<Url> {
+    let mut url = http_url(errs, key, text, "an upstream")?;
+    let trimmed = url.path().trim_end_matches('/').to_string();
+    url.set_path(&trimmed);
+    Some(url)
+}
+
+fn authority(errs: &mut Errors, key: &str, text: &str) -> Option<Url> {
+    let mut url = http_url(errs, key, text, "an authority host")?;
+    let trimmed = url.path().trim_end_matches('/').to_string();
+    url.set_path(&trimmed);
+    Some(url)
+}
+
+fn prefix(errs: &mut Errors, key: &str, text: &str) -> Option<String> {
+    if !text.starts_with('/') {
+        errs.add(
+            key,
+            format!("`{text}`: expected a path starting with `/`, such as \"/ado\""),
+        );
+        return None;
+    }
+    let trimmed = text.trim_end_matches('/');
+    let bad = trimmed.split('/').skip(1).any(|seg| {
+        seg.is_empty() || seg == "." || seg == ".." || seg.contains(['%', '?', '#', '\\'])
+    });
+    if bad {
+        errs.add(
+            key,
+            format!("`{text}`: expected plain path segments (no empty, dot, encoded or `?#\\` segments)"),
+        );
+        return None;
+    }
+    Some(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    })
+}
+
+fn scope(errs: &mut Errors, key: &str, text: &str) -> Option<String> {
+    let ok = !text.is_empty() && !text.chars().any(char::is_whitespace);
+    if !ok {
+        errs.add(
+            key,
+            format!(
+                "`{text}`: expected one scope such as \"https://graph.microsoft.com/.default\""
+            ),
+        );
+        return None;
+    }
+    Some(text.to_string())
+}
+
+fn tenant(errs: &mut Errors, key: &str, text: &str) -> bool {
+    let ok = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !ok {
+        errs.add(
+            key,
+            format!("`{text}`: expected a tenant id (GUID) or domain name"),
+        );
+    }
+    ok
+}
+
+fn secret_source(v: &SecretValue) -> SecretSource {
+    match v {
+        SecretValue::Literal(s) => SecretSource::Literal(Secret::new(s.clone())),
+        SecretValue::Env { env } => SecretSource::Env(env.clone()),
+        SecretValue::File { file } => SecretSource::File(file.clone()),
+    }
+}
+
+fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -> Option<Profile> {
+    let key = format!("profiles.{name}");
+    let before = errs.0.len();
+    for extra in p.other.keys() {
+        errs.add(format!("{key}.{extra}"), "unknown key for this profile");
+    }
+    let authority_host = match &p.authority_host {
+        Some(a) => authority(errs, &format!("{key}.authority_host"), a),
+        None => Some(entra.authority_host.clone()),
+    };
+    let tenant_id = p.tenant_id.clone().or_else(|| entra.tenant_id.clone());
+    if let Some(t) = &p.tenant_id {
+        tenant(errs, &format!("{key}.tenant_id"), t);
+    }
+    let kind = match p.kind.as_deref() {
+        None => {
+            errs.add(
+                format!("{key}.kind"),
+                "missing; expected one of client_secret, auto",
+            );
+            None
+        }
+        Some("client_secret") => {
+            if tenant_id.is_none() {
+                errs.add(
+                    format!("{key}.tenant_id"),
+                    "missing (and no [entra] tenant_id); expected the tenant GUID",
+                );
+            }
+            if p.client_id.as_deref().is_none_or(str::is_empty) {
+                errs.add(
+                    format!("{key}.client_id"),
+                    "missing; expected the application (client) id",
+                );
+            }
+            if p.client_secret.is_none() {
+                errs.add(
+                    format!("{key}.client_secret"),
+                    "missing; expected a literal, { env = \"NAME\" } or { file = \"PATH\" }",
+                );
+            }
+            match (&tenant_id, &p.client_id, &p.client_secret) {
+                (Some(t), Some(c), Some(s)) => Some(ProfileKind::ClientSecret {
+                    tenant_id: t.clone(),
+                    client_id: c.clone(),
+                    client_secret: secret_source(s),
+                }),
+                _ => None,
+            }
+        }
+        Some("auto") => {
+            if p.client_secret.is_some() {
+                errs.add(
+                    format!("{key}.client_secret"),
+                    "not used by kind `auto` (it reads AZURE_CLIENT_SECRET); use kind = \"client_secret\"",
+                );
+            }
+            Some(ProfileKind::Auto {
+                tenant_id,
+                client_id: p.client_id.clone(),
+            })
+        }
+        Some(k) if PLANNED_KINDS.contains(&k) => {
+            errs.add(
+                format!("{key}.kind"),
+                format!("kind `{k}` is part of the contract but not available in this build yet; supported: client_secret, auto"),
+            );
+            None
+        }
+        Some(k) => {
+            errs.add(
+                format!("{key}.kind"),
+                format!("unknown kind `{k}`; expected one of client_secret, auto"),
+            );
+            None
+        }
+    };
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(Profile {
+        name: name.to_string(),
+        authority_host: authority_host?,
+        kind: kind?,
+    })
+}

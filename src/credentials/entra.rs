@@ -1,0 +1,324 @@
+//! Talking to the Entra token endpoint (ENTRA.md "Common"): the form POST, the success body
+//! (numbers may be strings), the error body (`error`, `error_codes`) and a hint per AADSTS code.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::{AccessToken, CredentialError, ErrorClass};
+use crate::secret::Secret;
+
+/// The HTTP client for Entra (rustls, the project's trust roots, a request timeout).
+#[derive(Clone, Debug)]
+pub struct EntraClient {
+    http: reqwest::Client,
+}
+
+/// Hints for the AADSTS codes users meet (ENTRA.md's table).
+pub fn hint_for(code: u32) -> Option<&'static str> {
+    Some(match code {
+        7000215 => "invalid client secret: check that the secret's value (not its ID) is configured",
+        7000222 => "the client secret has expired: create a new one in the app registration",
+        700016 | 700011 => {
+            "application not found in the tenant: check client_id and tenant_id, and that the app is consented in that tenant"
+        }
+        90002 => "tenant not found: check tenant_id",
+        70011 => "invalid scope: check the route's scope (it must end in /.default)",
+        500011 => "the resource's service principal is not in the tenant: the API must be enabled or consented there",
+        65001 | 90094 => "consent required: an administrator must grant consent to the application",
+        70021 => "no federated credential matches the presented token: check issuer, subject and audience",
+        700027 => "client assertion signature failed: is the certificate registered on the app?",
+        700024 => "client assertion outside its valid time range: check the machine's clock",
+        50076 | 53003 => "MFA or Conditional Access blocked the request: it needs an interactive sign-in",
+        70008 | 700082 | 50173 => "the refresh token expired or was revoked: run `patless login` again",
+        _ => return None,
+    })
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<NumOrString>,
+    refresh_in: Option<NumOrString>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    error: Option<String>,
+    error_description: Option<String>,
+    #[serde(default)]
+    error_codes: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrString {
+    Num(f64),
+    Str(String),
+}
+
+impl NumOrString {
+    fn seconds(&self) -> Option<u64> {
+        let v = match self {
+            NumOrString::Num(n) => *n,
+            NumOrString::Str(s) => s.trim().parse::<f64>().ok()?,
+        };
+        (v.is_finite() && v >= 0.0).then_some(v as u64)
+    }
+}
+
+impl EntraClient {
+    /// Wraps a client built by [`crate::tls::entra_http_client`].
+    pub fn new(http: reqwest::Client) -> Self {
+        EntraClient { http }
+    }
+
+    /// The underlying HTTP client (other token protocols reuse it).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/token`
+    pub fn token_url(authority: &Url, tenant: &str) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            authority.as_str().trim_end_matches('/'),
+            tenant
+        )
+    }
+
+    /// POSTs a token request and parses the answer.
+    pub async fn request_token(
+        &self,
+        token_url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<AccessToken, CredentialError> {
+        let response = self
+            .http
+            .post(token_url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, token_url))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e, token_url))?;
+        if status.is_success() {
+            return parse_success(&body);
+        }
+        let mut err = parse_error(status.as_u16(), &content_type, &body);
+        err.retry_after = retry_after;
+        Err(err)
+    }
+}
+
+fn transport_error(e: &reqwest::Error, url: &str) -> CredentialError {
+    let what = if e.is_timeout() {
+        ErrorClass::Timeout
+    } else {
+        ErrorClass::Network
+    };
+    // reqwest's Display names the URL (no secrets: the form is in the body); walk the sources for
+    // the cause (refused, reset, DNS, TLS).
+    let mut cause = String::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    let message = match what {
+        ErrorClass::Timeout => format!("Entra did not answer in time ({url})"),
+        _ => format!("cannot reach Entra at {url}: {cause}"),
+    };
+    CredentialError::new(what, message)
+}
+
+fn parse_success(body: &[u8]) -> Result<AccessToken, CredentialError> {
+    let parsed: TokenBody = serde_json::from_slice(body).map_err(|e| {
+        CredentialError::new(
+            ErrorClass::BadResponse,
+            format!("Entra answered 200 with a body that is not a token response ({e})"),
+        )
+    })?;
+    let token = parsed
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            CredentialError::new(
+                ErrorClass::BadResponse,
+                "Entra's answer has no access_token",
+            )
+        })?;
+    if let Some(tt) = &parsed.token_type {
+        if !tt.eq_ignore_ascii_case("bearer") {
+            return Err(CredentialError::new(
+                ErrorClass::BadResponse,
+                format!("Entra returned token_type `{tt}`, expected Bearer"),
+            ));
+        }
+    }
+    let expires_in = parsed
+        .expires_in
+        .as_ref()
+        .and_then(NumOrString::seconds)
+        .ok_or_else(|| {
+            CredentialError::new(
+                ErrorClass::BadResponse,
+                "Entra's answer has no valid expires_in",
+            )
+        })?;
+    Ok(AccessToken {
+        token: Secret::new(token),
+        expires_in: Duration::from_secs(expires_in),
+        refresh_in: parsed
+            .refresh_in
+            .as_ref()
+            .and_then(NumOrString::seconds)
+            .map(Duration::from_secs),
+    })
+}
+
+/// Turns an Entra error answer into a classified, explained error.
+pub fn parse_error(status: u16, content_type: &str, body: &[u8]) -> CredentialError {
+    let parsed: Option<ErrorBody> = if content_type.contains("json") || body.first() == Some(&b'{')
+    {
+        serde_json::from_slice(body).ok()
+    } else {
+        None
+    };
+    let Some(parsed) = parsed.filter(|p| p.error.is_some()) else {
+        let class = match status {
+            429 => ErrorClass::Throttled,
+            500..=599 => ErrorClass::ServerError,
+            _ => ErrorClass::BadResponse,
+        };
+        let kind = if content_type.contains("html") {
+            "an HTML page"
+        } else {
+            "a body that is not an Entra error"
+        };
+        return CredentialError::new(class, format!("Entra answered HTTP {status} with {kind}"));
+    };
+    let error = parsed.error.unwrap_or_default();
+    let codes = parsed.error_codes;
+    let class = match (status, error.as_str()) {
+        (429, _) => ErrorClass::Throttled,
+        (500..=599, _) => ErrorClass::ServerError,
+        _ if codes
+            .iter()
+            .any(|c| matches!(c, 50076 | 53003 | 70008 | 700082 | 50173)) =>
+        {
+            ErrorClass::InteractionRequired
+        }
+        (_, "invalid_client" | "unauthorized_client") => ErrorClass::InvalidClient,
+        (_, "interaction_required" | "consent_required" | "login_required") => {
+            ErrorClass::InteractionRequired
+        }
+        (_, "temporarily_unavailable") => ErrorClass::ServerError,
+        _ if codes
+            .iter()
+            .any(|c| matches!(c, 700016 | 700011 | 90002 | 7000215 | 7000222)) =>
+        {
+            ErrorClass::InvalidClient
+        }
+        _ => ErrorClass::InvalidGrant,
+    };
+    // The description's first sentence ("AADSTS7000215: Invalid client secret provided. …") is
+    // useful; its trace and correlation ids are noise here.
+    let description = parsed
+        .error_description
+        .as_deref()
+        .map(|d| {
+            d.split(['\r', '\n'])
+                .next()
+                .unwrap_or_default()
+                .split(" Trace ID:")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .filter(|d| !d.is_empty());
+    let mut message = format!("Entra refused the token request (HTTP {status}, {error}");
+    if let Some(code) = codes.first() {
+        message.push_str(&format!(", AADSTS{code}"));
+    }
+    message.push(')');
+    if let Some(d) = description {
+        message.push_str(": ");
+        message.push_str(&d);
+    }
+    if let Some(h) = codes.iter().find_map(|c| hint_for(*c)) {
+        message.push_str(" — hint: ");
+        message.push_str(h);
+    }
+    CredentialError {
+        class,
+        message,
+        retry_after: None,
+        codes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_with_string_numbers() {
+        let t = parse_success(br#"{"token_type":"Bearer","expires_in":"3599","refresh_in":"1800","access_token":"abc"}"#)
+            .expect("parses");
+        assert_eq!(t.expires_in, Duration::from_secs(3599));
+        assert_eq!(t.refresh_in, Some(Duration::from_secs(1800)));
+        assert_eq!(t.token.expose(), "abc");
+    }
+
+    #[test]
+    fn invalid_client_gets_hint() {
+        let e = parse_error(
+            401,
+            "application/json",
+            br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Trace ID: x","error_codes":[7000215]}"#,
+        );
+        assert_eq!(e.class, ErrorClass::InvalidClient);
+        assert!(e.message.contains("AADSTS7000215"), "{}", e.message);
+        assert!(e.message.contains("not its ID"), "{}", e.message);
+        assert!(!e.message.contains("Trace ID"), "{}", e.message);
+    }
+
+    #[test]
+    fn html_and_throttle() {
+        assert_eq!(
+            parse_error(502, "text/html", b"<html>").class,
+            ErrorClass::ServerError
+        );
+        assert_eq!(parse_error(429, "", b"").class, ErrorClass::Throttled);
+        assert_eq!(
+            parse_error(
+                400,
+                "application/json",
+                br#"{"error":"invalid_grant","error_codes":[50076]}"#
+            )
+            .class,
+            ErrorClass::InteractionRequired
+        );
+        assert!(parse_success(b"{\"access_token\": ").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! The one place an error becomes the contract's JSON answer (SPEC §3 error table).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::ProxyBody;
+
+/// A request that patless answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches.
+    #[error("no route matches this path; routes are configured under [[routes]], and host routes serve /{{known-host}}/… (for example /dev.azure.com/…)")]
+    NoRoute,
+    /// Dot segments, encoded slashes, bad escapes.
+    #[error("invalid path: {0}")]
+    InvalidPath(&'static str),
+    /// No token can be had.
+    #[error("{message}")]
+    TokenUnavailable {
+        /// Why, and what to do.
+        message: String,
+        /// Retry-After.
+        retry_after: Duration,
+    },
+    /// Connection to the upstream failed.
+    #[error("cannot reach the upstream {authority}: {reason}")]
+    UpstreamUnreachable {
+        /// host[:port]
+        authority: String,
+        /// Why.
+        reason: String,
+    },
+    /// The upstream did not send headers in time.
+    #[error("the upstream {authority} did not answer within {secs}s")]
+    UpstreamTimeout {
+        /// host[:port]
+        authority: String,
+        /// The timeout.
+        secs: u64,
+    },
+}
+
+impl ProxyError {
+    /// The contract's code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::InvalidPath(_) => "invalid_path",
+            ProxyError::TokenUnavailable { .. } => "token_unavailable",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+        }
+    }
+
+    /// The contract's status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The JSON answer: `{"error","message","route","profile","request_id"}`.
+    pub fn into_response(
+        self,
+        route: Option<&str>,
+        profile: Option<&str>,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "route": route,
+            "profile": profile,
+            "request_id": request_id,
+        });
+        let mut resp = Response::new(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-patless-request-id", v);
+        }
+        if let ProxyError::TokenUnavailable { retry_after, .. } = &self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

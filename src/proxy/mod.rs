@@ -1,0 +1,325 @@
+//! The proxy: one road for every request, in this order.
+//!
+//! 1. **listener** — `server` accepts the connection and hands each request here.
+//! 2. **path check** — dot segments, encoded slashes and bad escapes → `400 invalid_path`.
+//! 3. **route** — longest explicit prefix on whole segments, else `/{known-host}/…` → else
+//!    `404 no_route`.
+//! 4. **token** — the route's cache entry gives a usable token without a lock, or waits for the one
+//!    acquisition in flight; none to be had → `503 token_unavailable` with `Retry-After`.
+//! 5. **rewrite** — path after the prefix onto the upstream base; hop-by-hop headers, the client's
+//!    `Authorization` and `Proxy-Authorization` dropped; `Authorization: Bearer …` (sensitive) and,
+//!    toward Azure DevOps, `X-TFS-FedAuthRedirect: Suppress` set; `Host` becomes the upstream's.
+//! 6. **forward** — the body streams upstream as it arrives; connect and response-header timeouts
+//!    apply (`502 upstream_unreachable`, `504 upstream_timeout`), the body itself has none.
+//! 7. **response** — hop-by-hop headers dropped, a `Location` into the upstream rewritten to the
+//!    proxy's path, the body streamed back.
+//! 8. **metrics/log** — `patless_requests_total{route,status}`, the duration histogram, upstream
+//!    error counters, one debug log line (never a header value).
+
+pub mod error;
+pub mod path;
+pub mod routing;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+pub use error::ProxyError;
+pub use routing::{RouteTarget, Router};
+
+use crate::metrics::Metrics;
+
+/// Errors carried by bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type for requests and responses.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// The upstream HTTP client.
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// Timeouts toward upstreams.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxySettings {
+    /// TCP connect.
+    pub connect_timeout: Duration,
+    /// Until the response headers.
+    pub response_header_timeout: Duration,
+}
+
+/// Builds the upstream client: rustls over the project's roots, HTTP/1.1, pooled keep-alive.
+pub fn upstream_client(tls: rustls::ClientConfig, settings: &ProxySettings) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(https)
+}
+
+/// The proxy's shared state.
+#[derive(Debug)]
+pub struct Proxy {
+    router: Router,
+    client: UpstreamClient,
+    settings: ProxySettings,
+    metrics: Metrics,
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static TFS_FEDAUTH: HeaderName = HeaderName::from_static("x-tfs-fedauthredirect");
+static PATLESS_TOKEN: HeaderName = HeaderName::from_static("x-patless-token");
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in `Connection` are hop-by-hop too.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed
+        .iter()
+        .chain(HOP_BY_HOP)
+        .chain([&KEEP_ALIVE, &PROXY_CONNECTION])
+    {
+        headers.remove(name);
+    }
+}
+
+fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl Proxy {
+    /// A proxy over this routing table and client.
+    pub fn new(
+        router: Router,
+        client: UpstreamClient,
+        settings: ProxySettings,
+        metrics: Metrics,
+    ) -> Self {
+        Proxy {
+            router,
+            client,
+            settings,
+            metrics,
+        }
+    }
+
+    /// The routing table.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Handles one request; never fails (errors become their JSON answers).
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        // 2. path check
+        if let Err(why) = path::validate(req.uri().path()) {
+            return self.reject(ProxyError::InvalidPath(why), None, started);
+        }
+        // 3. route
+        let Some(routed) = self.router.route(req.uri().path(), req.uri().query()) else {
+            return self.reject(ProxyError::NoRoute, None, started);
+        };
+        let target = routed.target;
+        // 4. token
+        let token = match target.entry.get().await {
+            Ok(t) => t,
+            Err(e) => {
+                return self.reject(
+                    ProxyError::TokenUnavailable {
+                        message: e.message,
+                        retry_after: e.retry_after,
+                    },
+                    Some(&target),
+                    started,
+                )
+            }
+        };
+        // 5. rewrite
+        let (mut parts, body) = req.into_parts();
+        let uri = match Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(routed.path_and_query.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => {
+                return self.reject(
+                    ProxyError::InvalidPath("the path cannot be forwarded"),
+                    Some(&target),
+                    started,
+                )
+            }
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        let h = &mut parts.headers;
+        h.remove(header::AUTHORIZATION);
+        h.remove(&PATLESS_TOKEN);
+        h.remove(header::EXPECT);
+        if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
+            h.insert(header::HOST, host);
+        }
+        h.insert(header::AUTHORIZATION, token.header.clone());
+        if target.azure_devops {
+            h.insert(TFS_FEDAUTH.clone(), HeaderValue::from_static("Suppress"));
+        }
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+        drop(token);
+        // 6. forward
+        let result = tokio::time::timeout(
+            self.settings.response_header_timeout,
+            self.client.request(upstream_req),
+        )
+        .await;
+        let resp = match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() {
+                    "connect"
+                } else {
+                    "protocol"
+                };
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[&*target.label, kind])
+                    .inc();
+                let mut reason = String::new();
+                let mut src: Option<&dyn std::error::Error> = Some(&e);
+                while let Some(s) = src {
+                    reason = s.to_string();
+                    src = s.source();
+                }
+                return self.reject(
+                    ProxyError::UpstreamUnreachable {
+                        authority: target.authority.to_string(),
+                        reason,
+                    },
+                    Some(&target),
+                    started,
+                );
+            }
+            Err(_) => {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[&*target.label, "timeout"])
+                    .inc();
+                return self.reject(
+                    ProxyError::UpstreamTimeout {
+                        authority: target.authority.to_string(),
+                        secs: self.settings.response_header_timeout.as_secs(),
+                    },
+                    Some(&target),
+                    started,
+                );
+            }
+        };
+        // 7. response
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(loc) = parts.headers.get(header::LOCATION) {
+            if let Some(new) = rewrite_location(loc, &target) {
+                parts.headers.insert(header::LOCATION, new);
+            }
+        }
+        // 8. metrics/log
+        self.observe(&target.label, parts.status, started);
+        tracing::debug!(
+            route = %target.label,
+            status = parts.status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "proxied"
+        );
+        Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+    }
+
+    fn observe(&self, route: &str, status: http::StatusCode, started: Instant) {
+        self.metrics
+            .requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn reject(
+        &self,
+        err: ProxyError,
+        target: Option<&RouteTarget>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let id = request_id();
+        let route = target.map(|t| &*t.label);
+        let status = err.status();
+        match &err {
+            ProxyError::NoRoute | ProxyError::InvalidPath(_) => {
+                tracing::debug!(request_id = %id, code = err.code(), "refused: {err}")
+            }
+            _ => {
+                tracing::warn!(request_id = %id, route = route.unwrap_or("-"), code = err.code(), "{err}")
+            }
+        }
+        self.observe(route.unwrap_or("none"), status, started);
+        err.into_response(route, target.map(|t| &*t.profile), &id)
+    }
+}
+
+/// `https://dev.azure.com/org/x` (or `/org/x`) from the route's upstream → `/ado/org/x`: a path
+/// on the proxy, which the client resolves against the address it used.
+fn rewrite_location(loc: &HeaderValue, target: &RouteTarget) -> Option<HeaderValue> {
+    let text = loc.to_str().ok()?;
+    let path = if text.starts_with('/') && !text.starts_with("//") {
+        text
+    } else {
+        let uri: Uri = text.parse().ok()?;
+        let same_origin = uri.scheme() == Some(&target.scheme)
+            && uri
+                .authority()
+                .is_some_and(|a| a.as_str().eq_ignore_ascii_case(target.authority.as_str()));
+        if !same_origin {
+            return None;
+        }
+        let start = text.find(uri.authority()?.as_str())? + uri.authority()?.as_str().len();
+        match &text[start..] {
+            "" => "/",
+            rest => rest,
+        }
+    };
+    let rest = path.strip_prefix(&*target.base_path)?;
+    if !(rest.is_empty() || rest.starts_with(['/', '?'])) {
+        return None;
+    }
+    HeaderValue::from_str(&format!("{}{}", target.prefix, rest)).ok()
+}

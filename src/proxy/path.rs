@@ -1,0 +1,74 @@
+//! Path validation, before routing: dot segments (raw or percent-encoded, any case), encoded
+//! slashes or backslashes, NUL and bad escapes are refused, so a routed path never escapes its
+//! prefix and the upstream sees exactly what was matched.
+
+/// Why a path was refused (the `invalid_path` message).
+pub fn validate(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must start with `/`");
+    }
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err("the path has an invalid percent escape");
+                };
+                match (h * 16 + l) as u8 {
+                    b'/' | b'\\' => return Err("the path has an encoded slash or backslash"),
+                    0 => return Err("the path has an encoded NUL"),
+                    _ => {}
+                }
+                i += 3;
+            }
+            b'\\' => return Err("the path has a backslash"),
+            0 => return Err("the path has a NUL byte"),
+            _ => i += 1,
+        }
+    }
+    for segment in path.split('/') {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        if decoded == "." || decoded == ".." {
+            return Err("the path has a `.` or `..` segment");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate;
+
+    #[test]
+    fn refuses_escapes() {
+        for bad in [
+            "/ado/../x",
+            "/ado/./x",
+            "/ado/%2e%2E/x",
+            "/ado/.%2e",
+            "/ado/a%2fb",
+            "/ado/a%5Cb",
+            "/ado/a\\b",
+            "/ado/%zz",
+            "/ado/%4",
+            "/ado/%00",
+            "ado",
+        ] {
+            assert!(validate(bad).is_err(), "{bad} should be refused");
+        }
+        for good in [
+            "/",
+            "/ado",
+            "/ado/org/_apis/projects",
+            "/ado/a%20b/..x",
+            "/ado/.well-known",
+        ] {
+            assert!(validate(good).is_ok(), "{good} should pass");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Routing (SPEC §3, §4): explicit routes by longest prefix on whole segments, then host routes
+//! `/{known-host}/…` served with the default profile. Every route's token entry is looked up once,
+//! here, so the request path never touches the cache's map.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::config::Config;
+use crate::hosts;
+use crate::token::{TokenCache, TokenEntry};
+
+/// A resolved destination.
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    /// Metric label and error `route` field: the prefix, or `/{host}` for host routes.
+    pub label: Arc<str>,
+    /// What the client sees as the route's base (`/ado`, `/dev.azure.com`).
+    pub prefix: Arc<str>,
+    /// Profile name.
+    pub profile: Arc<str>,
+    /// `https` or `http` (loopback only).
+    pub scheme: http::uri::Scheme,
+    /// Upstream host[:port].
+    pub authority: http::uri::Authority,
+    /// Upstream base path (no trailing `/`, may be empty).
+    pub base_path: Arc<str>,
+    /// Azure DevOps host: send `X-TFS-FedAuthRedirect: Suppress`.
+    pub azure_devops: bool,
+    /// The token entry.
+    pub entry: Arc<TokenEntry>,
+}
+
+/// The routing table.
+#[derive(Debug)]
+pub struct Router {
+    /// Longest prefix first.
+    routes: Vec<RouteTarget>,
+    host_routes: bool,
+    default_profile: Arc<str>,
+    /// Host-route entries of the default profile, by scope (the table is small and fixed).
+    host_entries: HashMap<&'static str, Arc<TokenEntry>>,
+}
+
+/// A routing decision: the target and the path (with query) to send upstream.
+#[derive(Debug)]
+pub struct Routed {
+    /// Where.
+    pub target: RouteTarget,
+    /// Upstream path and query.
+    pub path_and_query: String,
+}
+
+/// Why a config cannot be routed (an upstream URL that `http::Uri` refuses).
+#[derive(Debug, thiserror::Error)]
+#[error("route {prefix}: upstream {upstream} cannot be used: {reason}")]
+pub struct RouterError {
+    prefix: String,
+    upstream: String,
+    reason: String,
+}
+
+fn parts(url: &Url) -> Result<(http::uri::Scheme, http::uri::Authority), String> {
+    let scheme: http::uri::Scheme = url.scheme().parse().map_err(|e| format!("{e}"))?;
+    let host = url.host_str().ok_or("no host")?;
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let authority = authority.parse().map_err(|e| format!("{e}"))?;
+    Ok((scheme, authority))
+}
+
+impl Router {
+    /// Builds the table and looks up every route's token entry.
+    pub fn new(config: &Config, cache: &TokenCache) -> Result<Router, RouterError> {
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            let err = |reason: String| RouterError {
+                prefix: r.prefix.clone(),
+                upstream: r.upstream.to_string(),
+                reason,
+            };
+            let (scheme, authority) = parts(&r.upstream).map_err(err)?;
+            let entry = cache
+                .entry(&r.profile, &r.scope, None)
+                .ok_or_else(|| err(format!("profile `{}` has no credential", r.profile)))?;
+            let host = r.upstream.host_str().unwrap_or_default();
+            routes.push(RouteTarget {
+                label: r.prefix.as_str().into(),
+                prefix: if r.prefix == "/" {
+                    "".into()
+                } else {
+                    r.prefix.as_str().into()
+                },
+                profile: r.profile.as_str().into(),
+                scheme,
+                authority,
+                base_path: r.upstream.path().trim_end_matches('/').into(),
+                azure_devops: hosts::is_azure_devops(host),
+                entry,
+            });
+        }
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        let default_profile: Arc<str> = config.server.default_profile.as_str().into();
+        let mut host_entries = HashMap::new();
+        if config.server.host_routes {
+            for scope in hosts::all_scopes() {
+                if let Some(e) = cache.entry(&default_profile, scope, None) {
+                    host_entries.insert(scope, e);
+                }
+            }
+        }
+        Ok(Router {
+            routes,
+            host_routes: config.server.host_routes,
+            default_profile,
+            host_entries,
+        })
+    }
+
+    /// Every explicit route's target (for readiness and `check`).
+    pub fn routes(&self) -> &[RouteTarget] {
+        &self.routes
+    }
+
+    /// Routes a validated path (`path`) with its optional query.
+    pub fn route(&self, path: &str, query: Option<&str>) -> Option<Routed> {
+        for t in &self.routes {
+            let p: &str = &t.prefix;
+            let rest = match path.strip_prefix(p) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+                _ => continue,
+            };
+            return Some(Routed {
+                path_and_query: join(&t.base_path, rest, query),
+                target: t.clone(),
+            });
+        }
+        if !self.host_routes {
+            return None;
+        }
+        let after = path.strip_prefix('/')?;
+        let (host, rest) = match after.find('/') {
+            Some(i) => (&after[..i], &after[i..]),
+            None => (after, ""),
+        };
+        let host = host.to_ascii_lowercase();
+        let known = hosts::lookup(&host)?;
+        let entry = self.host_entries.get(known.scope)?.clone();
+        let authority: http::uri::Authority = host.parse().ok()?;
+        let prefix: Arc<str> = format!("/{host}").into();
+        Some(Routed {
+            path_and_query: join("", rest, query),
+            target: RouteTarget {
+                label: known.label().into(),
+                prefix,
+                profile: self.default_profile.clone(),
+                scheme: http::uri::Scheme::HTTPS,
+                authority,
+                base_path: "".into(),
+                azure_devops: known.azure_devops,
+                entry,
+            },
+        })
+    }
+}
+
+fn join(base: &str, rest: &str, query: Option<&str>) -> String {
+    let mut s =
+        String::with_capacity(base.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    s.push_str(base);
+    s.push_str(rest);
+    if s.is_empty() {
+        s.push('/');
+    }
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    s
+}
