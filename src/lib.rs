@@ -91,7 +91,7 @@ impl App {
             connect_timeout: config.server.connect_timeout,
             response_header_timeout: config.server.response_header_timeout,
         };
-        let client = proxy::upstream_client(tls::client_config(ca, true)?, &settings);
+        let client = proxy::upstream_client(tls::client_config(ca)?, &settings);
         let proxy = Proxy::new(router, client, settings, metrics.clone());
         Ok(App {
             config,

@@ -62,19 +62,13 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
 }
 
 /// A rustls client config over those roots.
-pub fn client_config(
-    ca_file: Option<&Path>,
-    alpn_http1_only: bool,
-) -> Result<rustls::ClientConfig, TlsError> {
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     install_crypto_provider();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(root_store(ca_file)?)
         .with_no_client_auth();
-    if alpn_http1_only {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    }
     Ok(config)
 }
 
@@ -84,7 +78,7 @@ pub fn entra_http_client(
     ca_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<reqwest::Client, TlsError> {
-    let tls = client_config(ca_file, false)?;
+    let tls = client_config(ca_file)?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .no_proxy()

@@ -98,7 +98,9 @@ impl Router {
                 scheme,
                 authority,
                 base_path: r.upstream.path().trim_end_matches('/').into(),
-                azure_devops: hosts::is_azure_devops(host),
+                // A route with Azure DevOps' audience talks to Azure DevOps, whatever its host name (an
+                // on-premises gateway, a loopback stand-in).
+                azure_devops: hosts::is_azure_devops(host) || r.scope == hosts::AZURE_DEVOPS_SCOPE,
                 entry,
             });
         }

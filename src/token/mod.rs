@@ -195,15 +195,17 @@ impl TokenEntry {
                         class: None,
                     })
                 }
-                Err(_) => return Err(TokenUnavailable {
-                    message: format!(
+                Err(_) => {
+                    return Err(TokenUnavailable {
+                        message: format!(
                         "no token for profile `{}` yet: the acquisition is still running after {}s",
                         self.key.profile,
                         self.settings.wait_timeout.as_secs()
                     ),
-                    retry_after: Duration::from_secs(1),
-                    class: Some(ErrorClass::Timeout),
-                }),
+                        retry_after: Duration::from_secs(1),
+                        class: Some(ErrorClass::Timeout),
+                    })
+                }
             }
         }
     }
@@ -355,16 +357,34 @@ impl TokenEntry {
             rand::random::<f64>(),
         );
         let still_usable = self.usable().is_some();
-        tracing::warn!(
-            profile = %self.key.profile,
-            scope = %self.key.scope,
-            class = %err.class,
-            attempt = *failures,
-            retry_in_ms = delay.as_millis() as u64,
-            still_serving_cached_token = still_usable,
-            "token acquisition failed: {}",
-            err.message
-        );
+        // The first failure, and any change of cause, at WARN; the same failure again at DEBUG.
+        let repeated = self
+            .status
+            .borrow()
+            .last_error
+            .as_ref()
+            .is_some_and(|prev| prev.class == err.class && prev.message == err.message);
+        if repeated {
+            tracing::debug!(
+                profile = %self.key.profile,
+                scope = %self.key.scope,
+                class = %err.class,
+                attempt = *failures,
+                retry_in_ms = delay.as_millis() as u64,
+                "token acquisition failed again"
+            );
+        } else {
+            tracing::warn!(
+                profile = %self.key.profile,
+                scope = %self.key.scope,
+                class = %err.class,
+                attempt = *failures,
+                retry_in_ms = delay.as_millis() as u64,
+                still_serving_cached_token = still_usable,
+                "token acquisition failed: {}",
+                err.message
+            );
+        }
         let next = Instant::now() + delay;
         self.status.send_modify(|s| {
             s.acquiring = false;

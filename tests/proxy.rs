@@ -1,0 +1,517 @@
+//! The proxy as a client sees it (SPEC §3): routing, token injection, header hygiene, redirects,
+//! errors, streaming, the cold burst and an Entra outage. The fake upstream verifies every token's
+//! signature, audience and expiry, so a 200 here proves the right token arrived.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::entra::{FakeEntra, Fault, ADO_AUDIENCE, DEFENDER_AUDIENCE};
+use support::patless::{config, Patless, ADO, DEFENDER};
+use support::upstream::FakeUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn json(resp: reqwest::Response) -> Value {
+    resp.json().await.expect("JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injects_token_and_strips_client_credentials_and_hop_by_hop_headers() {
+    let entra = FakeEntra::start().await;
+    let ado = FakeUpstream::start(ADO_AUDIENCE).await;
+    let defender = FakeUpstream::start(DEFENDER_AUDIENCE).await;
+    let p = Patless::start(&config(
+        &entra,
+        &[
+            ("/ado", &ado.url(), ADO),
+            ("/defender", &defender.url(), DEFENDER),
+        ],
+        "",
+        "",
+    ))
+    .await;
+    let client = support::http_client();
+    let resp = client
+        .get(p.url("/ado/org/_apis/projects?api-version=7.1"))
+        .basic_auth("", Some("stale-pat-value"))
+        .header("Proxy-Authorization", "Basic c29tZXRoaW5n")
+        .header("Connection", "keep-alive, X-Drop-Me")
+        .header("X-Drop-Me", "1")
+        .header("Keep-Alive", "timeout=5")
+        .header("X-Keep-Me", "yes")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body = json(resp).await;
+    assert_eq!(body["path"], "/org/_apis/projects?api-version=7.1");
+    let rec = &ado.requests()[0];
+    assert!(
+        rec.token_valid,
+        "upstream rejected the token: {:?}",
+        rec.token_error
+    );
+    let h = &rec.headers;
+    let auth = h["authorization"].to_str().expect("ascii");
+    assert!(auth.starts_with("Bearer "), "{auth}");
+    assert!(entra
+        .issued_tokens()
+        .iter()
+        .any(|t| auth == format!("Bearer {t}")));
+    assert!(h.get("proxy-authorization").is_none());
+    assert!(h.get("x-drop-me").is_none());
+    assert!(h.get("keep-alive").is_none());
+    assert_eq!(h["x-keep-me"], "yes");
+    assert_eq!(h["x-tfs-fedauthredirect"], "Suppress");
+    assert_eq!(h["host"], ado.addr().to_string().as_str());
+    assert!(h.get("x-forwarded-for").is_none());
+
+    let resp = client
+        .post(p.url("/defender/api/incidents"))
+        .header("content-type", "application/json")
+        .body(r#"{"a":1}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body = json(resp).await;
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["path"], "/api/incidents");
+    assert_eq!(body["body_len"], 7);
+    let rec = &defender.requests()[0];
+    assert!(rec.token_valid, "{:?}", rec.token_error);
+    assert!(
+        rec.headers.get("x-tfs-fedauthredirect").is_none(),
+        "Suppress is for Azure DevOps only"
+    );
+    assert_eq!(ado.rejected() + defender.rejected(), 0);
+    // One token per scope.
+    assert_eq!(entra.token_requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_on_whole_segments_longest_prefix_first() {
+    let entra = FakeEntra::start().await;
+    let a = FakeUpstream::start(ADO_AUDIENCE).await;
+    let b = FakeUpstream::start(ADO_AUDIENCE).await;
+    let base = format!("{}/base", b.url());
+    let p = Patless::start(&config(
+        &entra,
+        &[("/ado", &a.url(), ADO), ("/ado/special/", &base, ADO)],
+        "",
+        "",
+    ))
+    .await;
+    let client = support::http_client();
+
+    let r = json(client.get(p.url("/ado")).send().await.expect("req")).await;
+    assert_eq!(r["path"], "/");
+    let r = json(client.get(p.url("/ado/x/y?q=1")).send().await.expect("req")).await;
+    assert_eq!(r["path"], "/x/y?q=1");
+    let r = json(
+        client
+            .get(p.url("/ado/special/z"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r["path"], "/base/z");
+    let r = json(
+        client
+            .get(p.url("/ado/specialist"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(
+        r["path"], "/specialist",
+        "a prefix matches whole segments only"
+    );
+    assert_eq!(a.requests().len(), 3);
+    assert_eq!(b.requests().len(), 1);
+
+    for path in ["/adox", "/", "/other/ado", "/dev.azure.com/org"] {
+        let resp = client.get(p.url(path)).send().await.expect("req");
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body = json(resp).await;
+        assert_eq!(body["error"], "no_route", "{path}");
+        assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    assert_eq!(
+        a.requests().len() + b.requests().len(),
+        4,
+        "nothing unrouted reached an upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_paths_that_could_escape_their_prefix() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    for path in [
+        "/ado/../admin",
+        "/ado/%2e%2e/admin",
+        "/ado/a%2Fb",
+        "/ado/a%5cb",
+        "/ado/%zz",
+    ] {
+        // A raw request, so no client normalises the path first.
+        let mut s = tokio::net::TcpStream::connect(p.addr)
+            .await
+            .expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        assert!(out.starts_with("HTTP/1.1 400"), "{path}: {out}");
+        assert!(out.contains("\"invalid_path\""), "{path}: {out}");
+    }
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_redirects_into_the_upstream_back_to_the_proxy() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let client = support::http_client();
+    let r = client
+        .get(p.url("/ado/redirect"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "/ado/echo/after-redirect?x=1");
+    let r = client
+        .get(p.url("/ado/redirect-relative"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.headers()["location"], "/ado/echo/relative");
+    // A client that follows redirects stays behind the proxy and keeps working.
+    let following = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = following
+        .get(p.url("/ado/redirect"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.url().port(), Some(p.addr.port()));
+    assert_eq!(json(r).await["path"], "/echo/after-redirect?x=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_unreachable_and_timeout_are_json_errors() {
+    let entra = FakeEntra::start().await;
+    // A port with nothing behind it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    // A server that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            if let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        }
+    });
+    let p = Patless::start(&config(
+        &entra,
+        &[("/closed", &closed_url, ADO), ("/silent", &silent_url, ADO)],
+        "response_header_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let client = support::http_client();
+    let r = client.get(p.url("/closed/x")).send().await.expect("req");
+    assert_eq!(r.status(), 502);
+    let body = json(r).await;
+    assert_eq!(body["error"], "upstream_unreachable");
+    assert_eq!(body["route"], "/closed");
+    assert_eq!(body["profile"], "bot");
+    let r = client.get(p.url("/silent/x")).send().await.expect("req");
+    assert_eq!(r.status(), 504);
+    assert_eq!(json(r).await["error"], "upstream_timeout");
+    let metrics = client
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("req")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"patless_upstream_errors_total{kind="connect",route="/closed"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"patless_upstream_errors_total{kind="timeout",route="/silent"} 1"#),
+        "{metrics}"
+    );
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_of_1000_requests_makes_one_token_request() {
+    let entra = FakeEntra::start().await;
+    // Slow Entra: every request of the burst arrives while the first acquisition is in flight.
+    entra.push_fault(Fault::Delay(Duration::from_millis(800)));
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let client = support::http_client();
+    let started = std::time::Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let c = client.clone();
+        let url = p.url(&format!("/ado/org/_apis/item/{i}"));
+        set.spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        if r.expect("task").expect("request") == 200 {
+            ok += 1;
+        }
+    }
+    eprintln!(
+        "cold burst: 1000 requests in {:?}, {} token request(s)",
+        started.elapsed(),
+        entra.token_requests()
+    );
+    assert_eq!(ok, 1000);
+    assert_eq!(
+        entra.token_requests(),
+        1,
+        "single-flight: one acquisition for the whole burst"
+    );
+    assert_eq!(up.accepted(), 1000);
+    assert_eq!(up.rejected(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_outage_serves_the_cached_token_until_the_skew_margin_then_503() {
+    let entra = FakeEntra::start().await;
+    // 4-s tokens: refresh due at 2 s, usable until 4 − 0.4 = 3.6 s.
+    entra.set_lifetime(4);
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let client = support::http_client();
+    let r = client.get(p.url("/ado/a")).send().await.expect("req");
+    assert_eq!(r.status(), 200);
+    let t0 = std::time::Instant::now();
+    entra.set_fault(Some(Fault::ServerError));
+    // Through the outage, requests keep succeeding with the cached token …
+    let mut last_ok = t0;
+    let mut first_503 = None;
+    while t0.elapsed() < Duration::from_secs(6) {
+        let r = client.get(p.url("/ado/b")).send().await.expect("req");
+        match r.status().as_u16() {
+            200 => last_ok = std::time::Instant::now(),
+            503 => {
+                assert!(r.headers().contains_key("retry-after"));
+                let body = json(r).await;
+                assert_eq!(body["error"], "token_unavailable");
+                assert!(
+                    body["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("HTTP 500"),
+                    "{body}"
+                );
+                first_503.get_or_insert(std::time::Instant::now());
+                break;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_503 = first_503.expect("requests must fail once the token is past its margin");
+    let served = last_ok.duration_since(t0);
+    assert!(
+        served >= Duration::from_millis(2500),
+        "cached token served for only {served:?}"
+    );
+    assert!(first_503.duration_since(t0) <= Duration::from_millis(4000));
+    // … and the upstream never saw a request without a valid token.
+    assert_eq!(up.rejected(), 0);
+    // The refresher backed off: a trickle of retries, not a storm.
+    let attempts = entra.token_requests();
+    assert!(
+        (2..=8).contains(&attempts),
+        "{attempts} token requests during the outage"
+    );
+    let metrics = client
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("req")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"patless_token_refreshes_total{profile="bot",result="server_error"}"#),
+        "{metrics}"
+    );
+
+    // Entra recovers: the refresher gets a new token on its next attempt.
+    entra.set_fault(None);
+    let mut recovered = false;
+    for _ in 0..100 {
+        if client
+            .get(p.url("/ado/c"))
+            .send()
+            .await
+            .expect("req")
+            .status()
+            == 200
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_mib_streams_intact_both_ways() {
+    const N: u64 = 10 * 1024 * 1024;
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let client = support::http_client();
+
+    let payload: Vec<u8> = (0..N).map(support::pattern_byte).collect();
+    let r = client
+        .post(p.url("/ado/upload"))
+        .body(payload)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    assert_eq!(body["len"], N);
+    assert_eq!(body["fnv"], format!("{:016x}", support::pattern_fnv(N)));
+
+    let mut r = client
+        .get(p.url(&format!("/ado/download/{N}")))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status(), 200);
+    let (mut len, mut fnv) = (0u64, support::FNV_OFFSET);
+    while let Some(chunk) = r.chunk().await.expect("chunk") {
+        len += chunk.len() as u64;
+        fnv = support::fnv1a(fnv, &chunk);
+    }
+    assert_eq!(len, N);
+    assert_eq!(fnv, support::pattern_fnv(N));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_rejection_is_a_503_with_the_aadsts_hint_and_no_secret() {
+    let entra = FakeEntra::start().await;
+    entra.set_fault(Some(Fault::InvalidClient));
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let client = support::http_client();
+    let r = client.get(p.url("/ado/x")).send().await.expect("req");
+    assert_eq!(r.status(), 503);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry >= 1);
+    let text = r.text().await.expect("text");
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(body["error"], "token_unavailable");
+    assert_eq!(body["route"], "/ado");
+    assert_eq!(body["profile"], "bot");
+    let msg = body["message"].as_str().expect("message");
+    assert!(msg.contains("AADSTS7000215"), "{msg}");
+    assert!(msg.contains("not its ID"), "{msg}");
+    assert!(!text.contains(support::entra::CLIENT_SECRET));
+    assert!(
+        up.requests().is_empty(),
+        "nothing is forwarded without a token"
+    );
+    let metrics = client
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("req")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"patless_token_refreshes_total{profile="bot",result="invalid_client"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"patless_requests_total{route="/ado",status="503"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let entra = FakeEntra::start().await;
+    // An upstream that answers 700 ms after the request arrives.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slow_url = format!("http://{}", slow.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone",
+                    )
+                    .await;
+            });
+        }
+    });
+    let mut p = Patless::start(&config(&entra, &[("/slow", &slow_url, ADO)], "", "")).await;
+    let client = support::http_client();
+    // Warm the token so the request is in the upstream phase when shutdown begins.
+    for _ in 0..50 {
+        if entra.token_requests() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = p.url("/slow/x");
+    let c = client.clone();
+    let inflight = tokio::spawn(async move { c.get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.begin_shutdown();
+    let resp = inflight
+        .await
+        .expect("task")
+        .expect("in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "done");
+    p.stop().await;
+    server.abort();
+}
