@@ -180,8 +180,9 @@ impl TokenEntry {
                     return Err(self.unavailable(err, retry));
                 }
                 // No token, no error, nothing in flight (expired while the refresher slept, say):
-                // ask for an acquisition now.
-                self.wake.notify_one();
+                // wake it. `notify_waiters` stores no permit, so a request that arrives before the
+                // refresher's first attempt cannot cause a second acquisition afterwards.
+                self.wake.notify_waiters();
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
