@@ -1,0 +1,186 @@
+//! The admin listener (SPEC §7) and the `auto` profile's environment service principal.
+
+mod support;
+
+use std::time::Duration;
+
+use patless::env::MapEnv;
+use serde_json::Value;
+use support::entra::{FakeEntra, Fault, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, TENANT};
+use support::patless::{config, Patless, ADO};
+use support::upstream::FakeUpstream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_green_once_every_route_holds_a_token_and_metrics_follow() {
+    let entra = FakeEntra::start().await;
+    entra.push_fault(Fault::Delay(Duration::from_millis(600)));
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let client = support::http_client();
+
+    let r = client
+        .get(p.admin_url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(p.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(
+        r.status(),
+        503,
+        "not ready while the first token is being acquired"
+    );
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["routes"][0]["profile"], "bot");
+    assert_eq!(body["routes"][0]["has_held_valid_token"], false);
+
+    let mut ready = false;
+    for _ in 0..50 {
+        if client
+            .get(p.admin_url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "ready after the prefetch, without any request");
+    assert_eq!(entra.token_requests(), 1);
+
+    assert_eq!(
+        client
+            .get(p.url("/ado/a"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+    let m = client
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert!(m.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/plain"));
+    let m = m.text().await.expect("text");
+    for needle in [
+        r#"patless_token_refreshes_total{profile="bot",result="success"} 1"#,
+        r#"patless_token_refresh_duration_seconds_count{profile="bot"} 1"#,
+        r#"patless_token_expiry_timestamp_seconds{profile="bot",scope="499b84ac-1321-427f-aa17-267ca6975798/.default"}"#,
+        r#"patless_requests_total{route="/ado",status="200"} 1"#,
+        r#"patless_request_duration_seconds_count{route="/ado"} 1"#,
+        r#"patless_build_info{version=""#,
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+    let expiry: f64 = m
+        .lines()
+        .find(|l| l.starts_with("patless_token_expiry_timestamp_seconds{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("expiry gauge value");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        (expiry - now - 3599.0).abs() < 30.0,
+        "expiry {expiry} vs now {now}"
+    );
+    let r = client.get(p.admin_url("/nope")).send().await.expect("404");
+    assert_eq!(r.status(), 404);
+}
+
+const AUTO_CONFIG: &str = r#"
+[server]
+host_routes = false
+[entra]
+authority_host = "AUTHORITY"
+[profiles.auto]
+kind = "auto"
+[[routes]]
+prefix = "/ado"
+upstream = "UPSTREAM"
+profile = "auto"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_uses_the_environment_service_principal() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let toml = AUTO_CONFIG
+        .replace("AUTHORITY", &entra.authority())
+        .replace("UPSTREAM", &format!("{}/", up.url()))
+        + "scope = \"499b84ac-1321-427f-aa17-267ca6975798/.default\"\n";
+    let env = MapEnv::new([
+        ("AZURE_CLIENT_ID", CLIENT_ID),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+    ]);
+    let p = Patless::start_with_env(&toml, env).await;
+    let r = support::http_client()
+        .get(p.url("/ado/org/_apis/projects"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.accepted(), 1);
+    let form = &entra.requests()[0].form;
+    assert_eq!(form["grant_type"], "client_credentials");
+    assert_eq!(form["client_id"], CLIENT_ID);
+    assert_eq!(form["scope"], ADO);
+    assert_eq!(entra.requests()[0].headers["accept"], "application/json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_without_credentials_says_what_it_tried_and_how_to_fix_it() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let toml = AUTO_CONFIG
+        .replace("AUTHORITY", &entra.authority())
+        .replace("UPSTREAM", &up.url())
+        + "scope = \"499b84ac-1321-427f-aa17-267ca6975798/.default\"\n";
+    let p = Patless::start_with_env(&toml, MapEnv::new([("AZURE_CLIENT_ID", CLIENT_ID)])).await;
+    let r = support::http_client()
+        .get(p.url("/ado/x"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "token_unavailable");
+    let msg = body["message"].as_str().expect("message");
+    assert!(msg.contains("environment service principal"), "{msg}");
+    assert!(
+        msg.contains("— AZURE_TENANT_ID, AZURE_CLIENT_SECRET not set"),
+        "exactly the unset variables are named: {msg}"
+    );
+    assert!(msg.contains("client_secret"), "the fix is named: {msg}");
+    assert_eq!(entra.token_requests(), 0);
+    assert!(up.requests().is_empty());
+    let m = support::http_client()
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        m.contains(r#"patless_token_refreshes_total{profile="auto",result="not_configured"}"#),
+        "{m}"
+    );
+}
