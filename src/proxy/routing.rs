@@ -104,7 +104,7 @@ impl Router {
                 entry,
             });
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let default_profile: Arc<str> = config.server.default_profile.as_str().into();
         let mut host_entries = HashMap::new();
         if config.server.host_routes {
@@ -182,4 +182,101 @@ fn join(base: &str, rest: &str, query: Option<&str>) -> String {
         s.push_str(q);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_from_str, ConfigSource, Format};
+    use crate::env::MapEnv;
+    use crate::metrics::Metrics;
+    use crate::token::CacheSettings;
+    use std::time::Duration;
+
+    fn router(toml: &str) -> Router {
+        let env = MapEnv::default();
+        let loaded =
+            load_from_str(toml, Format::Toml, ConfigSource::Embedded, &env).expect("config");
+        let creds = loaded
+            .config
+            .profiles
+            .values()
+            .map(|p| {
+                let ctx = crate::credentials::CredentialContext {
+                    entra: crate::credentials::EntraClient::new(reqwest::Client::new()),
+                    env: std::sync::Arc::new(MapEnv::default()),
+                };
+                (p.name.clone(), crate::credentials::build(p, &ctx))
+            })
+            .collect();
+        let cache = TokenCache::new(
+            creds,
+            CacheSettings {
+                acquire_timeout: Duration::from_secs(1),
+                wait_timeout: Duration::from_secs(1),
+            },
+            Metrics::new(prometheus::Registry::new()),
+        );
+        Router::new(&loaded.config, &cache).expect("router")
+    }
+
+    #[test]
+    fn host_routes_serve_known_hosts_only() {
+        crate::tls::install_crypto_provider();
+        let r = router(crate::config::EMBEDDED_DEFAULT);
+        let t = r
+            .route("/dev.azure.com/org/_apis/projects", Some("api-version=7.1"))
+            .expect("known host");
+        assert_eq!(t.target.authority.as_str(), "dev.azure.com");
+        assert_eq!(t.target.scheme, http::uri::Scheme::HTTPS);
+        assert_eq!(t.path_and_query, "/org/_apis/projects?api-version=7.1");
+        assert!(t.target.azure_devops);
+        assert_eq!(&*t.target.profile, "auto");
+        assert_eq!(t.target.entry.key().scope, hosts::AZURE_DEVOPS_SCOPE);
+
+        let t = r
+            .route("/Contoso.VisualStudio.com/_git/repo", None)
+            .expect("visualstudio.com");
+        assert_eq!(t.target.authority.as_str(), "contoso.visualstudio.com");
+        assert_eq!(
+            &*t.target.label, "/*.visualstudio.com",
+            "labels stay bounded"
+        );
+
+        let t = r
+            .route("/api-eu.securitycenter.microsoft.com/api/machines", None)
+            .expect("MDE");
+        assert_eq!(
+            t.target.entry.key().scope,
+            "https://api.securitycenter.microsoft.com/.default"
+        );
+        assert!(!t.target.azure_devops);
+
+        for unknown in [
+            "/evil.com/x",
+            "/127.0.0.1:8080/x",
+            "/dev.azure.com.evil.com/x",
+            "/localhost/x",
+        ] {
+            assert!(
+                r.route(unknown, None).is_none(),
+                "{unknown} must not be proxied"
+            );
+        }
+        // Explicit routes win over host routes.
+        let t = r.route("/ado/org", None).expect("explicit");
+        assert_eq!(&*t.target.label, "/ado");
+        assert_eq!(t.path_and_query, "/org");
+    }
+
+    #[test]
+    fn host_routes_off_means_explicit_only() {
+        crate::tls::install_crypto_provider();
+        let r = router(&format!(
+            "{}\n",
+            crate::config::EMBEDDED_DEFAULT.replace("host_routes = true", "host_routes = false")
+        ));
+        assert!(r.route("/dev.azure.com/org", None).is_none());
+        assert!(r.route("/mde/api", None).is_some());
+    }
 }

@@ -4,6 +4,7 @@
 //! ([`upstream::FakeUpstream`]).
 
 pub mod entra;
+pub mod patless;
 pub mod upstream;
 
 use std::convert::Infallible;
