@@ -82,6 +82,8 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     /// Serve `/{known-host}/…`.
     pub host_routes: Option<bool>,
+    /// Accept a non-loopback `listen` with no inbound authentication (SPEC §6).
+    pub allow_unauthenticated_clients: Option<bool>,
     /// Profile for host routes.
     pub default_profile: Option<String>,
     /// How long SIGTERM waits for in-flight requests.

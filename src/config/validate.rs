@@ -50,6 +50,18 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
         "server.listen",
         raw.server.listen.as_deref().unwrap_or("127.0.0.1:7070"),
     );
+    if let Some(ListenAddr::Tcp(addr)) = &listen {
+        if !addr.ip().is_loopback() && raw.server.allow_unauthenticated_clients != Some(true) {
+            errs.add(
+                "server.listen",
+                format!(
+                    "{addr} is not a loopback address: anyone who reaches it could act with patless's \
+                     identities. Listen on 127.0.0.1 (or unix:/path), or set \
+                     allow_unauthenticated_clients = true if a network policy already restricts who connects"
+                ),
+            );
+        }
+    }
     let admin_listen = match raw
         .server
         .admin_listen
@@ -506,4 +518,54 @@ fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -
         authority_host: authority_host?,
         kind: kind?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_from_str, ConfigError, ConfigSource, Format};
+    use crate::env::MapEnv;
+
+    fn errors(toml: &str) -> Vec<String> {
+        match load_from_str(
+            toml,
+            Format::Toml,
+            ConfigSource::Embedded,
+            &MapEnv::default(),
+        ) {
+            Err(ConfigError::Invalid { errors, .. }) => {
+                errors.iter().map(|e| e.to_string()).collect()
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_an_explicit_opt_in() {
+        let errs = errors("[server]\nlisten = \"0.0.0.0:7070\"\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("server.listen:") && e.contains("not a loopback")),
+            "{errs:?}"
+        );
+        let ok = load_from_str(
+            "[server]\nlisten = \"0.0.0.0:7070\"\nallow_unauthenticated_clients = true\n",
+            Format::Toml,
+            ConfigSource::Embedded,
+            &MapEnv::default(),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        for loopback in ["127.0.0.1:7070", "[::1]:7070", "unix:/run/patless.sock"] {
+            let toml = format!("[server]\nlisten = \"{loopback}\"\n");
+            assert!(
+                load_from_str(
+                    &toml,
+                    Format::Toml,
+                    ConfigSource::Embedded,
+                    &MapEnv::default()
+                )
+                .is_ok(),
+                "{loopback}"
+            );
+        }
+    }
 }
