@@ -515,3 +515,62 @@ async fn shutdown_drains_in_flight_requests() {
     p.stop().await;
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_a_unix_socket_and_replaces_a_stale_one() {
+    use http_body_util::BodyExt;
+    use patless::config::{load_from_str, ConfigSource, Format, ListenAddr};
+    use patless::env::MapEnv;
+    use patless::server::Listener;
+
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("patless.sock");
+    // A stale socket from a previous run is replaced, not an error.
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("stale socket"));
+    let env = MapEnv::default();
+    let toml = config(&entra, &[("/ado", &up.url(), ADO)], "", "");
+    let loaded = load_from_str(&toml, Format::Toml, ConfigSource::Embedded, &env).expect("config");
+    let app = patless::App::new(
+        loaded.config,
+        std::sync::Arc::new(env),
+        prometheus::Registry::new(),
+    )
+    .expect("app");
+    let listener = Listener::bind(&ListenAddr::Unix(sock.clone()))
+        .await
+        .expect("bind unix");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(patless::run(
+        patless::Listeners {
+            proxy: listener,
+            admin: None,
+        },
+        app,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+
+    let stream = tokio::net::UnixStream::connect(&sock)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("/ado/org/_apis/projects")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["path"], "/org/_apis/projects");
+    assert_eq!(up.accepted(), 1);
+    let _ = tx.send(());
+    task.await.expect("run");
+}
