@@ -178,7 +178,7 @@ async fn shutdown_signal() {
 
 fn print_config(loaded: &LoadedConfig) -> ExitCode {
     println!("# source: {}", loaded.source);
-    match toml::to_string_pretty(&loaded.raw.redacted()) {
+    match toml::to_string_pretty(&loaded.config.effective(&loaded.raw)) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

@@ -126,7 +126,10 @@ pub fn load_from_str(
     }
     let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Parse {
         source_name: source_name.clone(),
-        errors: e.into_iter().map(describe_figment_error).collect(),
+        errors: e
+            .into_iter()
+            .map(|e| describe_figment_error(e, &source_name))
+            .collect(),
     })?;
     let config = validate::validate(&raw, env).map_err(|errors| ConfigError::Invalid {
         source_name,
@@ -172,16 +175,17 @@ fn env_value(text: &str) -> Value {
     }
 }
 
-fn describe_figment_error(e: figment::Error) -> String {
+fn describe_figment_error(e: figment::Error, source_name: &str) -> String {
     let key = e.path.join(".");
-    let origin = e
-        .metadata
-        .as_ref()
-        .map(|m| match &m.source {
-            Some(src) => format!(" (from {src})"),
-            None => format!(" (from {})", m.name),
-        })
-        .unwrap_or_default();
+    // Values from the file carry no useful source name (the text was read by us); values from the
+    // environment are the `PATLESS_…` overrides.
+    let origin = match e.metadata.as_ref().map(|m| m.name.to_string()) {
+        // `Serialized` names its metadata after the value's type.
+        Some(name) if name == std::any::type_name::<Value>() => {
+            " (from a PATLESS_… environment variable)".to_string()
+        }
+        _ => format!(" (in {source_name})"),
+    };
     if key.is_empty() {
         format!("{}{origin}", e.kind)
     } else {

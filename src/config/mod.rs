@@ -273,3 +273,100 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     };
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
+
+fn duration_text(d: Duration) -> raw::RawDuration {
+    let ms = d.as_millis();
+    raw::RawDuration::Text(if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    })
+}
+
+impl Config {
+    /// The effective configuration — file, environment and defaults, with inferred scopes and the
+    /// implicit `auto` profile — in the file's shape, every literal secret redacted.
+    pub fn effective(&self, raw: &RawConfig) -> RawConfig {
+        let s = &self.server;
+        let server = raw::RawServer {
+            listen: Some(s.listen.to_string()),
+            admin_listen: Some(
+                s.admin_listen
+                    .as_ref()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            ),
+            host_routes: Some(s.host_routes),
+            allow_unauthenticated_clients: raw.server.allow_unauthenticated_clients,
+            default_profile: Some(s.default_profile.clone()),
+            shutdown_grace: Some(duration_text(s.shutdown_grace)),
+            connect_timeout: Some(duration_text(s.connect_timeout)),
+            response_header_timeout: Some(duration_text(s.response_header_timeout)),
+            token_wait_timeout: Some(duration_text(s.token_wait_timeout)),
+        };
+        let entra = raw::RawEntra {
+            authority_host: Some(
+                self.entra
+                    .authority_host
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_string(),
+            ),
+            tenant_id: self.entra.tenant_id.clone(),
+            ca_file: self.entra.ca_file.clone(),
+            request_timeout: Some(duration_text(self.entra.request_timeout)),
+        };
+        let profiles = self
+            .profiles
+            .values()
+            .map(|p| {
+                let mut rp = raw::RawProfile {
+                    kind: Some(p.kind.name().to_string()),
+                    authority_host: Some(
+                        p.authority_host.as_str().trim_end_matches('/').to_string(),
+                    ),
+                    ..Default::default()
+                };
+                match &p.kind {
+                    ProfileKind::ClientSecret {
+                        tenant_id,
+                        client_id,
+                        client_secret,
+                    } => {
+                        rp.tenant_id = Some(tenant_id.clone());
+                        rp.client_id = Some(client_id.clone());
+                        rp.client_secret = Some(match client_secret {
+                            SecretSource::Literal(_) => SecretValue::Literal("<redacted>".into()),
+                            SecretSource::Env(env) => SecretValue::Env { env: env.clone() },
+                            SecretSource::File(file) => SecretValue::File { file: file.clone() },
+                        });
+                    }
+                    ProfileKind::Auto {
+                        tenant_id,
+                        client_id,
+                    } => {
+                        rp.tenant_id = tenant_id.clone();
+                        rp.client_id = client_id.clone();
+                    }
+                }
+                (p.name.clone(), rp)
+            })
+            .collect();
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| raw::RawRoute {
+                prefix: Some(r.prefix.clone()),
+                upstream: Some(r.upstream.as_str().trim_end_matches('/').to_string()),
+                profile: Some(r.profile.clone()),
+                scope: Some(r.scope.clone()),
+            })
+            .collect();
+        RawConfig {
+            server,
+            entra,
+            profiles,
+            routes,
+        }
+    }
+}

@@ -88,7 +88,7 @@ pub struct RawServer {
     pub default_profile: Option<String>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Option<RawDuration>,
-    /// Upstream TCP+TLS connect timeout.
+    /// Upstream TCP connect timeout.
     pub connect_timeout: Option<RawDuration>,
     /// Time allowed for the upstream's response headers.
     pub response_header_timeout: Option<RawDuration>,
