@@ -92,7 +92,11 @@ impl App {
             response_header_timeout: config.server.response_header_timeout,
         };
         let client = proxy::upstream_client(tls::client_config(ca)?, &settings);
-        let proxy = Proxy::new(router, client, settings, metrics.clone());
+        let inbound = proxy::InboundPolicy {
+            allowed_hosts: config.server.allowed_hosts.clone(),
+            allowed_origins: config.server.allowed_origins.clone(),
+        };
+        let proxy = Proxy::new(router, inbound, client, settings, metrics.clone());
         Ok(App {
             config,
             metrics,

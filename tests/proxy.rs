@@ -574,3 +574,70 @@ async fn serves_on_a_unix_socket_and_replaces_a_stale_one() {
     let _ = tx.send(());
     task.await.expect("run");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_act_with_the_proxys_identity() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(
+        &entra,
+        &[("/ado", &up.url(), ADO)],
+        "allowed_hosts = [\"patless.tools.svc\"]",
+        "",
+    ))
+    .await;
+    let client = support::http_client();
+    let cases: [(&str, &str, &str); 4] = [
+        ("sec-fetch-site", "cross-site", "cross_site_request"),
+        ("origin", "https://evil.example", "cross_site_request"),
+        // DNS rebinding: evil.example resolved to 127.0.0.1, the browser still says its name.
+        ("host", "evil.example:7070", "host_not_allowed"),
+        ("host", "127.0.0.1.nip.io", "host_not_allowed"),
+    ];
+    for (name, value, code) in cases {
+        let r = client
+            .post(p.url("/ado/org/_apis/wit/workitems"))
+            .header(name, value)
+            .body("{}")
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.status(), 403, "{name}: {value}");
+        assert_eq!(json(r).await["error"], code, "{name}: {value}");
+    }
+    assert!(
+        up.requests().is_empty(),
+        "nothing refused reached the upstream"
+    );
+    // Names the config allows, and ordinary tools, pass.
+    let r = client
+        .get(p.url("/ado/x"))
+        .header("host", "patless.tools.svc:7070")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(p.url("/ado/x"))
+        .header("sec-fetch-site", "none")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let m = client
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        m.contains(r#"patless_inbound_rejections_total{reason="cross_site_request"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"patless_inbound_rejections_total{reason="host_not_allowed"} 2"#),
+        "{m}"
+    );
+}

@@ -63,6 +63,10 @@ pub struct ServerConfig {
     pub admin_listen: Option<ListenAddr>,
     /// Serve `/{known-host}/…`.
     pub host_routes: bool,
+    /// `Host` values accepted besides loopback names (lower-case).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to send requests.
+    pub allowed_origins: Vec<String>,
     /// Profile for host routes.
     pub default_profile: String,
     /// Drain time on SIGTERM/SIGINT.
@@ -297,6 +301,8 @@ impl Config {
                     .unwrap_or_default(),
             ),
             host_routes: Some(s.host_routes),
+            allowed_hosts: s.allowed_hosts.clone(),
+            allowed_origins: s.allowed_origins.clone(),
             allow_unauthenticated_clients: raw.server.allow_unauthenticated_clients,
             default_profile: Some(s.default_profile.clone()),
             shutdown_grace: Some(duration_text(s.shutdown_grace)),

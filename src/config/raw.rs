@@ -82,6 +82,12 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     /// Serve `/{known-host}/…`.
     pub host_routes: Option<bool>,
+    /// `Host` values accepted besides loopback names.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to send requests.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Accept a non-loopback `listen` with no inbound authentication (SPEC §6).
     pub allow_unauthenticated_clients: Option<bool>,
     /// Profile for host routes.

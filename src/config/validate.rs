@@ -81,6 +81,13 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
         listen: listen.unwrap_or(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 7070)))),
         admin_listen,
         host_routes,
+        allowed_hosts: raw
+            .server
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
+        allowed_origins: raw.server.allowed_origins.clone(),
         default_profile: default_profile.clone(),
         shutdown_grace: duration(
             &mut errs,

@@ -17,6 +17,12 @@ pub enum ProxyError {
     /// Dot segments, encoded slashes, bad escapes.
     #[error("invalid path: {0}")]
     InvalidPath(&'static str),
+    /// The `Host` is neither loopback nor in `allowed_hosts`.
+    #[error("the Host header names neither this machine's loopback nor a name in server.allowed_hosts; add it there if this is intended")]
+    HostNotAllowed,
+    /// A browser's cross-site request.
+    #[error("refused a cross-site request from a browser (Sec-Fetch-Site or an Origin not in server.allowed_origins): a web page must not act with patless's identity")]
+    CrossSiteRequest,
     /// No token can be had.
     #[error("{message}")]
     TokenUnavailable {
@@ -49,6 +55,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::InvalidPath(_) => "invalid_path",
+            ProxyError::HostNotAllowed => "host_not_allowed",
+            ProxyError::CrossSiteRequest => "cross_site_request",
             ProxyError::TokenUnavailable { .. } => "token_unavailable",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -60,6 +68,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HostNotAllowed | ProxyError::CrossSiteRequest => StatusCode::FORBIDDEN,
             ProxyError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -1,22 +1,25 @@
 //! The proxy: one road for every request, in this order.
 //!
 //! 1. **listener** — `server` accepts the connection and hands each request here.
-//! 2. **path check** — dot segments, encoded slashes and bad escapes → `400 invalid_path`.
-//! 3. **route** — longest explicit prefix on whole segments, else `/{known-host}/…` → else
+//! 2. **inbound policy** — `Host` must be loopback or in `allowed_hosts`; a browser's cross-site
+//!    request (`Sec-Fetch-Site`, or an `Origin` not in `allowed_origins`) is refused → `403`.
+//! 3. **path check** — dot segments, encoded slashes and bad escapes → `400 invalid_path`.
+//! 4. **route** — longest explicit prefix on whole segments, else `/{known-host}/…` → else
 //!    `404 no_route`.
-//! 4. **token** — the route's cache entry gives a usable token without a lock, or waits for the one
+//! 5. **token** — the route's cache entry gives a usable token without a lock, or waits for the one
 //!    acquisition in flight; none to be had → `503 token_unavailable` with `Retry-After`.
-//! 5. **rewrite** — path after the prefix onto the upstream base; hop-by-hop headers, the client's
+//! 6. **rewrite** — path after the prefix onto the upstream base; hop-by-hop headers, the client's
 //!    `Authorization` and `Proxy-Authorization` dropped; `Authorization: Bearer …` (sensitive) and,
 //!    toward Azure DevOps, `X-TFS-FedAuthRedirect: Suppress` set; `Host` becomes the upstream's.
-//! 6. **forward** — the body streams upstream as it arrives; connect and response-header timeouts
+//! 7. **forward** — the body streams upstream as it arrives; connect and response-header timeouts
 //!    apply (`502 upstream_unreachable`, `504 upstream_timeout`), the body itself has none.
-//! 7. **response** — hop-by-hop headers dropped, a `Location` into the upstream rewritten to the
+//! 8. **response** — hop-by-hop headers dropped, a `Location` into the upstream rewritten to the
 //!    proxy's path, the body streamed back.
-//! 8. **metrics/log** — `patless_requests_total{route,status}`, the duration histogram, upstream
+//! 9. **metrics/log** — `patless_requests_total{route,status}`, the duration histogram, upstream
 //!    error counters, one debug log line (never a header value).
 
 pub mod error;
+pub mod inbound;
 pub mod path;
 pub mod routing;
 
@@ -33,6 +36,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 pub use error::ProxyError;
+pub use inbound::InboundPolicy;
 pub use routing::{RouteTarget, Router};
 
 use crate::metrics::Metrics;
@@ -73,6 +77,7 @@ pub fn upstream_client(tls: rustls::ClientConfig, settings: &ProxySettings) -> U
 #[derive(Debug)]
 pub struct Proxy {
     router: Router,
+    inbound: InboundPolicy,
     client: UpstreamClient,
     settings: ProxySettings,
     metrics: Metrics,
@@ -120,12 +125,14 @@ impl Proxy {
     /// A proxy over this routing table and client.
     pub fn new(
         router: Router,
+        inbound: InboundPolicy,
         client: UpstreamClient,
         settings: ProxySettings,
         metrics: Metrics,
     ) -> Self {
         Proxy {
             router,
+            inbound,
             client,
             settings,
             metrics,
@@ -140,16 +147,24 @@ impl Proxy {
     /// Handles one request; never fails (errors become their JSON answers).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        // 2. path check
+        // 2. inbound policy
+        if let Err(refused) = self.inbound.check(req.headers()) {
+            self.metrics
+                .inbound_rejections
+                .with_label_values(&[refused.code()])
+                .inc();
+            return self.reject(refused, None, started);
+        }
+        // 3. path check
         if let Err(why) = path::validate(req.uri().path()) {
             return self.reject(ProxyError::InvalidPath(why), None, started);
         }
-        // 3. route
+        // 4. route
         let Some(routed) = self.router.route(req.uri().path(), req.uri().query()) else {
             return self.reject(ProxyError::NoRoute, None, started);
         };
         let target = routed.target;
-        // 4. token
+        // 5. token
         let token = match target.entry.get().await {
             Ok(t) => t,
             Err(e) => {
@@ -163,7 +178,7 @@ impl Proxy {
                 )
             }
         };
-        // 5. rewrite
+        // 6. rewrite
         let (mut parts, body) = req.into_parts();
         let uri = match Uri::builder()
             .scheme(target.scheme.clone())
@@ -196,7 +211,7 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
         drop(token);
-        // 6. forward
+        // 7. forward
         let result = tokio::time::timeout(
             self.settings.response_header_timeout,
             self.client.request(upstream_req),
@@ -244,7 +259,7 @@ impl Proxy {
                 );
             }
         };
-        // 7. response
+        // 8. response
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(loc) = parts.headers.get(header::LOCATION) {
@@ -252,7 +267,7 @@ impl Proxy {
                 parts.headers.insert(header::LOCATION, new);
             }
         }
-        // 8. metrics/log
+        // 9. metrics/log
         self.observe(&target.label, parts.status, started);
         tracing::debug!(
             route = %target.label,
@@ -284,7 +299,10 @@ impl Proxy {
         let route = target.map(|t| &*t.label);
         let status = err.status();
         match &err {
-            ProxyError::NoRoute | ProxyError::InvalidPath(_) => {
+            ProxyError::NoRoute
+            | ProxyError::InvalidPath(_)
+            | ProxyError::HostNotAllowed
+            | ProxyError::CrossSiteRequest => {
                 tracing::debug!(request_id = %id, code = err.code(), "refused: {err}")
             }
             _ => {
