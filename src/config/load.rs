@@ -158,19 +158,22 @@ fn env_overrides(env: &dyn Environment) -> Vec<(String, Value)> {
                 .map(|s| s.to_ascii_lowercase())
                 .collect::<Vec<_>>()
                 .join(".");
-            Some((key, env_value(&value)))
+            let value = env_value(&key, &value);
+            Some((key, value))
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
-/// Booleans and numbers become typed; everything else stays a string (a secret or an id that
-/// happens to be digits must not turn into a number).
-fn env_value(text: &str) -> Value {
-    match text {
-        "true" => Value::from(true),
-        "false" => Value::from(false),
+/// The boolean keys become booleans; every other value stays a string (a secret or an id that
+/// happens to read `true` or be all digits must not change type).
+fn env_value(key: &str, text: &str) -> Value {
+    const BOOLEAN_KEYS: &[&str] = &["host_routes", "allow_unauthenticated_clients"];
+    let last = key.rsplit('.').next().unwrap_or(key);
+    match (BOOLEAN_KEYS.contains(&last), text.trim()) {
+        (true, "true") => Value::from(true),
+        (true, "false") => Value::from(false),
         _ => Value::from(text.to_string()),
     }
 }

@@ -343,8 +343,12 @@ impl Config {
                         rp.client_id = Some(client_id.clone());
                         rp.client_secret = Some(match client_secret {
                             SecretSource::Literal(_) => SecretValue::Literal("<redacted>".into()),
-                            SecretSource::Env(env) => SecretValue::Env { env: env.clone() },
-                            SecretSource::File(file) => SecretValue::File { file: file.clone() },
+                            SecretSource::Env(env) => {
+                                SecretValue::Env(raw::EnvRef { env: env.clone() })
+                            }
+                            SecretSource::File(file) => {
+                                SecretValue::File(raw::FileRef { file: file.clone() })
+                            }
                         });
                     }
                     ProfileKind::Auto {

@@ -6,29 +6,41 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// A secret as written: a literal string, `{ env = "NAME" }` or `{ file = "PATH" }`.
+/// A secret as written: a literal string, `{ env = "NAME" }` or `{ file = "PATH" }`. A table with
+/// any other key (a typo, or both `env` and `file`) is refused, so a secret never comes from a
+/// place the operator did not mean.
 #[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum SecretValue {
     /// `{ env = "NAME" }`: read from the environment at each acquisition.
-    Env {
-        /// Variable name.
-        env: String,
-    },
+    Env(EnvRef),
     /// `{ file = "PATH" }`: read at each acquisition, trailing newline trimmed.
-    File {
-        /// File path.
-        file: PathBuf,
-    },
+    File(FileRef),
     /// The value itself.
     Literal(String),
+}
+
+/// `{ env = "NAME" }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvRef {
+    /// Variable name.
+    pub env: String,
+}
+
+/// `{ file = "PATH" }`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    /// File path.
+    pub file: PathBuf,
 }
 
 impl std::fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SecretValue::Env { env } => write!(f, "{{ env = {env:?} }}"),
-            SecretValue::File { file } => write!(f, "{{ file = {file:?} }}"),
+            SecretValue::Env(r) => write!(f, "{{ env = {:?} }}", r.env),
+            SecretValue::File(r) => write!(f, "{{ file = {:?} }}", r.file),
             SecretValue::Literal(_) => f.write_str("\"<redacted>\""),
         }
     }

@@ -177,6 +177,8 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
     }
 
     let mut routes: Vec<Route> = Vec::new();
+    // Every well-formed prefix with its route index, valid route or not, for the duplicate check.
+    let mut seen_prefixes: Vec<(String, usize)> = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
         let prefix = match r.prefix.as_deref() {
@@ -240,12 +242,13 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
             (None, None) => None,
         };
         if let Some(p) = &prefix {
-            if let Some(prev) = routes.iter().position(|r| &r.prefix == p) {
+            if let Some((_, prev)) = seen_prefixes.iter().find(|(q, _)| q == p) {
                 errs.add(
                     format!("{key}.prefix"),
                     format!("`{p}` is already used by routes[{prev}]"),
                 );
             }
+            seen_prefixes.push((p.clone(), i));
         }
         if let (Some(prefix), Some(upstream), Some(profile), Some(scope)) =
             (prefix, upstream, profile, scope)
@@ -435,8 +438,8 @@ fn tenant(errs: &mut Errors, key: &str, text: &str) -> bool {
 fn secret_source(v: &SecretValue) -> SecretSource {
     match v {
         SecretValue::Literal(s) => SecretSource::Literal(Secret::new(s.clone())),
-        SecretValue::Env { env } => SecretSource::Env(env.clone()),
-        SecretValue::File { file } => SecretSource::File(file.clone()),
+        SecretValue::Env(r) => SecretSource::Env(r.env.clone()),
+        SecretValue::File(r) => SecretSource::File(r.file.clone()),
     }
 }
 

@@ -1,0 +1,836 @@
+mod support;
+
+// The command line (SPEC §1), run as the real binary in a scrubbed environment: exit codes for
+// bad configs, `config`, `token`, `check`, `--help`, and `serve` (the default) until SIGTERM.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use support::entra::{
+    FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE,
+    DEFENDER_SCOPE, TENANT,
+};
+use support::upstream::FakeUpstream;
+use tempfile::TempDir;
+
+const EXIT_CONFIG: i32 = 64;
+const WRONG_SECRET: &str = "wrong-secret-VALUE-do-not-print";
+
+/// A scratch HOME / working directory with an empty `XDG_CONFIG_HOME`, so no config of the
+/// developer's can be found.
+struct Sandbox {
+    dir: TempDir,
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = TempDir::new().expect("tempdir");
+        fs::create_dir_all(dir.path().join("xdg")).expect("xdg dir");
+        fs::create_dir_all(dir.path().join("home")).expect("home dir");
+        fs::create_dir_all(dir.path().join("work")).expect("work dir");
+        Sandbox { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("create dirs");
+        }
+        fs::write(&path, text).expect("write");
+        path
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patless"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path().join("home"))
+            .env("XDG_CONFIG_HOME", self.path().join("xdg"))
+            .env("XDG_STATE_HOME", self.path().join("state"))
+            .env("TZ", "UTC")
+            .env("NO_COLOR", "1")
+            .current_dir(self.path().join("work"))
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs patless to completion.
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let out = self
+            .command(args, env)
+            .output()
+            .expect("run the patless binary");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs patless off the async runtime (the fakes run on it), with owned arguments.
+async fn run_blocking(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = sandbox.command(args, env);
+    tokio::task::spawn_blocking(move || {
+        let out = cmd.output().expect("run the patless binary");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("join blocking run")
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The test helper's config with one extra `[[routes]]`, written to the sandbox.
+fn write_config(sandbox: &Sandbox, entra: &FakeEntra, routes: &[(&str, &str, &str)]) -> PathBuf {
+    let text = support::patless::config(entra, routes, "", "");
+    assert!(text.contains(CLIENT_SECRET), "helper config changed shape");
+    sandbox.write("patless.toml", &text)
+}
+
+/// Same, but with a client secret Entra rejects.
+fn write_wrong_secret_config(
+    sandbox: &Sandbox,
+    entra: &FakeEntra,
+    routes: &[(&str, &str, &str)],
+) -> PathBuf {
+    let text = support::patless::config(entra, routes, "", "").replace(CLIENT_SECRET, WRONG_SECRET);
+    assert!(text.contains(WRONG_SECRET), "helper config changed shape");
+    sandbox.write("patless.toml", &text)
+}
+
+fn assert_no_secret(run: &Run) {
+    for s in [CLIENT_SECRET, WRONG_SECRET] {
+        assert!(!run.stdout.contains(s), "stdout leaks the secret: {run:?}");
+        assert!(!run.stderr.contains(s), "stderr leaks the secret: {run:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bad configs
+
+const GOOD_PROFILE: &str = r#"
+[server]
+host_routes = false
+
+[profiles.bot]
+kind = "client_secret"
+tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+client_id = "11111111-1111-1111-1111-111111111111"
+client_secret = "literal-cli-secret-42"
+"#;
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let sb = Sandbox::new();
+    let cases = [
+        (
+            "undefined-profile.toml",
+            format!(
+                "{GOOD_PROFILE}\n[[routes]]\nprefix = \"/ado\"\nupstream = \"https://dev.azure.com\"\nprofile = \"ghost\"\n"
+            ),
+            vec!["routes[0].profile", "ghost"],
+        ),
+        (
+            "unknown-kind.toml",
+            format!("{GOOD_PROFILE}\n[profiles.x]\nkind = \"telepathy\"\n"),
+            vec!["profiles.x.kind", "telepathy"],
+        ),
+        (
+            "bad-url.toml",
+            format!(
+                "{GOOD_PROFILE}\n[[routes]]\nprefix = \"/x\"\nupstream = \"https//nope\"\nprofile = \"bot\"\nscope = \"api://x/.default\"\n"
+            ),
+            vec!["routes[0].upstream", "https//nope"],
+        ),
+        (
+            "bad-type.toml",
+            "[server]\nhost_routes = \"yes\"\n".to_string(),
+            vec!["server.host_routes"],
+        ),
+    ];
+    for (name, text, expected) in &cases {
+        let path = sb.write(name, text);
+        let path = path.to_str().unwrap();
+        // Every command loads the config first; `serve` (no sub-command) must not start.
+        for args in [
+            vec!["--config", path],
+            vec!["config", "--config", path],
+            vec!["check", "--config", path],
+            vec!["token", "--profile", "bot", "--config", path],
+        ] {
+            let run = sb.run(&args, &[]);
+            assert_eq!(run.code, Some(EXIT_CONFIG), "{args:?}: {run:?}");
+            for needle in expected {
+                assert!(
+                    run.stderr.contains(needle),
+                    "{args:?}: stderr lacks `{needle}`: {run:?}"
+                );
+            }
+            assert!(run.stderr.contains(name), "stderr names no file: {run:?}");
+            assert!(!run.all().contains("literal-cli-secret-42"), "{run:?}");
+        }
+    }
+}
+
+#[test]
+fn nonexistent_config_exits_64() {
+    let sb = Sandbox::new();
+    let missing = sb.path().join("does-not-exist.toml");
+    let missing = missing.to_str().unwrap();
+    // A valid file in XDG must not be used instead.
+    sb.write("xdg/patless/patless.toml", GOOD_PROFILE);
+
+    for args in [
+        vec!["--config", missing],
+        vec!["config", "--config", missing],
+        vec!["check", "--no-probe", "--config", missing],
+    ] {
+        let run = sb.run(&args, &[]);
+        assert_eq!(run.code, Some(EXIT_CONFIG), "{args:?}: {run:?}");
+        assert!(run.stderr.contains(missing), "{run:?}");
+    }
+    let run = sb.run(&["config"], &[("PATLESS_CONFIG", missing)]);
+    assert_eq!(run.code, Some(EXIT_CONFIG), "{run:?}");
+    assert!(run.stderr.contains(missing), "{run:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// patless config
+
+#[test]
+fn config_prints_the_effective_config_with_secrets_redacted() {
+    let sb = Sandbox::new();
+    let text = format!(
+        r#"{GOOD_PROFILE}
+[profiles.envbot]
+kind = "client_secret"
+tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+client_id = "22222222-2222-2222-2222-222222222222"
+client_secret = {{ env = "ENVBOT_SECRET" }}
+
+[profiles.third]
+kind = "client_secret"
+tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+client_id = "33333333-3333-3333-3333-333333333333"
+client_secret = "replaced-by-env"
+
+[[routes]]
+prefix = "/ado"
+upstream = "https://dev.azure.com/contoso"
+profile = "bot"
+
+[[routes]]
+prefix = "/defender"
+upstream = "https://api.security.microsoft.com"
+profile = "envbot"
+"#
+    );
+    let path = sb.write("conf/patless.toml", &text);
+    let run = sb.run(
+        &["config", "--config", path.to_str().unwrap()],
+        &[
+            ("ENVBOT_SECRET", "env-held-secret-value"),
+            ("PATLESS_SERVER__LISTEN", "127.0.0.1:7199"),
+            ("PATLESS_PROFILES__THIRD__CLIENT_SECRET", "424242424242"),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    for leaked in [
+        "literal-cli-secret-42",
+        "env-held-secret-value",
+        "replaced-by-env",
+        "424242424242",
+    ] {
+        assert!(!run.all().contains(leaked), "`{leaked}` leaked: {run:?}");
+    }
+    assert!(
+        run.stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains(path.to_str().unwrap())),
+        "first line should name the source: {}",
+        run.stdout
+    );
+
+    let printed: toml::Value = toml::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not TOML ({e}):\n{}", run.stdout));
+    let routes = printed["routes"].as_array().expect("routes array");
+    let prefixes: Vec<&str> = routes
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, vec!["/ado", "/defender"]);
+    assert_eq!(
+        routes[0]["upstream"].as_str(),
+        Some("https://dev.azure.com/contoso")
+    );
+    assert_eq!(routes[1]["profile"].as_str(), Some("envbot"));
+    let profiles = &printed["profiles"];
+    assert_eq!(
+        profiles["bot"]["client_secret"].as_str(),
+        Some("<redacted>")
+    );
+    assert_eq!(
+        profiles["third"]["client_secret"].as_str(),
+        Some("<redacted>")
+    );
+    assert_eq!(
+        profiles["envbot"]["client_secret"]["env"].as_str(),
+        Some("ENVBOT_SECRET")
+    );
+    assert_eq!(
+        profiles["bot"]["client_id"].as_str(),
+        Some("11111111-1111-1111-1111-111111111111")
+    );
+    // The environment override is part of the effective config.
+    assert_eq!(printed["server"]["listen"].as_str(), Some("127.0.0.1:7199"));
+}
+
+#[test]
+fn config_follows_the_lookup_order() {
+    let sb = Sandbox::new();
+    // Nothing anywhere: the embedded default.
+    let run = sb.run(&["config"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("embedded default"),
+        "{run:?}"
+    );
+    let printed: toml::Value = toml::from_str(&run.stdout).expect("TOML");
+    let prefixes: Vec<&str> = printed["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, vec!["/ado", "/defender", "/mde"]);
+
+    // $XDG_CONFIG_HOME/patless/patless.toml.
+    let xdg = sb.write(
+        "xdg/patless/patless.toml",
+        &format!("{GOOD_PROFILE}\n[[routes]]\nprefix = \"/from-xdg\"\nupstream = \"https://dev.azure.com\"\nprofile = \"bot\"\n"),
+    );
+    let run = sb.run(&["config"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains(xdg.to_str().unwrap()), "{run:?}");
+    assert!(run.stdout.contains("/from-xdg"), "{run:?}");
+
+    // ./patless.toml beats XDG.
+    sb.write(
+        "work/patless.toml",
+        &format!("{GOOD_PROFILE}\n[[routes]]\nprefix = \"/from-cwd\"\nupstream = \"https://dev.azure.com\"\nprofile = \"bot\"\n"),
+    );
+    let run = sb.run(&["config"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("/from-cwd"), "{run:?}");
+    assert!(!run.stdout.contains("/from-xdg"), "{run:?}");
+
+    // $PATLESS_CONFIG beats ./patless.toml.
+    let env_file = sb.write(
+        "elsewhere.yaml",
+        "server:\n  host_routes: false\nprofiles:\n  bot:\n    kind: auto\nroutes:\n  - prefix: /from-env\n    upstream: https://dev.azure.com\n    profile: bot\n",
+    );
+    let run = sb.run(
+        &["config"],
+        &[("PATLESS_CONFIG", env_file.to_str().unwrap())],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("/from-env"), "{run:?}");
+    assert!(!run.stdout.contains("/from-cwd"), "{run:?}");
+
+    // --config beats $PATLESS_CONFIG.
+    let explicit = sb.write(
+        "explicit.json",
+        r#"{"server":{"host_routes":false},"profiles":{"bot":{"kind":"auto"}},"routes":[{"prefix":"/from-flag","upstream":"https://dev.azure.com","profile":"bot"}]}"#,
+    );
+    let run = sb.run(
+        &["config", "--config", explicit.to_str().unwrap()],
+        &[("PATLESS_CONFIG", env_file.to_str().unwrap())],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("/from-flag"), "{run:?}");
+    assert!(!run.stdout.contains("/from-env"), "{run:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// patless token
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_prints_az_compatible_json() {
+    let entra = FakeEntra::start().await;
+    let sb = Sandbox::new();
+    let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
+    let before = now_secs();
+    let run = run_blocking(
+        &sb,
+        &[
+            "token",
+            "--profile",
+            "bot",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let after = now_secs();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_no_secret(&run);
+
+    let json: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {run:?}"));
+    let token = json["accessToken"].as_str().expect("accessToken");
+    let issued = entra.issued_tokens();
+    assert_eq!(issued.len(), 1, "one acquisition");
+    assert_eq!(token, issued[0]);
+    assert_eq!(json["tokenType"], "Bearer");
+    assert_eq!(json["tenant"], TENANT);
+
+    let expires_on = json["expires_on"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expires_on is not an integer: {}", json["expires_on"]));
+    assert!(
+        expires_on >= before + 3599 - 5 && expires_on <= after + 3599 + 5,
+        "expires_on {expires_on} not near now+3599 ({before}..{after})"
+    );
+
+    // `expiresOn`: local time (the child runs with TZ=UTC), `YYYY-MM-DD HH:MM:SS.ffffff`.
+    let expires_local = json["expiresOn"].as_str().expect("expiresOn");
+    let shape_ok = expires_local.len() == 26
+        && expires_local.char_indices().all(|(i, c)| match i {
+            4 | 7 => c == '-',
+            10 => c == ' ',
+            13 | 16 => c == ':',
+            19 => c == '.',
+            _ => c.is_ascii_digit(),
+        });
+    assert!(shape_ok, "expiresOn has the wrong shape: {expires_local}");
+    let expected = chrono::DateTime::from_timestamp(expires_on as i64, 0)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string();
+    assert_eq!(expires_local, expected);
+
+    // The scope came from the route that uses the profile.
+    let requests = entra.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].form.get("scope").map(String::as_str),
+        Some(ADO_SCOPE)
+    );
+    assert_eq!(
+        requests[0].form.get("client_id").map(String::as_str),
+        Some(CLIENT_ID)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_raw_prints_only_the_token() {
+    let entra = FakeEntra::start().await;
+    let sb = Sandbox::new();
+    let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
+    let run = run_blocking(
+        &sb,
+        &[
+            "token",
+            "--profile",
+            "bot",
+            "--output",
+            "raw",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_no_secret(&run);
+    let issued = entra.issued_tokens();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(run.stdout, format!("{}\n", issued[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_resource_and_scope_flags_choose_the_scope() {
+    let entra = FakeEntra::start().await;
+    let sb = Sandbox::new();
+    let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
+    let config = config.to_str().unwrap();
+
+    for (flag, value, scope) in [
+        (
+            "--resource",
+            "https://api.security.microsoft.com",
+            DEFENDER_SCOPE,
+        ),
+        (
+            "--resource",
+            "https://api.security.microsoft.com/",
+            DEFENDER_SCOPE,
+        ),
+        (
+            "--scope",
+            "https://graph.microsoft.com/.default",
+            "https://graph.microsoft.com/.default",
+        ),
+    ] {
+        let before = entra.requests().len();
+        let run = run_blocking(
+            &sb,
+            &[
+                "token",
+                "--profile",
+                "bot",
+                flag,
+                value,
+                "--output",
+                "raw",
+                "--config",
+                config,
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(run.code, Some(0), "{flag} {value}: {run:?}");
+        let requests = entra.requests();
+        assert_eq!(requests.len(), before + 1, "{flag} {value}");
+        assert_eq!(
+            requests[before].form.get("scope").map(String::as_str),
+            Some(scope),
+            "{flag} {value}"
+        );
+        let token = run.stdout.trim();
+        assert_eq!(Some(&token.to_string()), entra.issued_tokens().last());
+        // The token is for that audience.
+        let claims = patless::cli::decode_claims(token).expect("JWT claims");
+        assert_eq!(
+            claims["aud"].as_str(),
+            scope.strip_suffix("/.default"),
+            "{flag} {value}"
+        );
+    }
+    assert_eq!(DEFENDER_SCOPE, format!("{DEFENDER_AUDIENCE}/.default"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_with_a_wrong_secret_fails_with_the_entra_error_and_hint() {
+    let entra = FakeEntra::start().await;
+    let sb = Sandbox::new();
+    let config =
+        write_wrong_secret_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
+    let run = run_blocking(
+        &sb,
+        &[
+            "token",
+            "--profile",
+            "bot",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(run.code.is_some(), "killed by a signal: {run:?}");
+    assert!(run.stderr.contains("AADSTS7000215"), "{run:?}");
+    assert!(run.stderr.contains("hint"), "{run:?}");
+    assert!(run.stderr.contains("not its ID"), "{run:?}");
+    assert!(run.stdout.trim().is_empty(), "{run:?}");
+    assert_no_secret(&run);
+    assert!(entra.token_requests() >= 1);
+    assert!(entra.issued_tokens().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_for_an_unknown_profile_exits_64() {
+    let entra = FakeEntra::start().await;
+    let sb = Sandbox::new();
+    let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
+    let run = run_blocking(
+        &sb,
+        &[
+            "token",
+            "--profile",
+            "ghost",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, Some(EXIT_CONFIG), "{run:?}");
+    assert!(run.stderr.contains("ghost"), "{run:?}");
+    assert_eq!(entra.token_requests(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// patless check
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_shows_the_token_and_probes_each_route() {
+    let entra = FakeEntra::start().await;
+    let upstream = FakeUpstream::start(ADO_AUDIENCE).await;
+    let sb = Sandbox::new();
+    let url = upstream.url();
+    let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
+    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_no_secret(&run);
+    for needle in [ADO_AUDIENCE, TENANT, CLIENT_ID, "Machine.Read.All", "200"] {
+        assert!(
+            run.stdout.contains(needle),
+            "stdout lacks `{needle}`: {run:?}"
+        );
+    }
+    let token_line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("profile bot"))
+        .unwrap_or_else(|| panic!("no line for profile bot: {run:?}"));
+    assert!(token_line.contains(ADO_SCOPE), "{token_line}");
+    let probe_line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("route /api"))
+        .unwrap_or_else(|| panic!("no probe line for /api: {run:?}"));
+    assert!(probe_line.contains("200"), "{probe_line}");
+    assert!(!probe_line.contains("FAILED"), "{probe_line}");
+    // The probe really reached the upstream, with a token it accepted.
+    assert_eq!(upstream.accepted(), 1, "{:?}", upstream.requests());
+    assert_eq!(upstream.rejected(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_when_the_upstream_rejects_the_token() {
+    let entra = FakeEntra::start().await;
+    // The upstream wants a Defender token; the route asks for an Azure DevOps one.
+    let upstream = FakeUpstream::start(DEFENDER_AUDIENCE).await;
+    let sb = Sandbox::new();
+    let url = upstream.url();
+    let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
+    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(run.code.is_some(), "killed by a signal: {run:?}");
+    let probe_line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("route /api"))
+        .unwrap_or_else(|| panic!("no probe line for /api: {run:?}"));
+    assert!(probe_line.contains("401"), "{probe_line}");
+    assert!(probe_line.contains("FAILED"), "{probe_line}");
+    assert_eq!(upstream.rejected(), 1);
+    assert_no_secret(&run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_no_probe_skips_the_probes() {
+    let entra = FakeEntra::start().await;
+    let upstream = FakeUpstream::start(DEFENDER_AUDIENCE).await;
+    let sb = Sandbox::new();
+    let url = upstream.url();
+    let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
+    let run = run_blocking(
+        &sb,
+        &["check", "--no-probe", "--config", config.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    // The token is fine and the (rejecting) upstream is never asked.
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains(ADO_AUDIENCE), "{run:?}");
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    assert!(!run.stdout.contains("GET "), "{run:?}");
+    assert_eq!(entra.issued_tokens().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_with_a_wrong_secret_explains_the_entra_error() {
+    let entra = FakeEntra::start().await;
+    let upstream = FakeUpstream::start(ADO_AUDIENCE).await;
+    let sb = Sandbox::new();
+    let url = upstream.url();
+    let config = write_wrong_secret_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
+    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(run.code.is_some(), "killed by a signal: {run:?}");
+    let all = run.all();
+    assert!(all.contains("FAILED"), "{run:?}");
+    assert!(all.contains("AADSTS7000215"), "{run:?}");
+    assert!(all.contains("not its ID"), "{run:?}");
+    assert_no_secret(&run);
+    // Without a token there is nothing to probe with.
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+}
+
+// ---------------------------------------------------------------------------------------------
+// --help and serve
+
+#[test]
+fn help_lists_the_subcommands() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["--help"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let commands: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for c in ["serve", "config", "token", "check"] {
+        assert!(
+            commands.contains(&c),
+            "`{c}` not in {commands:?}:\n{}",
+            run.stdout
+        );
+    }
+}
+
+/// Kills the child (by its own handle) if the test ends before it exits.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port that was free a moment ago (bind `127.0.0.1:0`, read the port, let it go).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+async fn poll_status(client: &reqwest::Client, url: &str, want: u16) -> bool {
+    for _ in 0..200 {
+        if let Ok(resp) = client.get(url).send().await {
+            if resp.status().as_u16() == want {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_subcommand_serves_until_sigterm() {
+    let entra = FakeEntra::start().await;
+    let upstream = FakeUpstream::start(ADO_AUDIENCE).await;
+    let sb = Sandbox::new();
+    let [proxy_port, admin_port] = free_ports::<2>();
+    let url = upstream.url();
+    let text = support::patless::config(&entra, &[("/api", &url, ADO_SCOPE)], "", "")
+        .replace(
+            "\nlisten = \"127.0.0.1:0\"\n",
+            &format!("\nlisten = \"127.0.0.1:{proxy_port}\"\n"),
+        )
+        .replace(
+            "\nadmin_listen = \"127.0.0.1:0\"\n",
+            &format!("\nadmin_listen = \"127.0.0.1:{admin_port}\"\n"),
+        );
+    assert!(text.contains(&format!(":{proxy_port}\"")), "{text}");
+    assert!(text.contains(&format!(":{admin_port}\"")), "{text}");
+    let config = sb.write("patless.toml", &text);
+
+    let log = fs::File::create(sb.path().join("serve.log")).unwrap();
+    let child = sb
+        .command(&["--config", config.to_str().unwrap()], &[])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn patless");
+    let pid = child.id();
+    let mut guard = ChildGuard(Some(child));
+    let log_text = || fs::read_to_string(sb.path().join("serve.log")).unwrap_or_default();
+
+    let client = support::http_client();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    assert!(
+        poll_status(&client, &format!("{admin}/healthz"), 200).await,
+        "/healthz never answered 200; log:\n{}",
+        log_text()
+    );
+    assert!(
+        poll_status(&client, &format!("{admin}/readyz"), 200).await,
+        "/readyz never turned 200; log:\n{}",
+        log_text()
+    );
+    // It really proxies.
+    let resp = client
+        .get(format!("http://127.0.0.1:{proxy_port}/api/echo"))
+        .send()
+        .await
+        .expect("request through the proxy");
+    assert_eq!(resp.status(), 200, "log:\n{}", log_text());
+    assert_eq!(upstream.accepted(), 1);
+    drop(client);
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+
+    let started = Instant::now();
+    let status = loop {
+        let child = guard.0.as_mut().unwrap();
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            guard.0 = None;
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "patless did not exit within 5s of SIGTERM; log:\n{}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "log:\n{}", log_text());
+    assert!(!log_text().contains(CLIENT_SECRET));
+}
