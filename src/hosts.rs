@@ -158,6 +158,13 @@ impl Pattern {
 }
 
 /// The known-host row for `host` (lower-case, without port), if any.
+///
+/// ```
+/// use patless::hosts::{lookup, AZURE_DEVOPS_SCOPE};
+/// assert_eq!(lookup("contoso.visualstudio.com").map(|h| h.scope), Some(AZURE_DEVOPS_SCOPE));
+/// assert!(lookup("api-eu.securitycenter.microsoft.com").is_some());
+/// assert!(lookup("dev.azure.com.attacker.example").is_none());
+/// ```
 pub fn lookup(host: &str) -> Option<&'static KnownHost> {
     let host = host.strip_suffix('.').unwrap_or(host);
     KNOWN_HOSTS.iter().find(|h| h.pattern.matches(host))

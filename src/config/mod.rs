@@ -261,6 +261,16 @@ fn bullet<T: fmt::Display>(items: &[T]) -> String {
 }
 
 /// Parses `"30s"`, `"250ms"`, `"5m"`, `"1h"` or plain seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use patless::config::parse_duration;
+/// assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+/// assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+/// assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
+/// assert_eq!(parse_duration("soon"), None);
+/// ```
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let t = text.trim();
     let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
