@@ -171,14 +171,7 @@ async fn auto_without_credentials_says_what_it_tried_and_how_to_fix_it() {
     assert!(msg.contains("client_secret"), "the fix is named: {msg}");
     assert_eq!(entra.token_requests(), 0);
     assert!(up.requests().is_empty());
-    let m = support::http_client()
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let m = p.metrics().await;
     assert!(
         m.contains(r#"patless_token_refreshes_total{profile="auto",result="not_configured"}"#),
         "{m}"

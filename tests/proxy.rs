@@ -249,14 +249,7 @@ async fn upstream_unreachable_and_timeout_are_json_errors() {
     let r = client.get(p.url("/silent/x")).send().await.expect("req");
     assert_eq!(r.status(), 504);
     assert_eq!(json(r).await["error"], "upstream_timeout");
-    let metrics = client
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("req")
-        .text()
-        .await
-        .expect("text");
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains(r#"patless_upstream_errors_total{kind="connect",route="/closed"} 1"#),
         "{metrics}"
@@ -356,14 +349,7 @@ async fn an_entra_outage_serves_the_cached_token_until_the_skew_margin_then_503(
         (2..=8).contains(&attempts),
         "{attempts} token requests during the outage"
     );
-    let metrics = client
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("req")
-        .text()
-        .await
-        .expect("text");
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains(r#"patless_token_refreshes_total{profile="bot",result="server_error"}"#),
         "{metrics}"
@@ -452,14 +438,7 @@ async fn entra_rejection_is_a_503_with_the_aadsts_hint_and_no_secret() {
         up.requests().is_empty(),
         "nothing is forwarded without a token"
     );
-    let metrics = client
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("req")
-        .text()
-        .await
-        .expect("text");
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains(r#"patless_token_refreshes_total{profile="bot",result="invalid_client"}"#),
         "{metrics}"
@@ -624,14 +603,7 @@ async fn a_web_page_cannot_act_with_the_proxys_identity() {
         .await
         .expect("req");
     assert_eq!(r.status(), 200);
-    let m = client
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let m = p.metrics().await;
     assert!(
         m.contains(r#"patless_inbound_rejections_total{reason="cross_site_request"} 2"#),
         "{m}"

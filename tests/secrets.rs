@@ -55,16 +55,7 @@ async fn no_secret_or_token_in_trace_logs_errors_metrics_or_debug() {
         .expect("req");
     assert_eq!(r.status(), 200);
     // (The body is the fake upstream's echo of what it received, token included: not patless output.)
-    outputs.push(
-        client
-            .get(p.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("m")
-            .text()
-            .await
-            .expect("t"),
-    );
+    outputs.push(p.metrics().await);
     outputs.push(
         client
             .get(p.admin_url("/readyz"))

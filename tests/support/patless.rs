@@ -73,6 +73,18 @@ impl Patless {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        super::http_client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Signals shutdown (SIGTERM's path) without waiting.
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.stop.take() {
