@@ -58,6 +58,8 @@ pub struct App {
     pub cache: Arc<TokenCache>,
     /// The proxy.
     pub proxy: Proxy,
+    /// Per profile: where its tokens come from (what `auto` chose), for `check`.
+    pub credential_sources: std::collections::BTreeMap<String, String>,
 }
 
 impl App {
@@ -73,11 +75,13 @@ impl App {
         let ca = config.entra.ca_file.as_deref();
         let entra = EntraClient::new(tls::entra_http_client(ca, config.entra.request_timeout)?);
         let ctx = CredentialContext { entra, env };
-        let credentials: HashMap<_, _> = config
-            .profiles
-            .values()
-            .map(|p| (p.name.clone(), credentials::build(p, &ctx)))
-            .collect();
+        let mut credentials = HashMap::new();
+        let mut credential_sources = std::collections::BTreeMap::new();
+        for p in config.profiles.values() {
+            let built = credentials::build(p, &ctx);
+            credentials.insert(p.name.clone(), built.credential);
+            credential_sources.insert(p.name.clone(), built.source);
+        }
         let cache = Arc::new(TokenCache::new(
             credentials,
             CacheSettings {
@@ -102,6 +106,7 @@ impl App {
             metrics,
             cache,
             proxy,
+            credential_sources,
         })
     }
 }

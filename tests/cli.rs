@@ -615,6 +615,13 @@ async fn check_shows_the_token_and_probes_each_route() {
     let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_no_secret(&run);
+    assert!(
+        run.stdout.contains(&format!(
+            "profile bot: client secret of app {CLIENT_ID} in tenant {TENANT}"
+        )),
+        "check says where each profile's tokens come from: {}",
+        run.stdout
+    );
     for needle in [ADO_AUDIENCE, TENANT, CLIENT_ID, "Machine.Read.All", "200"] {
         assert!(
             run.stdout.contains(needle),
@@ -624,8 +631,8 @@ async fn check_shows_the_token_and_probes_each_route() {
     let token_line = run
         .stdout
         .lines()
-        .find(|l| l.contains("profile bot"))
-        .unwrap_or_else(|| panic!("no line for profile bot: {run:?}"));
+        .find(|l| l.contains("profile bot") && l.contains("scope"))
+        .unwrap_or_else(|| panic!("no token line for profile bot: {run:?}"));
     assert!(token_line.contains(ADO_SCOPE), "{token_line}");
     let probe_line = run
         .stdout

@@ -147,30 +147,49 @@ pub struct CredentialContext {
     pub env: Env,
 }
 
+/// A profile's credential, with a line saying where its tokens come from (for logs and `check`).
+pub struct Built {
+    /// The credential.
+    pub credential: Arc<dyn Credential>,
+    /// Where its tokens come from, or (for `auto`) why nothing was found. Never a secret.
+    pub source: String,
+}
+
 /// Builds the credential of a profile.
-pub fn build(profile: &Profile, ctx: &CredentialContext) -> Arc<dyn Credential> {
+pub fn build(profile: &Profile, ctx: &CredentialContext) -> Built {
     match &profile.kind {
         ProfileKind::ClientSecret {
             tenant_id,
             client_id,
             client_secret,
-        } => Arc::new(ClientSecretCredential::new(
-            ctx.entra.clone(),
-            profile.authority_host.clone(),
-            tenant_id.clone(),
-            client_id.clone(),
-            client_secret.clone(),
-            ctx.env.clone(),
-        )),
+        } => Built {
+            source: format!(
+                "client secret of app {client_id} in tenant {tenant_id} ({client_secret:?})"
+            ),
+            credential: Arc::new(ClientSecretCredential::new(
+                ctx.entra.clone(),
+                profile.authority_host.clone(),
+                tenant_id.clone(),
+                client_id.clone(),
+                client_secret.clone(),
+                ctx.env.clone(),
+            )),
+        },
         ProfileKind::Auto {
             tenant_id,
             client_id,
-        } => Arc::new(AutoCredential::detect(
-            &profile.name,
-            profile.authority_host.clone(),
-            tenant_id.clone(),
-            client_id.clone(),
-            ctx,
-        )),
+        } => {
+            let auto = AutoCredential::detect(
+                &profile.name,
+                profile.authority_host.clone(),
+                tenant_id.clone(),
+                client_id.clone(),
+                ctx,
+            );
+            Built {
+                source: auto.describe().to_string(),
+                credential: Arc::new(auto),
+            }
+        }
     }
 }

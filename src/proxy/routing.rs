@@ -206,7 +206,10 @@ mod tests {
                     entra: crate::credentials::EntraClient::new(reqwest::Client::new()),
                     env: std::sync::Arc::new(MapEnv::default()),
                 };
-                (p.name.clone(), crate::credentials::build(p, &ctx))
+                (
+                    p.name.clone(),
+                    crate::credentials::build(p, &ctx).credential,
+                )
             })
             .collect();
         let cache = TokenCache::new(
