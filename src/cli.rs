@@ -344,11 +344,6 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
             return ExitCode::FAILURE;
         }
     };
-    for (name, source) in &app.credential_sources {
-        if only.as_ref().is_none_or(|p| p == name) {
-            println!("profile {name}: {source}");
-        }
-    }
     let mut failed = false;
     let mut tokens = std::collections::HashMap::new();
     for route in &config.routes {
@@ -385,6 +380,12 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
                 );
                 tokens.insert(key, None);
             }
+        }
+    }
+    // After the acquisitions, so `auto` says what its probe chose.
+    for (name, source) in &app.credential_sources {
+        if only.as_ref().is_none_or(|p| p == name) {
+            println!("profile {name}: {}", source());
         }
     }
     if !no_probe {

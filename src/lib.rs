@@ -48,7 +48,6 @@ pub enum StartError {
 }
 
 /// Everything a running patless holds: config, metrics, token cache and proxy.
-#[derive(Debug)]
 pub struct App {
     /// The validated config.
     pub config: Config,
@@ -59,7 +58,7 @@ pub struct App {
     /// The proxy.
     pub proxy: Proxy,
     /// Per profile: where its tokens come from (what `auto` chose), for `check`.
-    pub credential_sources: std::collections::BTreeMap<String, String>,
+    pub credential_sources: std::collections::BTreeMap<String, credentials::SourceFn>,
 }
 
 impl App {
@@ -85,7 +84,12 @@ impl App {
         let cache = Arc::new(TokenCache::new(
             credentials,
             CacheSettings {
-                acquire_timeout: config.entra.request_timeout,
+                // One acquisition may retry inside itself (IMDS allows ~70 s for a 410 while a VM
+                // starts); each HTTP request is still bounded by `entra.request_timeout`.
+                acquire_timeout: config
+                    .entra
+                    .request_timeout
+                    .max(std::time::Duration::from_secs(90)),
                 wait_timeout: config.server.token_wait_timeout,
             },
             metrics.clone(),
@@ -108,6 +112,16 @@ impl App {
             proxy,
             credential_sources,
         })
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .field("cache", &self.cache)
+            .field("proxy", &self.proxy)
+            .finish()
     }
 }
 

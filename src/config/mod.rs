@@ -148,7 +148,20 @@ pub struct Profile {
     pub kind: ProfileKind,
 }
 
-/// The credential kinds this build supports, with their validated settings.
+/// A user-assigned managed identity, by one of its ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagedIdentityId {
+    /// Client (application) id.
+    ClientId(String),
+    /// Object (principal) id.
+    ObjectId(String),
+    /// ARM resource id.
+    ResourceId(String),
+}
+
+/// The credential kinds this build supports, with their validated settings. Values that default
+/// from the environment (`AZURE_CLIENT_ID`, …) are `None` here and resolved when the credential is
+/// built, from the injected environment.
 #[derive(Debug, Clone)]
 pub enum ProfileKind {
     /// Client credentials grant with a secret.
@@ -159,6 +172,48 @@ pub enum ProfileKind {
         client_id: String,
         /// The secret.
         client_secret: SecretSource,
+    },
+    /// Client credentials grant with a certificate-signed assertion.
+    ClientCertificate {
+        /// Tenant.
+        tenant_id: String,
+        /// Application id.
+        client_id: String,
+        /// PEM (certificate + key) or PFX file, read at each acquisition.
+        certificate: PathBuf,
+        /// The private key's PEM file, when separate.
+        certificate_key: Option<PathBuf>,
+        /// PFX (or encrypted key) password.
+        certificate_password: Option<SecretSource>,
+        /// Send `x5c`.
+        send_certificate_chain: bool,
+    },
+    /// Managed identity (IMDS, App Service, Arc, Cloud Shell), detected from the environment.
+    ManagedIdentity {
+        /// A user-assigned identity, or `None` for system-assigned.
+        id: Option<ManagedIdentityId>,
+        /// IMDS base URL override.
+        endpoint: Option<Url>,
+    },
+    /// Kubernetes workload identity: a federated service-account token as the assertion.
+    WorkloadIdentity {
+        /// Tenant (else `AZURE_TENANT_ID`).
+        tenant_id: Option<String>,
+        /// Application id (else `AZURE_CLIENT_ID`).
+        client_id: Option<String>,
+        /// Token file (else `AZURE_FEDERATED_TOKEN_FILE`).
+        token_file: Option<PathBuf>,
+    },
+    /// Azure Pipelines OIDC service connection.
+    AzurePipelines {
+        /// Tenant (else `AZURESUBSCRIPTION_TENANT_ID`).
+        tenant_id: Option<String>,
+        /// Application id (else `AZURESUBSCRIPTION_CLIENT_ID`).
+        client_id: Option<String>,
+        /// Service connection id (else `AZURESUBSCRIPTION_SERVICE_CONNECTION_ID`).
+        service_connection_id: Option<String>,
+        /// The job's access token (default `SYSTEM_ACCESSTOKEN`).
+        system_access_token: SecretSource,
     },
     /// The `auto` chain.
     Auto {
@@ -174,6 +229,10 @@ impl ProfileKind {
     pub fn name(&self) -> &'static str {
         match self {
             ProfileKind::ClientSecret { .. } => "client_secret",
+            ProfileKind::ClientCertificate { .. } => "client_certificate",
+            ProfileKind::ManagedIdentity { .. } => "managed_identity",
+            ProfileKind::WorkloadIdentity { .. } => "workload_identity",
+            ProfileKind::AzurePipelines { .. } => "azure_pipelines",
             ProfileKind::Auto { .. } => "auto",
         }
     }
@@ -288,6 +347,15 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
+/// A secret reference as written, a literal value redacted.
+fn redacted_ref(s: &SecretSource) -> SecretValue {
+    match s {
+        SecretSource::Literal(_) => SecretValue::Literal("<redacted>".into()),
+        SecretSource::Env(env) => SecretValue::Env(raw::EnvRef { env: env.clone() }),
+        SecretSource::File(file) => SecretValue::File(raw::FileRef { file: file.clone() }),
+    }
+}
+
 fn duration_text(d: Duration) -> raw::RawDuration {
     let ms = d.as_millis();
     raw::RawDuration::Text(if ms % 1000 == 0 {
@@ -351,15 +419,7 @@ impl Config {
                     } => {
                         rp.tenant_id = Some(tenant_id.clone());
                         rp.client_id = Some(client_id.clone());
-                        rp.client_secret = Some(match client_secret {
-                            SecretSource::Literal(_) => SecretValue::Literal("<redacted>".into()),
-                            SecretSource::Env(env) => {
-                                SecretValue::Env(raw::EnvRef { env: env.clone() })
-                            }
-                            SecretSource::File(file) => {
-                                SecretValue::File(raw::FileRef { file: file.clone() })
-                            }
-                        });
+                        rp.client_secret = Some(redacted_ref(client_secret));
                     }
                     ProfileKind::Auto {
                         tenant_id,
@@ -367,6 +427,54 @@ impl Config {
                     } => {
                         rp.tenant_id = tenant_id.clone();
                         rp.client_id = client_id.clone();
+                    }
+                    ProfileKind::ClientCertificate {
+                        tenant_id,
+                        client_id,
+                        certificate,
+                        certificate_key,
+                        certificate_password,
+                        send_certificate_chain,
+                    } => {
+                        rp.tenant_id = Some(tenant_id.clone());
+                        rp.client_id = Some(client_id.clone());
+                        rp.certificate = Some(certificate.clone());
+                        rp.certificate_key = certificate_key.clone();
+                        rp.certificate_password = certificate_password.as_ref().map(redacted_ref);
+                        rp.send_certificate_chain = Some(*send_certificate_chain);
+                    }
+                    ProfileKind::ManagedIdentity { id, endpoint } => {
+                        match id {
+                            Some(ManagedIdentityId::ClientId(v)) => rp.client_id = Some(v.clone()),
+                            Some(ManagedIdentityId::ObjectId(v)) => rp.object_id = Some(v.clone()),
+                            Some(ManagedIdentityId::ResourceId(v)) => {
+                                rp.resource_id = Some(v.clone())
+                            }
+                            None => {}
+                        }
+                        rp.endpoint = endpoint
+                            .as_ref()
+                            .map(|u| u.as_str().trim_end_matches('/').to_string());
+                    }
+                    ProfileKind::WorkloadIdentity {
+                        tenant_id,
+                        client_id,
+                        token_file,
+                    } => {
+                        rp.tenant_id = tenant_id.clone();
+                        rp.client_id = client_id.clone();
+                        rp.token_file = token_file.clone();
+                    }
+                    ProfileKind::AzurePipelines {
+                        tenant_id,
+                        client_id,
+                        service_connection_id,
+                        system_access_token,
+                    } => {
+                        rp.tenant_id = tenant_id.clone();
+                        rp.client_id = client_id.clone();
+                        rp.service_connection_id = service_connection_id.clone();
+                        rp.system_access_token = Some(redacted_ref(system_access_token));
                     }
                 }
                 (p.name.clone(), rp)

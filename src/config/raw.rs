@@ -141,6 +141,27 @@ pub struct RawProfile {
     pub client_secret: Option<SecretValue>,
     /// Authority host (overrides `[entra]`).
     pub authority_host: Option<String>,
+    /// `client_certificate`: PEM (certificate + key) or PFX/P12 file.
+    pub certificate: Option<PathBuf>,
+    /// `client_certificate`: the private key in a separate PEM file, when `certificate` holds only
+    /// the certificate(s).
+    pub certificate_key: Option<PathBuf>,
+    /// `client_certificate`: the PFX password, or the key's, if any.
+    pub certificate_password: Option<SecretValue>,
+    /// `client_certificate`: send the chain (`x5c`) for subject-name/issuer registration.
+    pub send_certificate_chain: Option<bool>,
+    /// `managed_identity`: user-assigned identity by object (principal) id.
+    pub object_id: Option<String>,
+    /// `managed_identity`: user-assigned identity by ARM resource id.
+    pub resource_id: Option<String>,
+    /// `managed_identity`: IMDS base URL (default `http://169.254.169.254`).
+    pub endpoint: Option<String>,
+    /// `workload_identity`: the projected service-account token file.
+    pub token_file: Option<PathBuf>,
+    /// `azure_pipelines`: the service connection's id.
+    pub service_connection_id: Option<String>,
+    /// `azure_pipelines`: the job's access token (default `{ env = "SYSTEM_ACCESSTOKEN" }`).
+    pub system_access_token: Option<SecretValue>,
     /// Keys no kind knows (reported by `validate`).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -166,6 +187,8 @@ impl RawConfig {
         let mut c = self.clone();
         for p in c.profiles.values_mut() {
             p.client_secret = p.client_secret.as_ref().map(SecretValue::redacted);
+            p.certificate_password = p.certificate_password.as_ref().map(SecretValue::redacted);
+            p.system_access_token = p.system_access_token.as_ref().map(SecretValue::redacted);
             for (k, v) in p.other.iter_mut() {
                 if k.contains("secret") || k.contains("password") || k.contains("token") {
                     *v = serde_json::Value::String("<redacted>".into());

@@ -11,8 +11,8 @@ use url::Url;
 
 use super::raw::{RawConfig, RawDuration, RawProfile, SecretValue};
 use super::{
-    parse_duration, Config, EntraConfig, KeyError, ListenAddr, Profile, ProfileKind, Route,
-    SecretSource, ServerConfig,
+    parse_duration, Config, EntraConfig, KeyError, ListenAddr, ManagedIdentityId, Profile,
+    ProfileKind, Route, SecretSource, ServerConfig,
 };
 use crate::env::Environment;
 use crate::hosts;
@@ -20,10 +20,6 @@ use crate::secret::Secret;
 
 /// Kinds in the contract that this build does not provide yet.
 const PLANNED_KINDS: &[&str] = &[
-    "client_certificate",
-    "managed_identity",
-    "workload_identity",
-    "azure_pipelines",
     "azure_cli",
     "azure_developer_cli",
     "device_code",
@@ -443,11 +439,56 @@ fn secret_source(v: &SecretValue) -> SecretSource {
     }
 }
 
+/// The kinds this build supports.
+const KINDS: &str =
+    "client_secret, client_certificate, managed_identity, workload_identity, azure_pipelines, auto";
+
+/// Which optional keys each kind takes (besides kind, tenant_id, authority_host).
+fn keys_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "client_secret" => &["client_id", "client_secret"],
+        "client_certificate" => &[
+            "client_id",
+            "certificate",
+            "certificate_key",
+            "certificate_password",
+            "send_certificate_chain",
+        ],
+        "managed_identity" => &["client_id", "object_id", "resource_id", "endpoint"],
+        "workload_identity" => &["client_id", "token_file"],
+        "azure_pipelines" => &["client_id", "service_connection_id", "system_access_token"],
+        "auto" => &["client_id"],
+        _ => &[],
+    }
+}
+
+fn set_keys(p: &RawProfile) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut add = |set: bool, k: &'static str| {
+        if set {
+            v.push(k)
+        }
+    };
+    add(p.client_id.is_some(), "client_id");
+    add(p.client_secret.is_some(), "client_secret");
+    add(p.certificate.is_some(), "certificate");
+    add(p.certificate_key.is_some(), "certificate_key");
+    add(p.certificate_password.is_some(), "certificate_password");
+    add(p.send_certificate_chain.is_some(), "send_certificate_chain");
+    add(p.object_id.is_some(), "object_id");
+    add(p.resource_id.is_some(), "resource_id");
+    add(p.endpoint.is_some(), "endpoint");
+    add(p.token_file.is_some(), "token_file");
+    add(p.service_connection_id.is_some(), "service_connection_id");
+    add(p.system_access_token.is_some(), "system_access_token");
+    v
+}
+
 fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -> Option<Profile> {
     let key = format!("profiles.{name}");
     let before = errs.0.len();
     for extra in p.other.keys() {
-        errs.add(format!("{key}.{extra}"), "unknown key for this profile");
+        errs.add(format!("{key}.{extra}"), "unknown key for any profile kind");
     }
     let authority_host = match &p.authority_host {
         Some(a) => authority(errs, &format!("{key}.authority_host"), a),
@@ -457,68 +498,159 @@ fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -
     if let Some(t) = &p.tenant_id {
         tenant(errs, &format!("{key}.tenant_id"), t);
     }
-    let kind = match p.kind.as_deref() {
-        None => {
+    let Some(kind_name) = p.kind.as_deref() else {
+        errs.add(
+            format!("{key}.kind"),
+            format!("missing; expected one of {KINDS}"),
+        );
+        return None;
+    };
+    if PLANNED_KINDS.contains(&kind_name) {
+        errs.add(
+            format!("{key}.kind"),
+            format!("kind `{kind_name}` is part of the contract but not available in this build yet; supported: {KINDS}"),
+        );
+        return None;
+    }
+    if keys_of(kind_name).is_empty() {
+        errs.add(
+            format!("{key}.kind"),
+            format!("unknown kind `{kind_name}`; expected one of {KINDS}"),
+        );
+        return None;
+    }
+    for k in set_keys(p) {
+        if !keys_of(kind_name).contains(&k) {
             errs.add(
-                format!("{key}.kind"),
-                "missing; expected one of client_secret, auto",
+                format!("{key}.{k}"),
+                format!(
+                    "not used by kind `{kind_name}`; its keys: tenant_id, authority_host, {}",
+                    keys_of(kind_name).join(", ")
+                ),
             );
-            None
         }
-        Some("client_secret") => {
-            if tenant_id.is_none() {
-                errs.add(
-                    format!("{key}.tenant_id"),
-                    "missing (and no [entra] tenant_id); expected the tenant GUID",
-                );
+    }
+    let mut required = |value: Option<String>, k: &str, what: &str| -> Option<String> {
+        match value.filter(|v| !v.trim().is_empty()) {
+            Some(v) => Some(v),
+            None => {
+                errs.add(format!("{key}.{k}"), format!("missing; expected {what}"));
+                None
             }
-            if p.client_id.as_deref().is_none_or(str::is_empty) {
-                errs.add(
-                    format!("{key}.client_id"),
-                    "missing; expected the application (client) id",
-                );
-            }
+        }
+    };
+    let kind = match kind_name {
+        "client_secret" => {
+            let t = required(
+                tenant_id,
+                "tenant_id",
+                "the tenant GUID (or set [entra] tenant_id)",
+            );
+            let c = required(
+                p.client_id.clone(),
+                "client_id",
+                "the application (client) id",
+            );
             if p.client_secret.is_none() {
                 errs.add(
                     format!("{key}.client_secret"),
                     "missing; expected a literal, { env = \"NAME\" } or { file = \"PATH\" }",
                 );
             }
-            match (&tenant_id, &p.client_id, &p.client_secret) {
-                (Some(t), Some(c), Some(s)) => Some(ProfileKind::ClientSecret {
-                    tenant_id: t.clone(),
-                    client_id: c.clone(),
+            match (t, c, &p.client_secret) {
+                (Some(tenant_id), Some(client_id), Some(s)) => Some(ProfileKind::ClientSecret {
+                    tenant_id,
+                    client_id,
                     client_secret: secret_source(s),
                 }),
                 _ => None,
             }
         }
-        Some("auto") => {
-            if p.client_secret.is_some() {
+        "client_certificate" => {
+            let t = required(
+                tenant_id,
+                "tenant_id",
+                "the tenant GUID (or set [entra] tenant_id)",
+            );
+            let c = required(
+                p.client_id.clone(),
+                "client_id",
+                "the application (client) id",
+            );
+            if p.certificate.is_none() {
                 errs.add(
-                    format!("{key}.client_secret"),
-                    "not used by kind `auto` (it reads AZURE_CLIENT_SECRET); use kind = \"client_secret\"",
+                    format!("{key}.certificate"),
+                    "missing; expected the path of a PEM (certificate and private key) or PFX file",
                 );
             }
-            Some(ProfileKind::Auto {
-                tenant_id,
-                client_id: p.client_id.clone(),
+            match (t, c, &p.certificate) {
+                (Some(tenant_id), Some(client_id), Some(certificate)) => {
+                    Some(ProfileKind::ClientCertificate {
+                        tenant_id,
+                        client_id,
+                        certificate: certificate.clone(),
+                        certificate_key: p.certificate_key.clone(),
+                        certificate_password: p.certificate_password.as_ref().map(secret_source),
+                        send_certificate_chain: p.send_certificate_chain.unwrap_or(false),
+                    })
+                }
+                _ => None,
+            }
+        }
+        "managed_identity" => {
+            let ids: Vec<ManagedIdentityId> = [
+                p.client_id.clone().map(ManagedIdentityId::ClientId),
+                p.object_id.clone().map(ManagedIdentityId::ObjectId),
+                p.resource_id.clone().map(ManagedIdentityId::ResourceId),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if ids.len() > 1 {
+                errs.add(
+                    format!("{key}.client_id"),
+                    "set at most one of client_id, object_id, resource_id (none: the system-assigned identity)",
+                );
+            }
+            let endpoint = match &p.endpoint {
+                None => None,
+                Some(e) => match Url::parse(e) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                        Some(u)
+                    }
+                    _ => {
+                        errs.add(
+                            format!("{key}.endpoint"),
+                            format!("`{e}`: expected the IMDS base URL, such as \"http://169.254.169.254\""),
+                        );
+                        None
+                    }
+                },
+            };
+            Some(ProfileKind::ManagedIdentity {
+                id: ids.into_iter().next(),
+                endpoint,
             })
         }
-        Some(k) if PLANNED_KINDS.contains(&k) => {
-            errs.add(
-                format!("{key}.kind"),
-                format!("kind `{k}` is part of the contract but not available in this build yet; supported: client_secret, auto"),
-            );
-            None
-        }
-        Some(k) => {
-            errs.add(
-                format!("{key}.kind"),
-                format!("unknown kind `{k}`; expected one of client_secret, auto"),
-            );
-            None
-        }
+        "workload_identity" => Some(ProfileKind::WorkloadIdentity {
+            tenant_id,
+            client_id: p.client_id.clone(),
+            token_file: p.token_file.clone(),
+        }),
+        "azure_pipelines" => Some(ProfileKind::AzurePipelines {
+            tenant_id,
+            client_id: p.client_id.clone(),
+            service_connection_id: p.service_connection_id.clone(),
+            system_access_token: p
+                .system_access_token
+                .as_ref()
+                .map(secret_source)
+                .unwrap_or_else(|| SecretSource::Env("SYSTEM_ACCESSTOKEN".into())),
+        }),
+        _ => Some(ProfileKind::Auto {
+            tenant_id,
+            client_id: p.client_id.clone(),
+        }),
     };
     if errs.0.len() != before {
         return None;

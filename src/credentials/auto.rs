@@ -1,26 +1,73 @@
-//! `auto`: the first credential source that is configured. This build checks the environment
-//! service principal (`AZURE_CLIENT_ID` + `AZURE_TENANT_ID` + `AZURE_CLIENT_SECRET`); what it found,
-//! or why nothing matched, is logged at start-up and said in every `token_unavailable` answer.
+//! `auto`: the first credential source that is configured, in this order (SPEC §2):
+//! 1. the environment service principal — `AZURE_CLIENT_ID` + `AZURE_TENANT_ID` with
+//!    `AZURE_CLIENT_SECRET`, or with `AZURE_CLIENT_CERTIFICATE_PATH` (+ `…_PASSWORD`,
+//!    `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`);
+//! 2. workload identity — `AZURE_FEDERATED_TOKEN_FILE` (+ client and tenant ids);
+//! 3. managed identity — App Service, Arc or Cloud Shell when their variables say so; otherwise
+//!    IMDS, after a short probe at first use so that patless does not hang off Azure;
+//! 4. Azure CLI and Azure Developer CLI (not in this build yet).
+//!
+//! What was chosen is logged and shown by `patless check`; when nothing is available, one error
+//! lists each source and why it was skipped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::OnceCell;
 use url::Url;
 
 use super::{
-    AccessToken, BoxFuture, ClientSecretCredential, Credential, CredentialContext, CredentialError,
-    ErrorClass,
+    AccessToken, BoxFuture, ClientCertificateCredential, ClientSecretCredential, Credential,
+    CredentialContext, CredentialError, ErrorClass, ManagedIdentityCredential,
+    WorkloadIdentityCredential,
 };
-use crate::config::SecretSource;
-use crate::env::non_empty;
+use crate::config::{ManagedIdentityId, SecretSource};
+use crate::env::{non_empty, Environment};
 
-/// The `auto` chain, resolved once from the environment.
-#[derive(Debug)]
+/// How long the IMDS probe may take before managed identity is skipped.
+const IMDS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const IMDS_DEFAULT: &str = "http://169.254.169.254";
+
+type Chosen = (String, Arc<dyn Credential>);
+
+/// The `auto` chain for one profile.
 pub struct AutoCredential {
-    chosen: Result<(String, Arc<dyn Credential>), String>,
+    profile: String,
+    /// Decided from the environment alone, at build time.
+    decided: Option<Chosen>,
+    /// Otherwise: IMDS, if a probe finds it.
+    imds: Option<ImdsCandidate>,
+    /// Why each earlier source was skipped.
+    skipped: Vec<String>,
+    /// The outcome of the probe, once run.
+    probed: OnceCell<Result<Chosen, String>>,
+    /// For `describe` before the probe ran.
+    state: Mutex<String>,
+}
+
+struct ImdsCandidate {
+    http: reqwest::Client,
+    base: Url,
+    credential: Arc<ManagedIdentityCredential>,
+}
+
+impl std::fmt::Debug for AutoCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AutoCredential")
+            .field("profile", &self.profile)
+            .field("source", &self.describe())
+            .finish()
+    }
+}
+
+fn env_flag(env: &dyn Environment, name: &str) -> bool {
+    non_empty(env, name)
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
 impl AutoCredential {
-    /// Looks at the environment and picks the first source that is configured.
+    /// Looks at the environment and picks the first source that is configured; IMDS is probed
+    /// later, at the first acquisition.
     pub fn detect(
         profile: &str,
         authority: Url,
@@ -31,24 +78,46 @@ impl AutoCredential {
         let env = ctx.env.as_ref();
         let client_id = client_id.or_else(|| non_empty(env, "AZURE_CLIENT_ID"));
         let tenant_id = tenant_id.or_else(|| non_empty(env, "AZURE_TENANT_ID"));
-        let has_secret = non_empty(env, "AZURE_CLIENT_SECRET").is_some();
-        let chosen = match (client_id, tenant_id, has_secret) {
-            (Some(c), Some(t), true) => {
-                let cred: Arc<dyn Credential> = Arc::new(ClientSecretCredential::new(
-                    ctx.entra.clone(),
-                    authority,
-                    t.clone(),
-                    c.clone(),
-                    SecretSource::Env("AZURE_CLIENT_SECRET".into()),
-                    ctx.env.clone(),
+        let mut skipped = Vec::new();
+        let mut decided: Option<Chosen> = None;
+
+        // 1. Environment service principal.
+        let secret = non_empty(env, "AZURE_CLIENT_SECRET");
+        let cert = non_empty(env, "AZURE_CLIENT_CERTIFICATE_PATH");
+        match (&client_id, &tenant_id, &secret, &cert) {
+            (Some(c), Some(t), Some(_), _) => {
+                decided = Some((
+                    format!("environment service principal: app {c} in tenant {t}, secret from AZURE_CLIENT_SECRET"),
+                    Arc::new(ClientSecretCredential::new(
+                        ctx.entra.clone(),
+                        authority.clone(),
+                        t.clone(),
+                        c.clone(),
+                        SecretSource::Env("AZURE_CLIENT_SECRET".into()),
+                        ctx.env.clone(),
+                    )),
                 ));
-                let what = format!(
-                    "environment service principal (client {c}, tenant {t}, secret from AZURE_CLIENT_SECRET)"
-                );
-                tracing::info!(profile, source = %what, "auto profile: credential found");
-                Ok((what, cred))
             }
-            (c, t, s) => {
+            (Some(c), Some(t), None, Some(path)) => {
+                let chain = env_flag(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN");
+                decided = Some((
+                    format!(
+                        "environment service principal: app {c} in tenant {t}, certificate {path}"
+                    ),
+                    Arc::new(ClientCertificateCredential::new(
+                        ctx.entra.clone(),
+                        authority.clone(),
+                        t.clone(),
+                        c.clone(),
+                        path.into(),
+                        non_empty(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD")
+                            .map(|_| SecretSource::Env("AZURE_CLIENT_CERTIFICATE_PASSWORD".into())),
+                        chain,
+                        ctx.env.clone(),
+                    )),
+                ));
+            }
+            (c, t, s, p) => {
                 let mut missing = Vec::new();
                 if c.is_none() {
                     missing.push("AZURE_CLIENT_ID");
@@ -56,29 +125,153 @@ impl AutoCredential {
                 if t.is_none() {
                     missing.push("AZURE_TENANT_ID");
                 }
-                if !s {
-                    missing.push("AZURE_CLIENT_SECRET");
+                if s.is_none() && p.is_none() {
+                    missing.push("AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH");
                 }
-                let why = format!(
-                    "no credential found for profile `{profile}` (kind auto). Tried: environment service \
-                     principal — {} not set. Fix: export AZURE_CLIENT_ID, AZURE_TENANT_ID and \
-                     AZURE_CLIENT_SECRET, or configure a profile with kind = \"client_secret\" \
-                     (see config/example.toml)",
+                skipped.push(format!(
+                    "environment service principal — {} not set",
                     missing.join(", ")
-                );
-                tracing::warn!(profile, "auto profile: {why}");
-                Err(why)
+                ));
             }
+        }
+
+        // 2. Workload identity.
+        if decided.is_none() {
+            match (non_empty(env, "AZURE_FEDERATED_TOKEN_FILE"), &client_id, &tenant_id) {
+                (Some(file), Some(c), Some(t)) => {
+                    decided = Some((
+                        format!("workload identity: app {c} in tenant {t}, federated token from {file}"),
+                        Arc::new(WorkloadIdentityCredential::new(
+                            ctx.entra.clone(),
+                            authority.clone(),
+                            t.clone(),
+                            c.clone(),
+                            file.into(),
+                        )),
+                    ));
+                }
+                (None, _, _) => skipped.push("workload identity — AZURE_FEDERATED_TOKEN_FILE not set".into()),
+                (Some(_), _, _) => skipped.push(
+                    "workload identity — AZURE_FEDERATED_TOKEN_FILE is set but AZURE_CLIENT_ID or AZURE_TENANT_ID is not".into(),
+                ),
+            }
+        }
+
+        // 3. Managed identity: a user-assigned one by AZURE_CLIENT_ID, as the Azure SDKs do.
+        let mut imds = None;
+        if decided.is_none() {
+            let id = client_id.clone().map(ManagedIdentityId::ClientId);
+            let http = ctx.entra.http().clone();
+            let mi = Arc::new(ManagedIdentityCredential::new(
+                http.clone(),
+                id,
+                None,
+                ctx.env.clone(),
+            ));
+            let hosted = non_empty(env, "IDENTITY_ENDPOINT").is_some()
+                || non_empty(env, "MSI_ENDPOINT").is_some()
+                || std::path::Path::new("/opt/azcmagent/bin/himds").exists();
+            if hosted {
+                decided = Some((mi.describe(), mi));
+            } else {
+                let base = non_empty(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST")
+                    .and_then(|b| Url::parse(&b).ok())
+                    .unwrap_or_else(|| Url::parse(IMDS_DEFAULT).expect("constant URL"));
+                imds = Some(ImdsCandidate {
+                    http,
+                    base,
+                    credential: mi,
+                });
+            }
+        }
+
+        let state = match (&decided, &imds) {
+            (Some((what, _)), _) => {
+                tracing::info!(profile, source = %what, "auto profile: credential found");
+                what.clone()
+            }
+            (None, Some(c)) => format!(
+                "managed identity via IMDS at {}, if a probe at first use finds it ({})",
+                c.base,
+                skipped.join("; ")
+            ),
+            (None, None) => String::new(),
         };
-        AutoCredential { chosen }
+        AutoCredential {
+            profile: profile.to_string(),
+            decided,
+            imds,
+            skipped,
+            probed: OnceCell::new(),
+            state: Mutex::new(state),
+        }
     }
 
     /// What the chain chose, or why it found nothing (for `check` and logs).
-    pub fn describe(&self) -> &str {
-        match &self.chosen {
-            Ok((what, _)) => what,
-            Err(why) => why,
+    pub fn describe(&self) -> String {
+        if let Some((what, _)) = &self.decided {
+            return what.clone();
         }
+        match self.probed.get() {
+            Some(Ok((what, _))) => what.clone(),
+            Some(Err(why)) => why.clone(),
+            None => self.state.lock().map(|s| s.clone()).unwrap_or_default(),
+        }
+    }
+
+    async fn probe(&self) -> Result<Chosen, String> {
+        let mut skipped = self.skipped.clone();
+        if let Some(c) = &self.imds {
+            let url = format!(
+                "{}/metadata/identity/oauth2/token?api-version=2018-02-01",
+                c.base.as_str().trim_end_matches('/')
+            );
+            // IMDS answers a request without `resource` with 400 and a JSON `error`. Anything else
+            // (a proxy's page, a captive portal) is not IMDS.
+            let outcome = c
+                .http
+                .get(&url)
+                .header("Metadata", "true")
+                .timeout(IMDS_PROBE_TIMEOUT)
+                .send()
+                .await;
+            let verdict = match outcome {
+                Ok(resp) if resp.status() == reqwest::StatusCode::BAD_REQUEST => {
+                    match resp.json::<serde_json::Value>().await {
+                        Ok(body) if body.get("error").is_some() => Ok(()),
+                        _ => Err("answered 400 without an IMDS error body".to_string()),
+                    }
+                }
+                Ok(resp) => Err(format!(
+                    "answered HTTP {}, which IMDS does not",
+                    resp.status().as_u16()
+                )),
+                Err(e) if e.is_timeout() => Err(format!(
+                    "did not answer within {}s (not on an Azure VM?)",
+                    IMDS_PROBE_TIMEOUT.as_secs()
+                )),
+                Err(_) => Err("did not answer (not on an Azure VM?)".to_string()),
+            };
+            match verdict {
+                Ok(()) => {
+                    let what = c.credential.describe();
+                    tracing::info!(profile = %self.profile, source = %what, "auto profile: credential found");
+                    return Ok((what, c.credential.clone() as Arc<dyn Credential>));
+                }
+                Err(why) => skipped.push(format!("managed identity — IMDS at {} {why}", c.base)),
+            }
+        }
+        skipped.push("Azure CLI and Azure Developer CLI — not available in this build yet".into());
+        let why = format!(
+            "no credential found for profile `{}` (kind auto). Tried: {}. Fix: export AZURE_CLIENT_ID, \
+             AZURE_TENANT_ID and AZURE_CLIENT_SECRET (or AZURE_CLIENT_CERTIFICATE_PATH), run in a pod \
+             with workload identity or on Azure with a managed identity, or configure a profile with an \
+             explicit kind (see config/example.toml)",
+            self.profile,
+            skipped.join("; ")
+        );
+        tracing::warn!(profile = %self.profile, "auto profile: {why}");
+        Err(why)
     }
 }
 
@@ -88,12 +281,14 @@ impl Credential for AutoCredential {
         scope: &'a str,
         claims: Option<&'a str>,
     ) -> BoxFuture<'a, Result<AccessToken, CredentialError>> {
-        match &self.chosen {
-            Ok((_, cred)) => cred.acquire(scope, claims),
-            Err(why) => {
-                let err = CredentialError::new(ErrorClass::NotConfigured, why.clone());
-                Box::pin(async move { Err(err) })
-            }
+        if let Some((_, cred)) = &self.decided {
+            return cred.acquire(scope, claims);
         }
+        Box::pin(async move {
+            match self.probed.get_or_init(|| self.probe()).await {
+                Ok((_, cred)) => cred.acquire(scope, claims).await,
+                Err(why) => Err(CredentialError::new(ErrorClass::NotConfigured, why.clone())),
+            }
+        })
     }
 }

@@ -27,7 +27,9 @@ pub fn hint_for(code: u32) -> Option<&'static str> {
         70011 => "invalid scope: check the route's scope (it must end in /.default)",
         500011 => "the resource's service principal is not in the tenant: the API must be enabled or consented there",
         65001 | 90094 => "consent required: an administrator must grant consent to the application",
-        70021 => "no federated credential matches the presented token: check issuer, subject and audience",
+        70021 | 700211 | 700212 | 700213 => {
+            "no federated credential matches the presented token: check issuer, subject and audience"
+        }
         700027 => "client assertion signature failed: is the certificate registered on the app?",
         700024 => "client assertion outside its valid time range: check the machine's clock",
         50076 | 53003 => "MFA or Conditional Access blocked the request: it needs an interactive sign-in",
@@ -52,20 +54,27 @@ struct ErrorBody {
     error_codes: Vec<u32>,
 }
 
+/// A number that Entra and the managed-identity endpoints may send as a JSON string.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum NumOrString {
+pub(crate) enum NumOrString {
     Num(f64),
     Str(String),
 }
 
 impl NumOrString {
-    fn seconds(&self) -> Option<u64> {
+    /// The value, if finite and not negative.
+    pub(crate) fn value(&self) -> Option<f64> {
         let v = match self {
             NumOrString::Num(n) => *n,
             NumOrString::Str(s) => s.trim().parse::<f64>().ok()?,
         };
-        (v.is_finite() && v >= 0.0).then_some(v as u64)
+        (v.is_finite() && v >= 0.0).then_some(v)
+    }
+
+    /// Whole seconds.
+    pub(crate) fn seconds(&self) -> Option<u64> {
+        self.value().map(|v| v as u64)
     }
 }
 
@@ -87,6 +96,32 @@ impl EntraClient {
             authority.as_str().trim_end_matches('/'),
             tenant
         )
+    }
+
+    /// The client credentials grant with a client assertion (certificate, workload identity,
+    /// Azure Pipelines): `client_assertion_type=…jwt-bearer` and `client_assertion=<jwt>`.
+    pub async fn exchange_assertion(
+        &self,
+        token_url: &str,
+        client_id: &str,
+        scope: &str,
+        assertion: &str,
+        claims: Option<&str>,
+    ) -> Result<AccessToken, CredentialError> {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("scope", scope),
+        ];
+        if let Some(c) = claims {
+            form.push(("claims", c));
+        }
+        self.request_token(token_url, &form).await
     }
 
     /// POSTs a token request and parses the answer.

@@ -2,8 +2,12 @@
 //! token from its source; caching, refresh and single-flight live in `token`, around any of them.
 
 mod auto;
+mod azure_pipelines;
+mod client_certificate;
 mod client_secret;
 pub mod entra;
+mod managed_identity;
+mod workload_identity;
 
 use std::fmt;
 use std::future::Future;
@@ -12,8 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use auto::AutoCredential;
+pub use azure_pipelines::AzurePipelinesCredential;
+pub use client_certificate::ClientCertificateCredential;
 pub use client_secret::ClientSecretCredential;
 pub use entra::EntraClient;
+pub use managed_identity::ManagedIdentityCredential;
+pub use workload_identity::WorkloadIdentityCredential;
 
 use crate::config::{Profile, ProfileKind};
 use crate::env::Env;
@@ -147,25 +155,72 @@ pub struct CredentialContext {
     pub env: Env,
 }
 
-/// A profile's credential, with a line saying where its tokens come from (for logs and `check`).
+/// Says where a profile's tokens come from (what `auto` chose, once it chose). Never a secret.
+pub type SourceFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// A profile's credential, with a description of where its tokens come from (logs and `check`).
 pub struct Built {
     /// The credential.
     pub credential: Arc<dyn Credential>,
-    /// Where its tokens come from, or (for `auto`) why nothing was found. Never a secret.
-    pub source: String,
+    /// Where its tokens come from, or (for `auto`) why nothing was found.
+    pub source: SourceFn,
+}
+
+fn fixed(text: String) -> SourceFn {
+    Arc::new(move || text.clone())
+}
+
+/// A profile whose settings are incomplete once the environment is consulted (say
+/// `workload_identity` outside a pod with the webhook): every acquisition explains what is missing.
+#[derive(Debug)]
+pub struct Unconfigured {
+    message: String,
+}
+
+impl Credential for Unconfigured {
+    fn acquire<'a>(
+        &'a self,
+        _scope: &'a str,
+        _claims: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<AccessToken, CredentialError>> {
+        let err = CredentialError::new(ErrorClass::NotConfigured, self.message.clone());
+        Box::pin(async move { Err(err) })
+    }
+}
+
+fn unconfigured(profile: &str, kind: &str, missing: &[(&str, &str)]) -> Built {
+    let list = missing
+        .iter()
+        .map(|(key, env)| format!("{key} (config) or {env} (environment)"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let message = format!("profile `{profile}` (kind {kind}) is missing {list}");
+    Built {
+        source: fixed(message.clone()),
+        credential: Arc::new(Unconfigured { message }),
+    }
+}
+
+/// The first of the configured value and the environment variable.
+fn or_env(value: &Option<String>, env: &dyn crate::env::Environment, name: &str) -> Option<String> {
+    value
+        .clone()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| crate::env::non_empty(env, name))
 }
 
 /// Builds the credential of a profile.
 pub fn build(profile: &Profile, ctx: &CredentialContext) -> Built {
+    let env = ctx.env.as_ref();
     match &profile.kind {
         ProfileKind::ClientSecret {
             tenant_id,
             client_id,
             client_secret,
         } => Built {
-            source: format!(
+            source: fixed(format!(
                 "client secret of app {client_id} in tenant {tenant_id} ({client_secret:?})"
-            ),
+            )),
             credential: Arc::new(ClientSecretCredential::new(
                 ctx.entra.clone(),
                 profile.authority_host.clone(),
@@ -175,6 +230,142 @@ pub fn build(profile: &Profile, ctx: &CredentialContext) -> Built {
                 ctx.env.clone(),
             )),
         },
+        ProfileKind::ClientCertificate {
+            tenant_id,
+            client_id,
+            certificate,
+            certificate_key,
+            certificate_password,
+            send_certificate_chain,
+        } => Built {
+            source: fixed(format!(
+                "certificate {} of app {client_id} in tenant {tenant_id}{}",
+                certificate.display(),
+                if *send_certificate_chain {
+                    ", chain sent (x5c)"
+                } else {
+                    ""
+                }
+            )),
+            credential: Arc::new(
+                ClientCertificateCredential::new(
+                    ctx.entra.clone(),
+                    profile.authority_host.clone(),
+                    tenant_id.clone(),
+                    client_id.clone(),
+                    certificate.clone(),
+                    certificate_password.clone(),
+                    *send_certificate_chain,
+                    ctx.env.clone(),
+                )
+                .with_key_file(certificate_key.clone()),
+            ),
+        },
+        ProfileKind::ManagedIdentity { id, endpoint } => {
+            let mi = ManagedIdentityCredential::new(
+                ctx.entra.http().clone(),
+                id.clone(),
+                endpoint.clone(),
+                ctx.env.clone(),
+            );
+            Built {
+                source: fixed(mi.describe()),
+                credential: Arc::new(mi),
+            }
+        }
+        ProfileKind::WorkloadIdentity {
+            tenant_id,
+            client_id,
+            token_file,
+        } => {
+            let t = or_env(tenant_id, env, "AZURE_TENANT_ID");
+            let c = or_env(client_id, env, "AZURE_CLIENT_ID");
+            let f = token_file.clone().or_else(|| {
+                crate::env::non_empty(env, "AZURE_FEDERATED_TOKEN_FILE").map(Into::into)
+            });
+            match (t, c, f) {
+                (Some(t), Some(c), Some(f)) => Built {
+                    source: fixed(format!(
+                        "workload identity: app {c} in tenant {t}, federated token from {}",
+                        f.display()
+                    )),
+                    credential: Arc::new(WorkloadIdentityCredential::new(
+                        ctx.entra.clone(),
+                        profile.authority_host.clone(),
+                        t,
+                        c,
+                        f,
+                    )),
+                },
+                (t, c, f) => {
+                    let mut missing = Vec::new();
+                    if t.is_none() {
+                        missing.push(("tenant_id", "AZURE_TENANT_ID"));
+                    }
+                    if c.is_none() {
+                        missing.push(("client_id", "AZURE_CLIENT_ID"));
+                    }
+                    if f.is_none() {
+                        missing.push(("token_file", "AZURE_FEDERATED_TOKEN_FILE"));
+                    }
+                    unconfigured(&profile.name, "workload_identity", &missing)
+                }
+            }
+        }
+        ProfileKind::AzurePipelines {
+            tenant_id,
+            client_id,
+            service_connection_id,
+            system_access_token,
+        } => {
+            let t = or_env(tenant_id, env, "AZURESUBSCRIPTION_TENANT_ID");
+            let c = or_env(client_id, env, "AZURESUBSCRIPTION_CLIENT_ID");
+            let sc = or_env(
+                service_connection_id,
+                env,
+                "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID",
+            );
+            let uri = crate::env::non_empty(env, "SYSTEM_OIDCREQUESTURI");
+            match (t, c, sc, uri) {
+                (Some(t), Some(c), Some(sc), Some(uri)) => Built {
+                    source: fixed(format!(
+                        "Azure Pipelines service connection {sc}: app {c} in tenant {t}"
+                    )),
+                    credential: Arc::new(AzurePipelinesCredential::new(
+                        ctx.entra.clone(),
+                        profile.authority_host.clone(),
+                        t,
+                        c,
+                        sc,
+                        uri,
+                        system_access_token.clone(),
+                        ctx.env.clone(),
+                    )),
+                },
+                (t, c, sc, uri) => {
+                    let mut missing = Vec::new();
+                    if t.is_none() {
+                        missing.push(("tenant_id", "AZURESUBSCRIPTION_TENANT_ID"));
+                    }
+                    if c.is_none() {
+                        missing.push(("client_id", "AZURESUBSCRIPTION_CLIENT_ID"));
+                    }
+                    if sc.is_none() {
+                        missing.push((
+                            "service_connection_id",
+                            "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID",
+                        ));
+                    }
+                    if uri.is_none() {
+                        missing.push((
+                            "the pipeline agent's",
+                            "SYSTEM_OIDCREQUESTURI (is this an Azure Pipelines job?)",
+                        ));
+                    }
+                    unconfigured(&profile.name, "azure_pipelines", &missing)
+                }
+            }
+        }
         ProfileKind::Auto {
             tenant_id,
             client_id,
@@ -186,9 +377,11 @@ pub fn build(profile: &Profile, ctx: &CredentialContext) -> Built {
                 client_id.clone(),
                 ctx,
             );
+            let auto = Arc::new(auto);
+            let describe = Arc::clone(&auto);
             Built {
-                source: auto.describe().to_string(),
-                credential: Arc::new(auto),
+                source: Arc::new(move || describe.describe()),
+                credential: auto,
             }
         }
     }

@@ -71,7 +71,15 @@ struct State {
     sticky_fault: Mutex<Option<Fault>>,
     fault_queue: Mutex<VecDeque<Fault>>,
     numbers_as_strings: AtomicBool,
+    addr: SocketAddr,
+    federated: Mutex<Vec<String>>,
+    assertion_verifier: Mutex<Option<AssertionVerifier>>,
 }
+
+/// Checks a `client_assertion` (JWT) against what the app has registered; `Err((aadsts, message))`
+/// becomes a 401 `invalid_client` with that code. Arguments: the assertion and the exact token URL
+/// it must name as `aud`.
+pub type AssertionVerifier = Arc<dyn Fn(&str, &str) -> Result<(), (u32, String)> + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -97,6 +105,9 @@ impl FakeEntra {
             sticky_fault: Mutex::new(None),
             fault_queue: Mutex::new(VecDeque::new()),
             numbers_as_strings: AtomicBool::new(false),
+            addr,
+            federated: Mutex::new(Vec::new()),
+            assertion_verifier: Mutex::new(None),
         });
         let handler_state = state.clone();
         let server = super::serve(listener, move |req| handle(handler_state.clone(), req));
@@ -105,6 +116,17 @@ impl FakeEntra {
             state,
             _server: server,
         }
+    }
+
+    /// Accepts `assertion` verbatim as a federated client assertion (a projected service-account
+    /// token, an Azure Pipelines OIDC token), as a federated identity credential would.
+    pub fn accept_federated_assertion(&self, assertion: &str) {
+        lock(&self.state.federated).push(assertion.to_string());
+    }
+
+    /// Verifies other client assertions (certificate-signed ones) with `verifier`.
+    pub fn set_assertion_verifier(&self, verifier: AssertionVerifier) {
+        *lock(&self.state.assertion_verifier) = Some(verifier);
     }
 
     /// `http://127.0.0.1:PORT` (no trailing slash).
@@ -446,7 +468,41 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             ),
         );
     }
-    if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+    if let Some(assertion) = form.get("client_assertion") {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return entra_error(
+                &ctx,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50_027,
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            );
+        }
+        let federated = lock(&state.federated).iter().any(|a| a == assertion);
+        if !federated {
+            let verifier = lock(&state.assertion_verifier).clone();
+            let token_url = format!("http://{}/{TENANT}/oauth2/v2.0/token", state.addr);
+            let verdict = match verifier {
+                Some(v) => v(assertion, &token_url),
+                None => Err((
+                    70_021,
+                    "No matching federated identity record found for presented assertion."
+                        .to_string(),
+                )),
+            };
+            if let Err((code, message)) = verdict {
+                return entra_error(
+                    &ctx,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    u64::from(code),
+                    &message,
+                );
+            }
+        }
+    } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
         return invalid_client(&ctx, &client_id);
     }
     let scope = form.get("scope").cloned().unwrap_or_default();

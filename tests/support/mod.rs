@@ -3,8 +3,11 @@
 //! ([`entra::FakeEntra`]) and a fake upstream API that verifies the injected bearer tokens
 //! ([`upstream::FakeUpstream`]).
 
+pub mod certs;
 pub mod entra;
+pub mod msi;
 pub mod patless;
+pub mod pipelines;
 pub mod upstream;
 
 use std::convert::Infallible;
