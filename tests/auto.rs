@@ -232,3 +232,34 @@ async fn nothing_available_lists_every_source_quickly() {
     assert!(source.contains("no credential found"), "{source}");
     assert_eq!(entra.token_requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_certificate_when_there_is_no_secret() {
+    let pki = support::certs::pki();
+    let entra = FakeEntra::start().await;
+    entra.set_assertion_verifier(support::certs::verifier_for(&pki.leaf.der, CLIENT_ID));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("sp.pem");
+    std::fs::write(&file, pki.bundle_pem()).expect("write");
+    let env = MapEnv::new([
+        ("AZURE_CLIENT_ID", CLIENT_ID),
+        ("AZURE_TENANT_ID", TENANT),
+        (
+            "AZURE_CLIENT_CERTIFICATE_PATH",
+            file.to_str().expect("utf8"),
+        ),
+        ("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "true"),
+    ]);
+    let (token, source) = acquire(&app(&entra, env)).await;
+    assert!(token.is_ok(), "{token:?}");
+    assert!(source.contains("certificate"), "{source}");
+    let form = &entra.requests()[0].form;
+    assert!(!form.contains_key("client_secret"));
+    let header = support::certs::jwt_header(&form["client_assertion"]);
+    assert_eq!(header["alg"], "PS256");
+    assert_eq!(
+        header["x5c"].as_array().map(Vec::len),
+        Some(2),
+        "chain sent, leaf and CA: {header}"
+    );
+}
