@@ -51,6 +51,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Json)]
         output: Output,
     },
+    /// Sign a person in (device code or browser) and store the profile's refresh token.
+    Login {
+        /// A `device_code` or `interactive_browser` profile.
+        #[arg(long)]
+        profile: String,
+    },
+    /// Forget a profile's stored tokens.
+    Logout {
+        /// The profile.
+        #[arg(long)]
+        profile: String,
+    },
     /// Validate the config, acquire a token per profile, show what it holds, probe each route.
     Check {
         /// Only this profile.
@@ -113,6 +125,35 @@ pub fn main() -> ExitCode {
                 .await
             }
             Command::Check { profile, no_probe } => check(loaded, env, profile, no_probe).await,
+            Command::Login { profile } => {
+                let mut out = std::io::stdout();
+                match crate::login::login(&loaded.config, &profile, env, &mut out).await {
+                    Ok(summary) => {
+                        println!("{summary}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("patless: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Logout { profile } => {
+                match crate::login::logout(&loaded.config, &profile, env) {
+                    Ok(true) => {
+                        println!("forgot the stored tokens of profile `{profile}`");
+                        ExitCode::SUCCESS
+                    }
+                    Ok(false) => {
+                        println!("profile `{profile}` had no stored tokens");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("patless: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
         }
     })
 }
@@ -224,6 +265,10 @@ async fn token(
         eprintln!("patless: no route uses profile `{profile}`; name the token's audience with --scope or --resource");
         return ExitCode::from(2);
     };
+    let subscription = match loaded.config.profiles.get(&profile).map(|p| &p.kind) {
+        Some(crate::config::ProfileKind::AzureCli { subscription, .. }) => subscription.clone(),
+        _ => None,
+    };
     let app = match App::new(loaded.config, env, prometheus::Registry::new()) {
         Ok(a) => a,
         Err(e) => {
@@ -257,13 +302,16 @@ async fn token(
                         .to_string()
                 })
                 .unwrap_or_default();
-            let out = serde_json::json!({
+            let mut out = serde_json::json!({
                 "accessToken": token.secret().expose(),
                 "expiresOn": local,
                 "expires_on": token.expires_unix,
                 "tenant": tenant,
                 "tokenType": "Bearer",
             });
+            if let Some(s) = subscription {
+                out["subscription"] = serde_json::Value::String(s);
+            }
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
     }

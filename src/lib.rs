@@ -8,10 +8,12 @@ pub mod config;
 pub mod credentials;
 pub mod env;
 pub mod hosts;
+pub mod login;
 pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod token;
 
@@ -73,7 +75,11 @@ impl App {
         let metrics = Metrics::new(registry);
         let ca = config.entra.ca_file.as_deref();
         let entra = EntraClient::new(tls::entra_http_client(ca, config.entra.request_timeout)?);
-        let ctx = CredentialContext { entra, env };
+        let store = store::TokenStore::new(credentials::state_dir(
+            config.server.state_dir.as_deref(),
+            env.as_ref(),
+        ));
+        let ctx = CredentialContext { entra, env, store };
         let mut credentials = HashMap::new();
         let mut credential_sources = std::collections::BTreeMap::new();
         for p in config.profiles.values() {

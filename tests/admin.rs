@@ -176,7 +176,8 @@ async fn auto_without_credentials_says_what_it_tried_and_how_to_fix_it() {
         "environment service principal — AZURE_TENANT_ID, AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH not set",
         "workload identity — AZURE_FEDERATED_TOKEN_FILE not set",
         &format!("managed identity — IMDS at {imds}/ did not answer"),
-        "Azure CLI and Azure Developer CLI",
+        "Azure CLI — ",
+        "Azure Developer CLI — ",
     ] {
         assert!(msg.contains(skipped), "each source and why it was skipped: missing `{skipped}` in {msg}");
     }

@@ -263,3 +263,51 @@ async fn environment_certificate_when_there_is_no_secret() {
         "chain sent, leaf and CA: {header}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_azure_cli_after_everything_else_and_azd_when_az_is_signed_out() {
+    use support::fake_cli::{FakeCli, Mode};
+    let entra = FakeEntra::start().await;
+    let imds = closed_port_url();
+    let az = FakeCli::az(Mode::Success);
+    let azd = FakeCli::azd(Mode::Success);
+    let path = format!("{}:{}", az.dir(), azd.dir());
+    let env = || {
+        MapEnv::new([
+            ("PATH", path.as_str()),
+            ("HOME", az.dir().as_str()),
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.as_str()),
+        ])
+    };
+
+    // Signed in with `az login`: auto uses it, after skipping the earlier sources.
+    let (token, source) = acquire(&app(&entra, env())).await;
+    assert_eq!(token.expect("token from az"), az.token_for(ADO_AUDIENCE));
+    assert!(source.starts_with("Azure CLI"), "{source}");
+    assert_eq!(
+        az.calls().len(),
+        1,
+        "the probe's token is handed over, not fetched twice"
+    );
+    assert!(azd.calls().is_empty());
+
+    // Signed out of az, signed in to azd: the next source.
+    az.set_mode(Mode::NotLoggedIn);
+    let (token, source) = acquire(&app(&entra, env())).await;
+    assert_eq!(token.expect("token from azd"), azd.token_for(ADO_AUDIENCE));
+    assert!(source.starts_with("Azure Developer CLI"), "{source}");
+
+    // Signed out of both: every source is named, az's advice included.
+    azd.set_mode(Mode::NotLoggedIn);
+    let (token, _) = acquire(&app(&entra, env())).await;
+    let msg = token.expect_err("nothing signed in");
+    assert!(
+        msg.contains("Azure CLI — ") && msg.contains("az login"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Azure Developer CLI — ") && msg.contains("azd auth login"),
+        "{msg}"
+    );
+    assert_eq!(entra.token_requests(), 0);
+}

@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub response_header_timeout: Duration,
     /// How long a request waits for a token acquisition in flight.
     pub token_wait_timeout: Duration,
+    /// Where refresh tokens are stored (else `$XDG_STATE_HOME/patless`).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[entra]`, validated.
@@ -215,6 +217,35 @@ pub enum ProfileKind {
         /// The job's access token (default `SYSTEM_ACCESSTOKEN`).
         system_access_token: SecretSource,
     },
+    /// `az account get-access-token`, run by patless.
+    AzureCli {
+        /// `--tenant`.
+        tenant_id: Option<String>,
+        /// `--subscription`.
+        subscription: Option<String>,
+    },
+    /// `azd auth token`.
+    AzureDeveloperCli {
+        /// `--tenant-id`.
+        tenant_id: Option<String>,
+    },
+    /// Device code flow at `patless login`, then the stored refresh token.
+    DeviceCode {
+        /// Tenant (or `organizations`/`common`).
+        tenant_id: String,
+        /// The public client's application id.
+        client_id: String,
+    },
+    /// Authorization code + PKCE on a loopback redirect at `patless login`, then the stored
+    /// refresh token.
+    InteractiveBrowser {
+        /// Tenant (or `organizations`/`common`).
+        tenant_id: String,
+        /// The public client's application id.
+        client_id: String,
+        /// Loopback redirect port; `None` picks a free one.
+        redirect_port: Option<u16>,
+    },
     /// The `auto` chain.
     Auto {
         /// Tenant (else `AZURE_TENANT_ID`).
@@ -233,6 +264,10 @@ impl ProfileKind {
             ProfileKind::ManagedIdentity { .. } => "managed_identity",
             ProfileKind::WorkloadIdentity { .. } => "workload_identity",
             ProfileKind::AzurePipelines { .. } => "azure_pipelines",
+            ProfileKind::AzureCli { .. } => "azure_cli",
+            ProfileKind::AzureDeveloperCli { .. } => "azure_developer_cli",
+            ProfileKind::DeviceCode { .. } => "device_code",
+            ProfileKind::InteractiveBrowser { .. } => "interactive_browser",
             ProfileKind::Auto { .. } => "auto",
         }
     }
@@ -387,6 +422,7 @@ impl Config {
             connect_timeout: Some(duration_text(s.connect_timeout)),
             response_header_timeout: Some(duration_text(s.response_header_timeout)),
             token_wait_timeout: Some(duration_text(s.token_wait_timeout)),
+            state_dir: s.state_dir.clone(),
         };
         let entra = raw::RawEntra {
             authority_host: Some(
@@ -455,6 +491,32 @@ impl Config {
                         rp.endpoint = endpoint
                             .as_ref()
                             .map(|u| u.as_str().trim_end_matches('/').to_string());
+                    }
+                    ProfileKind::AzureCli {
+                        tenant_id,
+                        subscription,
+                    } => {
+                        rp.tenant_id = tenant_id.clone();
+                        rp.subscription = subscription.clone();
+                    }
+                    ProfileKind::AzureDeveloperCli { tenant_id } => {
+                        rp.tenant_id = tenant_id.clone()
+                    }
+                    ProfileKind::DeviceCode {
+                        tenant_id,
+                        client_id,
+                    } => {
+                        rp.tenant_id = Some(tenant_id.clone());
+                        rp.client_id = Some(client_id.clone());
+                    }
+                    ProfileKind::InteractiveBrowser {
+                        tenant_id,
+                        client_id,
+                        redirect_port,
+                    } => {
+                        rp.tenant_id = Some(tenant_id.clone());
+                        rp.client_id = Some(client_id.clone());
+                        rp.redirect_port = *redirect_port;
                     }
                     ProfileKind::WorkloadIdentity {
                         tenant_id,

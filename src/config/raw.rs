@@ -104,6 +104,8 @@ pub struct RawServer {
     pub allow_unauthenticated_clients: Option<bool>,
     /// Profile for host routes.
     pub default_profile: Option<String>,
+    /// Where `device_code`/`interactive_browser` refresh tokens are stored.
+    pub state_dir: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Option<RawDuration>,
     /// Upstream TCP connect timeout.
@@ -158,6 +160,10 @@ pub struct RawProfile {
     pub endpoint: Option<String>,
     /// `workload_identity`: the projected service-account token file.
     pub token_file: Option<PathBuf>,
+    /// `azure_cli`: the subscription to ask `az` for.
+    pub subscription: Option<String>,
+    /// `interactive_browser`: the loopback redirect port (default: a free one).
+    pub redirect_port: Option<u16>,
     /// `azure_pipelines`: the service connection's id.
     pub service_connection_id: Option<String>,
     /// `azure_pipelines`: the job's access token (default `{ env = "SYSTEM_ACCESSTOKEN" }`).

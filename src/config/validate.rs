@@ -18,14 +18,6 @@ use crate::env::Environment;
 use crate::hosts;
 use crate::secret::Secret;
 
-/// Kinds in the contract that this build does not provide yet.
-const PLANNED_KINDS: &[&str] = &[
-    "azure_cli",
-    "azure_developer_cli",
-    "device_code",
-    "interactive_browser",
-];
-
 #[derive(Default)]
 struct Errors(Vec<KeyError>);
 
@@ -85,6 +77,7 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
             .collect(),
         allowed_origins: raw.server.allowed_origins.clone(),
         default_profile: default_profile.clone(),
+        state_dir: raw.server.state_dir.clone(),
         shutdown_grace: duration(
             &mut errs,
             "server.shutdown_grace",
@@ -440,8 +433,8 @@ fn secret_source(v: &SecretValue) -> SecretSource {
 }
 
 /// The kinds this build supports.
-const KINDS: &str =
-    "client_secret, client_certificate, managed_identity, workload_identity, azure_pipelines, auto";
+const KINDS: &str = "client_secret, client_certificate, managed_identity, workload_identity, \
+                     azure_pipelines, azure_cli, azure_developer_cli, device_code, interactive_browser, auto";
 
 /// Which optional keys each kind takes (besides kind, tenant_id, authority_host).
 fn keys_of(kind: &str) -> &'static [&'static str] {
@@ -457,6 +450,10 @@ fn keys_of(kind: &str) -> &'static [&'static str] {
         "managed_identity" => &["client_id", "object_id", "resource_id", "endpoint"],
         "workload_identity" => &["client_id", "token_file"],
         "azure_pipelines" => &["client_id", "service_connection_id", "system_access_token"],
+        "azure_cli" => &["subscription"],
+        "azure_developer_cli" => &[],
+        "device_code" => &["client_id"],
+        "interactive_browser" => &["client_id", "redirect_port"],
         "auto" => &["client_id"],
         _ => &[],
     }
@@ -481,6 +478,8 @@ fn set_keys(p: &RawProfile) -> Vec<&'static str> {
     add(p.token_file.is_some(), "token_file");
     add(p.service_connection_id.is_some(), "service_connection_id");
     add(p.system_access_token.is_some(), "system_access_token");
+    add(p.subscription.is_some(), "subscription");
+    add(p.redirect_port.is_some(), "redirect_port");
     v
 }
 
@@ -505,14 +504,7 @@ fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -
         );
         return None;
     };
-    if PLANNED_KINDS.contains(&kind_name) {
-        errs.add(
-            format!("{key}.kind"),
-            format!("kind `{kind_name}` is part of the contract but not available in this build yet; supported: {KINDS}"),
-        );
-        return None;
-    }
-    if keys_of(kind_name).is_empty() {
+    if !KINDS.split(',').any(|k| k.trim() == kind_name) {
         errs.add(
             format!("{key}.kind"),
             format!("unknown kind `{kind_name}`; expected one of {KINDS}"),
@@ -631,6 +623,37 @@ fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -
                 id: ids.into_iter().next(),
                 endpoint,
             })
+        }
+        "azure_cli" => Some(ProfileKind::AzureCli {
+            tenant_id,
+            subscription: p.subscription.clone(),
+        }),
+        "azure_developer_cli" => Some(ProfileKind::AzureDeveloperCli { tenant_id }),
+        "device_code" | "interactive_browser" => {
+            let t = required(
+                tenant_id,
+                "tenant_id",
+                "the tenant GUID, or \"organizations\" for any work account",
+            );
+            let c = required(
+                p.client_id.clone(),
+                "client_id",
+                "the public client's application id (see the README: app registration for login)",
+            );
+            match (t, c) {
+                (Some(tenant_id), Some(client_id)) if kind_name == "device_code" => {
+                    Some(ProfileKind::DeviceCode {
+                        tenant_id,
+                        client_id,
+                    })
+                }
+                (Some(tenant_id), Some(client_id)) => Some(ProfileKind::InteractiveBrowser {
+                    tenant_id,
+                    client_id,
+                    redirect_port: p.redirect_port,
+                }),
+                _ => None,
+            }
         }
         "workload_identity" => Some(ProfileKind::WorkloadIdentity {
             tenant_id,

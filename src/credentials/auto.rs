@@ -5,7 +5,8 @@
 //! 2. workload identity — `AZURE_FEDERATED_TOKEN_FILE` (+ client and tenant ids);
 //! 3. managed identity — App Service, Arc or Cloud Shell when their variables say so; otherwise
 //!    IMDS, after a short probe at first use so that patless does not hang off Azure;
-//! 4. Azure CLI and Azure Developer CLI (not in this build yet).
+//! 4. Azure CLI (`az account get-access-token`), then Azure Developer CLI (`azd auth token`), each
+//!    tried at first use: one that is not installed or not signed in is skipped.
 //!
 //! What was chosen is logged and shown by `patless check`; when nothing is available, one error
 //! lists each source and why it was skipped.
@@ -13,13 +14,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex as AsyncMutex;
 use url::Url;
 
 use super::{
-    AccessToken, BoxFuture, ClientCertificateCredential, ClientSecretCredential, Credential,
-    CredentialContext, CredentialError, ErrorClass, ManagedIdentityCredential,
-    WorkloadIdentityCredential,
+    AccessToken, AzureCliCredential, AzureDeveloperCliCredential, BoxFuture,
+    ClientCertificateCredential, ClientSecretCredential, Credential, CredentialContext,
+    CredentialError, ErrorClass, ManagedIdentityCredential, WorkloadIdentityCredential,
 };
 use crate::config::{ManagedIdentityId, SecretSource};
 use crate::env::{non_empty, Environment};
@@ -39,8 +40,13 @@ pub struct AutoCredential {
     imds: Option<ImdsCandidate>,
     /// Why each earlier source was skipped.
     skipped: Vec<String>,
-    /// The outcome of the probe, once run.
-    probed: OnceCell<Result<Chosen, String>>,
+    /// Azure CLI, then azd: tried in order when nothing earlier is available.
+    developer_tools: Vec<(&'static str, Arc<dyn Credential>)>,
+    /// The source the probe chose (a failed probe is not remembered: the next acquisition, after
+    /// the cache's backoff, looks again — so `az login` later is picked up without a restart).
+    probed: AsyncMutex<Option<Chosen>>,
+    /// A token the probe already obtained from a developer tool, handed to its caller.
+    first: Mutex<Option<(String, AccessToken)>>,
     /// For `describe` before the probe ran.
     state: Mutex<String>,
 }
@@ -197,12 +203,31 @@ impl AutoCredential {
             ),
             (None, None) => String::new(),
         };
+        let developer_tools: Vec<(&'static str, Arc<dyn Credential>)> = vec![
+            (
+                "Azure CLI",
+                Arc::new(AzureCliCredential::new(
+                    tenant_id.clone(),
+                    None,
+                    ctx.env.clone(),
+                )),
+            ),
+            (
+                "Azure Developer CLI",
+                Arc::new(AzureDeveloperCliCredential::new(
+                    tenant_id.clone(),
+                    ctx.env.clone(),
+                )),
+            ),
+        ];
         AutoCredential {
             profile: profile.to_string(),
             decided,
             imds,
             skipped,
-            probed: OnceCell::new(),
+            developer_tools,
+            probed: AsyncMutex::new(None),
+            first: Mutex::new(None),
             state: Mutex::new(state),
         }
     }
@@ -212,14 +237,15 @@ impl AutoCredential {
         if let Some((what, _)) = &self.decided {
             return what.clone();
         }
-        match self.probed.get() {
-            Some(Ok((what, _))) => what.clone(),
-            Some(Err(why)) => why.clone(),
-            None => self.state.lock().map(|s| s.clone()).unwrap_or_default(),
+        if let Ok(probed) = self.probed.try_lock() {
+            if let Some((what, _)) = probed.as_ref() {
+                return what.clone();
+            }
         }
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    async fn probe(&self) -> Result<Chosen, String> {
+    async fn probe(&self, scope: &str, claims: Option<&str>) -> Result<Chosen, String> {
         let mut skipped = self.skipped.clone();
         if let Some(c) = &self.imds {
             let url = format!(
@@ -261,7 +287,27 @@ impl AutoCredential {
                 Err(why) => skipped.push(format!("managed identity — IMDS at {} {why}", c.base)),
             }
         }
-        skipped.push("Azure CLI and Azure Developer CLI — not available in this build yet".into());
+        for (name, tool) in &self.developer_tools {
+            match tool.acquire(scope, claims).await {
+                Ok(token) => {
+                    let what = format!("{name} (signed-in user)");
+                    tracing::info!(profile = %self.profile, source = %what, "auto profile: credential found");
+                    if let Ok(mut first) = self.first.lock() {
+                        *first = Some((scope.to_string(), token));
+                    }
+                    return Ok((what, Arc::clone(tool)));
+                }
+                // Not installed, not signed in: the next source.
+                Err(e) if e.class == ErrorClass::NotConfigured => {
+                    skipped.push(format!("{name} — {}", e.message));
+                }
+                // Installed and signed in, but refused: this is the source, and its error stands.
+                Err(e) => {
+                    let what = format!("{name} (signed-in user; last attempt failed: {})", e.class);
+                    return Ok((what, Arc::clone(tool)));
+                }
+            }
+        }
         let why = format!(
             "no credential found for profile `{}` (kind auto). Tried: {}. Fix: export AZURE_CLIENT_ID, \
              AZURE_TENANT_ID and AZURE_CLIENT_SECRET (or AZURE_CLIENT_CERTIFICATE_PATH), run in a pod \
@@ -271,6 +317,9 @@ impl AutoCredential {
             skipped.join("; ")
         );
         tracing::warn!(profile = %self.profile, "auto profile: {why}");
+        if let Ok(mut state) = self.state.lock() {
+            *state = why.clone();
+        }
         Err(why)
     }
 }
@@ -285,9 +334,31 @@ impl Credential for AutoCredential {
             return cred.acquire(scope, claims);
         }
         Box::pin(async move {
-            match self.probed.get_or_init(|| self.probe()).await {
-                Ok((_, cred)) => cred.acquire(scope, claims).await,
-                Err(why) => Err(CredentialError::new(ErrorClass::NotConfigured, why.clone())),
+            let chosen = {
+                // One probe at a time; the lock is async, held only by probing acquisitions.
+                let mut probed = self.probed.lock().await;
+                match probed.as_ref() {
+                    Some((_, cred)) => Arc::clone(cred),
+                    None => match self.probe(scope, claims).await {
+                        Ok((what, cred)) => {
+                            *probed = Some((what, Arc::clone(&cred)));
+                            cred
+                        }
+                        Err(why) => {
+                            return Err(CredentialError::new(ErrorClass::NotConfigured, why))
+                        }
+                    },
+                }
+            };
+            let ready = self
+                .first
+                .lock()
+                .ok()
+                .and_then(|mut f| f.take_if(|(s, _)| s == scope))
+                .map(|(_, token)| token);
+            match ready {
+                Some(token) => Ok(token),
+                None => chosen.acquire(scope, claims).await,
             }
         })
     }

@@ -44,6 +44,52 @@ struct TokenBody {
     token_type: Option<String>,
     expires_in: Option<NumOrString>,
     refresh_in: Option<NumOrString>,
+    // User flows only (ENTRA.md "Common"): present with `offline_access` / `openid`.
+    refresh_token: Option<String>,
+    id_token: Option<String>,
+    scope: Option<String>,
+}
+
+/// A token answer with what the user flows need besides the access token.
+pub struct FullToken {
+    /// The access token.
+    pub access: AccessToken,
+    /// The new refresh token, when `offline_access` was asked for.
+    pub refresh_token: Option<Secret>,
+    /// The id token (a JWT about the user), when `openid` was asked for.
+    pub id_token: Option<Secret>,
+    /// The scopes granted, as Entra lists them.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for FullToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FullToken")
+            .field("access", &self.access)
+            .field("refresh_token", &self.refresh_token)
+            .field("id_token", &self.id_token)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// A refused token request with Entra's `error` value (`authorization_pending`, `slow_down`,
+/// `invalid_grant`, …), which the user flows branch on.
+#[derive(Debug, Clone)]
+pub struct FullTokenError {
+    /// Entra's `error`, when the answer was an Entra error body.
+    pub error: Option<String>,
+    /// The classified, explained error.
+    pub credential: CredentialError,
+}
+
+impl From<CredentialError> for FullTokenError {
+    fn from(credential: CredentialError) -> Self {
+        FullTokenError {
+            error: None,
+            credential,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -130,6 +176,19 @@ impl EntraClient {
         token_url: &str,
         form: &[(&str, &str)],
     ) -> Result<AccessToken, CredentialError> {
+        self.request_token_full(token_url, form)
+            .await
+            .map(|t| t.access)
+            .map_err(|e| e.credential)
+    }
+
+    /// POSTs a token request (to the token or any other Entra endpoint) and parses the answer,
+    /// keeping the refresh token, the id token and Entra's `error` value.
+    pub async fn request_token_full(
+        &self,
+        token_url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<FullToken, FullTokenError> {
         let response = self
             .http
             .post(token_url)
@@ -156,12 +215,26 @@ impl EntraClient {
             .await
             .map_err(|e| transport_error(&e, token_url))?;
         if status.is_success() {
-            return parse_success(&body);
+            return parse_full(&body).map_err(FullTokenError::from);
         }
         let mut err = parse_error(status.as_u16(), &content_type, &body);
         err.retry_after = retry_after;
-        Err(err)
+        Err(FullTokenError {
+            error: error_name(&content_type, &body),
+            credential: err,
+        })
     }
+}
+
+/// Entra's `error` value of an error body, if it is one.
+pub fn error_name(content_type: &str, body: &[u8]) -> Option<String> {
+    if !(content_type.contains("json") || body.first() == Some(&b'{')) {
+        return None;
+    }
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.error)
+        .filter(|e| !e.is_empty())
 }
 
 fn transport_error(e: &reqwest::Error, url: &str) -> CredentialError {
@@ -185,7 +258,12 @@ fn transport_error(e: &reqwest::Error, url: &str) -> CredentialError {
     CredentialError::new(what, message)
 }
 
+#[cfg(test)]
 fn parse_success(body: &[u8]) -> Result<AccessToken, CredentialError> {
+    parse_full(body).map(|t| t.access)
+}
+
+fn parse_full(body: &[u8]) -> Result<FullToken, CredentialError> {
     let parsed: TokenBody = serde_json::from_slice(body).map_err(|e| {
         CredentialError::new(
             ErrorClass::BadResponse,
@@ -219,14 +297,22 @@ fn parse_success(body: &[u8]) -> Result<AccessToken, CredentialError> {
                 "Entra's answer has no valid expires_in",
             )
         })?;
-    Ok(AccessToken {
-        token: Secret::new(token),
-        expires_in: Duration::from_secs(expires_in),
-        refresh_in: parsed
-            .refresh_in
-            .as_ref()
-            .and_then(NumOrString::seconds)
-            .map(Duration::from_secs),
+    Ok(FullToken {
+        access: AccessToken {
+            token: Secret::new(token),
+            expires_in: Duration::from_secs(expires_in),
+            refresh_in: parsed
+                .refresh_in
+                .as_ref()
+                .and_then(NumOrString::seconds)
+                .map(Duration::from_secs),
+        },
+        refresh_token: parsed
+            .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(Secret::new),
+        id_token: parsed.id_token.filter(|t| !t.is_empty()).map(Secret::new),
+        scope: parsed.scope,
     })
 }
 

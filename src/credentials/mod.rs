@@ -2,11 +2,15 @@
 //! token from its source; caching, refresh and single-flight live in `token`, around any of them.
 
 mod auto;
+mod azure_cli;
+mod azure_developer_cli;
 mod azure_pipelines;
+mod cli_process;
 mod client_certificate;
 mod client_secret;
 pub mod entra;
 mod managed_identity;
+mod refresh_token;
 mod workload_identity;
 
 use std::fmt;
@@ -16,11 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use auto::AutoCredential;
+pub use azure_cli::AzureCliCredential;
+pub use azure_developer_cli::AzureDeveloperCliCredential;
 pub use azure_pipelines::AzurePipelinesCredential;
 pub use client_certificate::ClientCertificateCredential;
 pub use client_secret::ClientSecretCredential;
 pub use entra::EntraClient;
 pub use managed_identity::ManagedIdentityCredential;
+pub use refresh_token::RefreshTokenCredential;
 pub use workload_identity::WorkloadIdentityCredential;
 
 use crate::config::{Profile, ProfileKind};
@@ -100,6 +107,18 @@ impl ErrorClass {
         }
     }
 
+    /// The longest wait between two attempts after failures of this class: a minute for passing
+    /// faults; 30 s when a person must sign in (so a `patless login` in another terminal is picked
+    /// up quickly, and that check is local until a login exists); 5 min for configuration errors.
+    pub fn backoff_cap(self) -> std::time::Duration {
+        use std::time::Duration;
+        match self {
+            ErrorClass::InteractionRequired => Duration::from_secs(30),
+            c if c.is_transient() => Duration::from_secs(60),
+            _ => Duration::from_secs(300),
+        }
+    }
+
     /// Whether retrying soon may help (as opposed to a configuration problem).
     pub fn is_transient(self) -> bool {
         matches!(
@@ -153,6 +172,27 @@ pub struct CredentialContext {
     pub entra: EntraClient,
     /// The environment (for `{ env = … }` secrets and `auto` detection).
     pub env: Env,
+    /// Where `device_code`/`interactive_browser` refresh tokens live.
+    pub store: crate::store::TokenStore,
+}
+
+/// The state directory (SPEC §5): `[server] state_dir`, else `$XDG_STATE_HOME/patless`, else
+/// `$HOME/.local/state/patless`, else `./.patless-state`.
+pub fn state_dir(
+    configured: Option<&std::path::Path>,
+    env: &dyn crate::env::Environment,
+) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = configured {
+        return dir.to_path_buf();
+    }
+    if let Some(xdg) = crate::env::non_empty(env, "XDG_STATE_HOME") {
+        return PathBuf::from(xdg).join("patless");
+    }
+    if let Some(home) = crate::env::non_empty(env, "HOME") {
+        return PathBuf::from(home).join(".local/state/patless");
+    }
+    PathBuf::from(".patless-state")
 }
 
 /// Says where a profile's tokens come from (what `auto` chose, once it chose). Never a secret.
@@ -366,6 +406,52 @@ pub fn build(profile: &Profile, ctx: &CredentialContext) -> Built {
                 }
             }
         }
+        ProfileKind::AzureCli {
+            tenant_id,
+            subscription,
+        } => Built {
+            source: fixed(format!(
+                "Azure CLI (`az account get-access-token`{}{})",
+                tenant_id.as_ref().map(|t| format!(", tenant {t}")).unwrap_or_default(),
+                subscription.as_ref().map(|s| format!(", subscription {s}")).unwrap_or_default()
+            )),
+            credential: Arc::new(AzureCliCredential::new(
+                tenant_id.clone(),
+                subscription.clone(),
+                ctx.env.clone(),
+            )),
+        },
+        ProfileKind::AzureDeveloperCli { tenant_id } => Built {
+            source: fixed(format!(
+                "Azure Developer CLI (`azd auth token`{})",
+                tenant_id.as_ref().map(|t| format!(", tenant {t}")).unwrap_or_default()
+            )),
+            credential: Arc::new(AzureDeveloperCliCredential::new(tenant_id.clone(), ctx.env.clone())),
+        },
+        ProfileKind::DeviceCode {
+            tenant_id,
+            client_id,
+        }
+        | ProfileKind::InteractiveBrowser {
+            tenant_id,
+            client_id,
+            ..
+        } => Built {
+            source: fixed(format!(
+                "{} login of app {client_id} in tenant {tenant_id}: the refresh token stored under {} by `patless login --profile {}`",
+                profile.kind.name(),
+                ctx.store.dir().display(),
+                profile.name
+            )),
+            credential: Arc::new(RefreshTokenCredential::new(
+                ctx.entra.clone(),
+                profile.authority_host.clone(),
+                tenant_id.clone(),
+                client_id.clone(),
+                profile.name.clone(),
+                ctx.store.clone(),
+            )),
+        },
         ProfileKind::Auto {
             tenant_id,
             client_id,

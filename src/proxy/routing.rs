@@ -205,6 +205,9 @@ mod tests {
                 let ctx = crate::credentials::CredentialContext {
                     entra: crate::credentials::EntraClient::new(reqwest::Client::new()),
                     env: std::sync::Arc::new(MapEnv::default()),
+                    store: crate::store::TokenStore::new(
+                        std::env::temp_dir().join("patless-routing-test"),
+                    ),
                 };
                 (
                     p.name.clone(),

@@ -353,7 +353,7 @@ impl TokenEntry {
             .inc();
         let delay = schedule::backoff(
             *failures,
-            err.class.is_transient(),
+            err.class.backoff_cap(),
             err.retry_after,
             rand::random::<f64>(),
         );

@@ -18,15 +18,15 @@ pub fn skew_margin(lifetime: Duration) -> Duration {
 }
 
 /// Exponential backoff with jitter for the `attempt`-th consecutive failure (1-based): base 1 s,
-/// doubling, capped (60 s for transient errors, 5 min for configuration errors), the wait drawn
-/// uniformly from [d/2, d]; never shorter than the server's `Retry-After`.
+/// doubling, capped at `cap`, the wait drawn uniformly from [d/2, d]; never shorter than the
+/// server's `Retry-After`.
 pub fn backoff(
     attempt: u32,
-    transient: bool,
+    cap: Duration,
     retry_after: Option<Duration>,
     jitter: f64,
 ) -> Duration {
-    let cap = if transient { 60.0 } else { 300.0 };
+    let cap = cap.as_secs_f64().max(1.0);
     let exp = 2f64.powi(attempt.saturating_sub(1).min(16) as i32).min(cap);
     let jitter = jitter.clamp(0.0, 1.0);
     let d = Duration::from_secs_f64(exp * (0.5 + 0.5 * jitter));
@@ -68,13 +68,17 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_bounded_and_honours_retry_after() {
-        assert!(backoff(1, true, None, 1.0) <= Duration::from_secs(1));
-        assert!(backoff(1, true, None, 0.0) >= Duration::from_millis(500));
-        assert_eq!(backoff(3, true, None, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(30, true, None, 1.0), Duration::from_secs(60));
-        assert_eq!(backoff(30, false, None, 1.0), Duration::from_secs(300));
+        let minute = Duration::from_secs(60);
+        assert!(backoff(1, minute, None, 1.0) <= Duration::from_secs(1));
+        assert!(backoff(1, minute, None, 0.0) >= Duration::from_millis(500));
+        assert_eq!(backoff(3, minute, None, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(30, minute, None, 1.0), minute);
         assert_eq!(
-            backoff(1, true, Some(Duration::from_secs(7)), 0.0),
+            backoff(30, Duration::from_secs(300), None, 1.0),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            backoff(1, minute, Some(Duration::from_secs(7)), 0.0),
             Duration::from_secs(7)
         );
     }

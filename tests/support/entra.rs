@@ -1,14 +1,32 @@
-//! A fake Microsoft Entra token endpoint (client-credentials grant with a client secret).
+//! A fake Microsoft Entra: the token endpoint for apps (client credentials with a secret or an
+//! assertion) and for people (device code, authorization code + PKCE, refresh token), the
+//! device code endpoint and the authorize page.
 //!
 //! `POST {authority}/{TENANT}/oauth2/v2.0/token` answers like Entra: RS256 access tokens signed
 //! with [`super::TEST_KEY_PEM`] (kid `test-key`), or Entra-shaped JSON errors. Faults can be
 //! injected, one-shot ([`FakeEntra::push_fault`]) or sticky ([`FakeEntra::set_fault`]).
+//!
+//! People: the registered public client [`PUBLIC_CLIENT_ID`] and one user, [`USER_UPN`].
+//!
+//! - `POST …/devicecode` issues a device code; polls with the device code grant follow a script
+//!   ([`FakeEntra::push_device_code_step`], then [`FakeEntra::set_device_code_fallback`],
+//!   `Approve` by default).
+//! - `GET …/authorize` checks client, loopback redirect URI, `response_type=code` and an S256
+//!   challenge, then redirects (302) to `redirect_uri?code=…&state=…` — or as scripted with
+//!   [`FakeEntra::push_authorize_step`]. The authorization code grant checks the PKCE verifier
+//!   against the challenge and the redirect URI against the authorize request's.
+//! - The refresh token grant rotates: each use returns a new refresh token and invalidates the
+//!   old one (AADSTS70008). [`FakeEntra::revoke_refresh_tokens`] (70008) and
+//!   [`FakeEntra::expire_refresh_tokens`] (700082) end every session. Access tokens carry the
+//!   requested resource's audience, `scp` and the user's `upn`; an `id_token` comes with `openid`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -22,6 +40,19 @@ use super::{full, AbortOnDrop, Body};
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
+/// The registered public client (no secret, "Allow public client flows" on, redirect URI
+/// `http://localhost`) that people sign in to.
+pub const PUBLIC_CLIENT_ID: &str = "33333333-3333-3333-3333-333333333333";
+/// The test user.
+pub const USER_UPN: &str = "alice@contoso.example";
+/// The test user's display name.
+pub const USER_NAME: &str = "Alice Example";
+/// The test user's object id.
+pub const USER_OID: &str = "44444444-4444-4444-4444-444444444444";
+/// `scp` of user access tokens.
+pub const USER_SCP: &str = "user_impersonation";
+/// `verification_uri` of device codes.
+pub const VERIFICATION_URI: &str = "https://microsoft.com/devicelogin";
 /// The only client secret the fake accepts.
 pub const CLIENT_SECRET: &str = "s3cr3t-VALUE-never-logged";
 /// `oid` claim of every issued token (the service principal's object id).
@@ -54,12 +85,100 @@ pub enum Fault {
     HtmlPage,
 }
 
-/// One request to the token endpoint, as received.
+/// One request to the token (or device code) endpoint, as received.
 #[derive(Debug, Clone)]
 pub struct TokenRequestRecord {
     pub path: String,
     pub form: HashMap<String, String>,
     pub headers: HeaderMap,
+    /// When it arrived (`tokio::time`, so paused-time tests can measure intervals).
+    pub at: Instant,
+}
+
+/// One request to the authorize page.
+#[derive(Debug, Clone)]
+pub struct AuthorizeRecord {
+    pub query: HashMap<String, String>,
+    pub at: Instant,
+}
+
+/// What the person does at the device code page, as the next poll sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStep {
+    /// Not yet: `authorization_pending`.
+    Pending,
+    /// `slow_down`.
+    SlowDown,
+    /// Declined: `authorization_declined`.
+    Declined,
+    /// The code expired: `expired_token`.
+    Expired,
+    /// `bad_verification_code`.
+    BadCode,
+    /// Signed in: tokens.
+    Approve,
+}
+
+/// How the authorize page answers the next sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizeStep {
+    /// Redirects with a code and the request's state.
+    Approve,
+    /// Redirects with `error=access_denied` (the person declined consent).
+    Deny,
+    /// Redirects with a code but another state (a forged or stale redirect).
+    WrongState,
+    /// Redirects normally, but binds the code to another PKCE challenge than the request's, so
+    /// redeeming it with the right verifier fails (as if the request had been tampered with).
+    SwapChallenge,
+}
+
+/// Where a refresh token stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshTokenStatus {
+    /// Redeemable.
+    Valid,
+    /// Used once already: rotated away.
+    Redeemed,
+    /// Revoked by [`FakeEntra::revoke_refresh_tokens`].
+    Revoked,
+    /// Expired by [`FakeEntra::expire_refresh_tokens`].
+    Expired,
+}
+
+struct DeviceSession {
+    client_id: String,
+    scope: String,
+    consumed: bool,
+}
+
+struct CodeGrant {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    scope: String,
+    used: bool,
+}
+
+struct RtInfo {
+    family: u64,
+    client_id: String,
+    status: RefreshTokenStatus,
+}
+
+struct UserState {
+    device_sessions: HashMap<String, DeviceSession>,
+    device_steps: VecDeque<DeviceStep>,
+    device_fallback: DeviceStep,
+    device_interval: u64,
+    device_expires_in: u64,
+    device_requests: Vec<TokenRequestRecord>,
+    authorize_steps: VecDeque<AuthorizeStep>,
+    authorize_requests: Vec<AuthorizeRecord>,
+    codes: HashMap<String, CodeGrant>,
+    refresh_tokens: HashMap<String, RtInfo>,
+    rt_order: Vec<String>,
+    next_family: u64,
 }
 
 struct State {
@@ -74,6 +193,7 @@ struct State {
     addr: SocketAddr,
     federated: Mutex<Vec<String>>,
     assertion_verifier: Mutex<Option<AssertionVerifier>>,
+    users: Mutex<UserState>,
 }
 
 /// Checks a `client_assertion` (JWT) against what the app has registered; `Err((aadsts, message))`
@@ -108,6 +228,20 @@ impl FakeEntra {
             addr,
             federated: Mutex::new(Vec::new()),
             assertion_verifier: Mutex::new(None),
+            users: Mutex::new(UserState {
+                device_sessions: HashMap::new(),
+                device_steps: VecDeque::new(),
+                device_fallback: DeviceStep::Approve,
+                device_interval: 5,
+                device_expires_in: 900,
+                device_requests: Vec::new(),
+                authorize_steps: VecDeque::new(),
+                authorize_requests: Vec::new(),
+                codes: HashMap::new(),
+                refresh_tokens: HashMap::new(),
+                rt_order: Vec::new(),
+                next_family: 1,
+            }),
         });
         let handler_state = state.clone();
         let server = super::serve(listener, move |req| handle(handler_state.clone(), req));
@@ -182,6 +316,117 @@ impl FakeEntra {
     pub fn set_numbers_as_strings(&self, on: bool) {
         self.state.numbers_as_strings.store(on, Ordering::SeqCst);
     }
+
+    /// What the next device code poll sees (FIFO); after the queue, the fallback.
+    pub fn push_device_code_step(&self, step: DeviceStep) {
+        lock(&self.state.users).device_steps.push_back(step);
+    }
+
+    /// What polls see once the queue is empty (default `Approve`).
+    pub fn set_device_code_fallback(&self, step: DeviceStep) {
+        lock(&self.state.users).device_fallback = step;
+    }
+
+    /// `interval` and `expires_in` of device codes issued from now on (default 5 s and 900 s).
+    pub fn set_device_code_timing(&self, interval_secs: u64, expires_in_secs: u64) {
+        let mut u = lock(&self.state.users);
+        u.device_interval = interval_secs;
+        u.device_expires_in = expires_in_secs;
+    }
+
+    /// Every request to the device code endpoint.
+    pub fn device_code_requests(&self) -> Vec<TokenRequestRecord> {
+        lock(&self.state.users).device_requests.clone()
+    }
+
+    /// How the authorize page answers the next sign-in (FIFO; then `Approve`).
+    pub fn push_authorize_step(&self, step: AuthorizeStep) {
+        lock(&self.state.users).authorize_steps.push_back(step);
+    }
+
+    /// Every request to the authorize page.
+    pub fn authorize_requests(&self) -> Vec<AuthorizeRecord> {
+        lock(&self.state.users).authorize_requests.clone()
+    }
+
+    /// `{authority}/{TENANT}/oauth2/v2.0/authorize`.
+    pub fn authorize_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/authorize", self.authority(), TENANT)
+    }
+
+    /// Token endpoint requests of one grant type.
+    pub fn grant_requests(&self, grant_type: &str) -> Vec<TokenRequestRecord> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.form.get("grant_type").map(String::as_str) == Some(grant_type))
+            .collect()
+    }
+
+    /// A new session of the test user with [`PUBLIC_CLIENT_ID`], as if they had signed in
+    /// elsewhere: its first refresh token.
+    pub fn sign_in_user(&self) -> String {
+        let mut u = lock(&self.state.users);
+        let family = u.next_family;
+        u.next_family += 1;
+        issue_refresh_token(&mut u, family, PUBLIC_CLIENT_ID)
+    }
+
+    /// Every refresh token issued, oldest first.
+    pub fn issued_refresh_tokens(&self) -> Vec<String> {
+        lock(&self.state.users).rt_order.clone()
+    }
+
+    /// The newest refresh token issued.
+    pub fn latest_refresh_token(&self) -> Option<String> {
+        lock(&self.state.users).rt_order.last().cloned()
+    }
+
+    /// The sign-in session a refresh token belongs to (each login starts a new one; rotation
+    /// keeps it).
+    pub fn refresh_token_family(&self, rt: &str) -> Option<u64> {
+        lock(&self.state.users)
+            .refresh_tokens
+            .get(rt)
+            .map(|i| i.family)
+    }
+
+    /// Where a refresh token stands.
+    pub fn refresh_token_status(&self, rt: &str) -> Option<RefreshTokenStatus> {
+        lock(&self.state.users)
+            .refresh_tokens
+            .get(rt)
+            .map(|i| i.status)
+    }
+
+    /// Revokes every refresh token (as an admin's "revoke sessions"): AADSTS70008 from now on.
+    pub fn revoke_refresh_tokens(&self) {
+        for i in lock(&self.state.users).refresh_tokens.values_mut() {
+            i.status = RefreshTokenStatus::Revoked;
+        }
+    }
+
+    /// Expires every refresh token: AADSTS700082 from now on.
+    pub fn expire_refresh_tokens(&self) {
+        for i in lock(&self.state.users).refresh_tokens.values_mut() {
+            if i.status == RefreshTokenStatus::Valid {
+                i.status = RefreshTokenStatus::Expired;
+            }
+        }
+    }
+}
+
+fn issue_refresh_token(u: &mut UserState, family: u64, client_id: &str) -> String {
+    let rt = format!("1.AXoAfake-rt.{}", random_string(96));
+    u.refresh_tokens.insert(
+        rt.clone(),
+        RtInfo {
+            family,
+            client_id: client_id.to_string(),
+            status: RefreshTokenStatus::Valid,
+        },
+    );
+    u.rt_order.push(rt.clone());
+    rt
 }
 
 fn now_secs() -> u64 {
@@ -267,6 +512,61 @@ pub fn token_claims(audience: &str, lifetime_secs: u64) -> Value {
     })
 }
 
+/// The claims of a user's access token for `audience` (delegated: `scp`, `upn`, no `roles`).
+pub fn user_token_claims(audience: &str, lifetime_secs: u64, client_id: &str) -> Value {
+    let now = now_secs();
+    json!({
+        "aud": audience,
+        "iss": format!("https://sts.windows.net/{TENANT}/"),
+        "iat": now - 300,
+        "nbf": now - 300,
+        "exp": now + lifetime_secs,
+        "acr": "1",
+        "aio": random_string(40),
+        "amr": ["pwd", "mfa"],
+        "appid": client_id,
+        "appidacr": "0",
+        "family_name": "Example",
+        "given_name": "Alice",
+        "idtyp": "user",
+        "name": USER_NAME,
+        "oid": USER_OID,
+        "rh": random_string(20),
+        "scp": USER_SCP,
+        "sub": random_string(43),
+        "tid": TENANT,
+        "unique_name": USER_UPN,
+        "upn": USER_UPN,
+        "uti": random_string(22),
+        "ver": "1.0",
+    })
+}
+
+/// An id token for the test user, as issued to `client_id`.
+pub fn id_token(client_id: &str) -> String {
+    let now = now_secs();
+    sign_token(&json!({
+        "aud": client_id,
+        "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+        "iat": now - 300,
+        "nbf": now - 300,
+        "exp": now + 3600,
+        "name": USER_NAME,
+        "oid": USER_OID,
+        "preferred_username": USER_UPN,
+        "sub": random_string(43),
+        "tid": TENANT,
+        "ver": "2.0",
+    }))
+}
+
+/// The S256 PKCE challenge of `verifier`.
+pub fn pkce_challenge(verifier: &str) -> String {
+    use base64::Engine as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
 /// A token as the fake would issue it, without going through HTTP (not recorded in
 /// `issued_tokens`).
 pub fn mint_token(audience: &str, lifetime_secs: u64) -> String {
@@ -337,40 +637,94 @@ fn not_found() -> Response<Body> {
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let is_token_path = segments.len() == 4 && segments[1..] == ["oauth2", "v2.0", "token"];
-    if !is_token_path {
-        return not_found();
-    }
+    let endpoint = (segments.len() == 4 && segments[1..3] == ["oauth2", "v2.0"])
+        .then(|| segments[3].to_string());
     let tenant = segments[0].to_string();
-    if req.method() != Method::POST {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": "invalid_request", "error_description": "the token endpoint only accepts POST"}),
-        );
+    match endpoint.as_deref() {
+        Some("token") => token_endpoint(state, tenant, path, req).await,
+        Some("devicecode") => device_code_endpoint(state, tenant, path, req).await,
+        Some("authorize") => authorize_endpoint(state, tenant, req),
+        _ => not_found(),
     }
+}
 
+fn method_not_allowed(what: &str) -> Response<Body> {
+    json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"error": "invalid_request", "error_description": format!("the {what} only accepts POST")}),
+    )
+}
+
+fn tenant_not_found(ctx: &ErrorCtx, tenant: &str) -> Response<Body> {
+    entra_error(
+        ctx,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        90_002,
+        &format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID \
+             and are signing into the correct cloud."
+        ),
+    )
+}
+
+fn app_not_found(ctx: &ErrorCtx, client_id: &str) -> Response<Body> {
+    entra_error(
+        ctx,
+        StatusCode::BAD_REQUEST,
+        "unauthorized_client",
+        700_016,
+        &format!(
+            "Application with identifier '{client_id}' was not found in the directory \
+             '{TENANT}'. This can happen if the application has not been installed by the \
+             administrator of the tenant or consented to by any user in the tenant."
+        ),
+    )
+}
+
+fn invalid_grant(ctx: &ErrorCtx, code: u64, message: &str) -> Response<Body> {
+    entra_error(ctx, StatusCode::BAD_REQUEST, "invalid_grant", code, message)
+}
+
+async fn read_form(req: Request<Incoming>) -> (http::request::Parts, HashMap<String, String>) {
     let (parts, body) = req.into_parts();
     let bytes = body
         .collect()
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&bytes).into_owned().collect();
+    let form = url::form_urlencoded::parse(&bytes).into_owned().collect();
+    (parts, form)
+}
+
+fn error_ctx(headers: &HeaderMap) -> ErrorCtx {
+    ErrorCtx {
+        correlation_id: headers
+            .get("client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(random_uuid),
+    }
+}
+
+async fn token_endpoint(
+    state: Arc<State>,
+    tenant: String,
+    path: String,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if req.method() != Method::POST {
+        return method_not_allowed("token endpoint");
+    }
+    let (parts, form) = read_form(req).await;
     state.token_requests.fetch_add(1, Ordering::SeqCst);
     lock(&state.requests).push(TokenRequestRecord {
         path: path.clone(),
         form: form.clone(),
         headers: parts.headers.clone(),
+        at: Instant::now(),
     });
-
-    let ctx = ErrorCtx {
-        correlation_id: parts
-            .headers
-            .get("client-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(random_uuid),
-    };
+    let ctx = error_ctx(&parts.headers);
     let client_id = form.get("client_id").cloned().unwrap_or_default();
 
     let fault = {
@@ -423,57 +777,47 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
 
     if tenant != TENANT {
-        return entra_error(
+        return tenant_not_found(&ctx, &tenant);
+    }
+    match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => client_credentials(&state, &ctx, &form),
+        Some("urn:ietf:params:oauth:grant-type:device_code") => {
+            device_code_grant(&state, &ctx, &form)
+        }
+        Some("authorization_code") => authorization_code_grant(&state, &ctx, &form),
+        Some("refresh_token") => refresh_token_grant(&state, &ctx, &form),
+        Some(other) => entra_error(
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70_003,
+            &format!("The app requested an unsupported grant type '{other}'."),
+        ),
+        None => entra_error(
             &ctx,
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            90_002,
-            &format!(
-                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID \
-                 and are signing into the correct cloud."
-            ),
-        );
+            900_144,
+            "The request body must contain the following parameter: 'grant_type'.",
+        ),
     }
-    match form.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => {}
-        Some(other) => {
-            return entra_error(
-                &ctx,
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                70_003,
-                &format!("The app requested an unsupported grant type '{other}'."),
-            )
-        }
-        None => {
-            return entra_error(
-                &ctx,
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                900_144,
-                "The request body must contain the following parameter: 'grant_type'.",
-            )
-        }
-    }
+}
+
+fn client_credentials(
+    state: &State,
+    ctx: &ErrorCtx,
+    form: &HashMap<String, String>,
+) -> Response<Body> {
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
     if client_id != CLIENT_ID {
-        return entra_error(
-            &ctx,
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            700_016,
-            &format!(
-                "Application with identifier '{client_id}' was not found in the directory \
-                 '{TENANT}'. This can happen if the application has not been installed by the \
-                 administrator of the tenant or consented to by any user in the tenant."
-            ),
-        );
+        return app_not_found(ctx, &client_id);
     }
     if let Some(assertion) = form.get("client_assertion") {
         if form.get("client_assertion_type").map(String::as_str)
             != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
         {
             return entra_error(
-                &ctx,
+                ctx,
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 50_027,
@@ -494,7 +838,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             };
             if let Err((code, message)) = verdict {
                 return entra_error(
-                    &ctx,
+                    ctx,
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
                     u64::from(code),
@@ -503,14 +847,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
         }
     } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
-        return invalid_client(&ctx, &client_id);
+        return invalid_client(ctx, &client_id);
     }
     let scope = form.get("scope").cloned().unwrap_or_default();
     let audience = match scope.strip_suffix("/.default") {
         Some(aud) if !aud.is_empty() && !scope.contains(char::is_whitespace) => aud.to_string(),
         _ => {
             return entra_error(
-                &ctx,
+                ctx,
                 StatusCode::BAD_REQUEST,
                 "invalid_scope",
                 70_011,
@@ -527,7 +871,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let lifetime = state.lifetime.load(Ordering::SeqCst);
     let token = mint_token(&audience, lifetime);
     lock(&state.issued).push(token.clone());
+    let body = success_body(state, lifetime, token);
+    json_response(StatusCode::OK, &body)
+}
 
+/// `token_type`, `expires_in`, `ext_expires_in`, `access_token` (+ `refresh_in` when set).
+fn success_body(state: &State, lifetime: u64, token: String) -> Value {
     let as_strings = state.numbers_as_strings.load(Ordering::SeqCst);
     let number = |n: u64| -> Value {
         if as_strings {
@@ -545,5 +894,487 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if let Some(refresh_in) = *lock(&state.refresh_in) {
         body["refresh_in"] = number(refresh_in);
     }
+    body
+}
+
+/// A user flow's scope: one resource (`<resource>/<permission>`, `/.default` included) plus any
+/// of `openid profile email offline_access`. Returns (audience, offline_access, openid).
+fn user_scope(scope: &str) -> Result<(String, bool, bool), String> {
+    const OIDC: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+    let words: Vec<&str> = scope.split_whitespace().collect();
+    let resources: Vec<&str> = words
+        .iter()
+        .copied()
+        .filter(|w| !OIDC.contains(w))
+        .collect();
+    let [resource] = resources[..] else {
+        return Err(format!(
+            "The provided value for the input parameter 'scope' is not valid: '{scope}' must name exactly one resource."
+        ));
+    };
+    let audience = match resource.rsplit_once('/') {
+        Some((aud, perm)) if !aud.is_empty() && !perm.is_empty() => aud.to_string(),
+        _ => return Err(format!("The scope '{resource}' is not valid.")),
+    };
+    Ok((
+        audience,
+        words.contains(&"offline_access"),
+        words.contains(&"openid"),
+    ))
+}
+
+/// Who may run a user flow: the public client, without a secret.
+fn check_public_client(
+    ctx: &ErrorCtx,
+    form: &HashMap<String, String>,
+) -> Result<String, Box<Response<Body>>> {
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    if client_id == CLIENT_ID {
+        // A confidential app without "Allow public client flows".
+        return Err(Box::new(entra_error(
+            ctx,
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7_000_218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )));
+    }
+    if client_id != PUBLIC_CLIENT_ID {
+        return Err(Box::new(app_not_found(ctx, &client_id)));
+    }
+    if form.contains_key("client_secret") || form.contains_key("client_assertion") {
+        return Err(Box::new(entra_error(
+            ctx,
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700_025,
+            "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.",
+        )));
+    }
+    Ok(client_id)
+}
+
+/// Tokens for the test user: an access token for `scope`'s resource, a refresh token of `family`
+/// (a new one when `None`) with `offline_access`, an id token with `openid`.
+fn user_tokens(
+    state: &State,
+    ctx: &ErrorCtx,
+    client_id: &str,
+    scope: &str,
+    family: Option<u64>,
+) -> Response<Body> {
+    let (audience, offline, openid) = match user_scope(scope) {
+        Ok(s) => s,
+        Err(message) => {
+            return entra_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                70_011,
+                &message,
+            )
+        }
+    };
+    let lifetime = state.lifetime.load(Ordering::SeqCst);
+    let token = sign_token(&user_token_claims(&audience, lifetime, client_id));
+    lock(&state.issued).push(token.clone());
+    let mut body = success_body(state, lifetime, token);
+    body["scope"] = Value::String(format!("{audience}/{USER_SCP}"));
+    if offline {
+        let mut u = lock(&state.users);
+        let family = family.unwrap_or_else(|| {
+            let f = u.next_family;
+            u.next_family += 1;
+            f
+        });
+        body["refresh_token"] = Value::String(issue_refresh_token(&mut u, family, client_id));
+    }
+    if openid {
+        body["id_token"] = Value::String(id_token(client_id));
+    }
     json_response(StatusCode::OK, &body)
+}
+
+async fn device_code_endpoint(
+    state: Arc<State>,
+    tenant: String,
+    path: String,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if req.method() != Method::POST {
+        return method_not_allowed("device code endpoint");
+    }
+    let (parts, form) = read_form(req).await;
+    let ctx = error_ctx(&parts.headers);
+    let mut u = lock(&state.users);
+    u.device_requests.push(TokenRequestRecord {
+        path,
+        form: form.clone(),
+        headers: parts.headers.clone(),
+        at: Instant::now(),
+    });
+    if tenant != TENANT {
+        return tenant_not_found(&ctx, &tenant);
+    }
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    if client_id != PUBLIC_CLIENT_ID && client_id != CLIENT_ID {
+        return app_not_found(&ctx, &client_id);
+    }
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    if let Err(message) = user_scope(&scope) {
+        return entra_error(
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70_011,
+            &message,
+        );
+    }
+    let device_code = format!("DAQABfake.{}", random_string(64));
+    let user_code = random_string(9).to_ascii_uppercase();
+    u.device_sessions.insert(
+        device_code.clone(),
+        DeviceSession {
+            client_id,
+            scope,
+            consumed: false,
+        },
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "user_code": user_code,
+            "device_code": device_code,
+            "verification_uri": VERIFICATION_URI,
+            "expires_in": u.device_expires_in,
+            "interval": u.device_interval,
+            "message": format!(
+                "To sign in, use a web browser to open the page {VERIFICATION_URI} and enter the code {user_code} to authenticate."
+            ),
+        }),
+    )
+}
+
+fn device_code_grant(
+    state: &State,
+    ctx: &ErrorCtx,
+    form: &HashMap<String, String>,
+) -> Response<Body> {
+    let client_id = match check_public_client(ctx, form) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let device_code = form.get("device_code").cloned().unwrap_or_default();
+    let (step, scope) = {
+        let mut u = lock(&state.users);
+        let step = u.device_steps.pop_front().unwrap_or(u.device_fallback);
+        let Some(session) = u.device_sessions.get_mut(&device_code) else {
+            return entra_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                "bad_verification_code",
+                70_000,
+                "The device code is not valid.",
+            );
+        };
+        if session.client_id != client_id {
+            return invalid_grant(
+                ctx,
+                70_000,
+                "The device code was issued to another application.",
+            );
+        }
+        if session.consumed {
+            return invalid_grant(
+                ctx,
+                54_005,
+                "OAuth2 Authorization code was already redeemed.",
+            );
+        }
+        if step == DeviceStep::Approve {
+            session.consumed = true;
+        }
+        (step, session.scope.clone())
+    };
+    let (error, code, message) = match step {
+        DeviceStep::Approve => return user_tokens(state, ctx, &client_id, &scope, None),
+        DeviceStep::Pending => (
+            "authorization_pending",
+            70_016,
+            "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+        ),
+        DeviceStep::SlowDown => ("slow_down", 70_016, "Polling too fast: slow down."),
+        DeviceStep::Declined => (
+            "authorization_declined",
+            65_004,
+            "User declined to consent to access the app.",
+        ),
+        DeviceStep::Expired => ("expired_token", 70_019, "Verification code expired."),
+        DeviceStep::BadCode => (
+            "bad_verification_code",
+            70_000,
+            "The device code is not valid.",
+        ),
+    };
+    entra_error(ctx, StatusCode::BAD_REQUEST, error, code, message)
+}
+
+fn authorization_code_grant(
+    state: &State,
+    ctx: &ErrorCtx,
+    form: &HashMap<String, String>,
+) -> Response<Body> {
+    let client_id = match check_public_client(ctx, form) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let code = form.get("code").cloned().unwrap_or_default();
+    let scope = {
+        let mut u = lock(&state.users);
+        let Some(grant) = u.codes.get_mut(&code) else {
+            return invalid_grant(
+                ctx,
+                9_002_313,
+                "Invalid request. The authorization code is not valid.",
+            );
+        };
+        if grant.used {
+            return invalid_grant(ctx, 54_005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.");
+        }
+        if grant.client_id != client_id {
+            return invalid_grant(
+                ctx,
+                70_000,
+                "The authorization code was issued to another application.",
+            );
+        }
+        if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+            return invalid_grant(ctx, 500_117, "The reply uri specified in the request does not match the reply uri used in the authorization request.");
+        }
+        let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+        if !(43..=128).contains(&verifier.len()) {
+            return invalid_grant(ctx, 501_491, "Invalid size of Code_Verifier parameter.");
+        }
+        if pkce_challenge(&verifier) != grant.challenge {
+            return invalid_grant(ctx, 50_148, "The code_verifier does not match the code_challenge supplied in the authorization request for PKCE.");
+        }
+        grant.used = true;
+        form.get("scope")
+            .cloned()
+            .unwrap_or_else(|| grant.scope.clone())
+    };
+    user_tokens(state, ctx, &client_id, &scope, None)
+}
+
+fn refresh_token_grant(
+    state: &State,
+    ctx: &ErrorCtx,
+    form: &HashMap<String, String>,
+) -> Response<Body> {
+    let client_id = match check_public_client(ctx, form) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let rt = form.get("refresh_token").cloned().unwrap_or_default();
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    let offline = match user_scope(&scope) {
+        Ok((_, offline, _)) => offline,
+        Err(message) => {
+            return entra_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                70_011,
+                &message,
+            )
+        }
+    };
+    let family = {
+        let mut u = lock(&state.users);
+        let Some(info) = u.refresh_tokens.get_mut(&rt) else {
+            return invalid_grant(
+                ctx,
+                9_002_313,
+                "Invalid request. Request is malformed or invalid.",
+            );
+        };
+        if info.client_id != client_id {
+            return invalid_grant(
+                ctx,
+                70_000,
+                "The refresh token was issued to another application.",
+            );
+        }
+        match info.status {
+            RefreshTokenStatus::Valid => {}
+            RefreshTokenStatus::Redeemed => {
+                return invalid_grant(ctx, 70_008, "The refresh token has already been redeemed (the fake rotates refresh tokens).")
+            }
+            RefreshTokenStatus::Revoked => {
+                return invalid_grant(ctx, 70_008, "The provided authorization code or refresh token has expired due to inactivity or was revoked.")
+            }
+            RefreshTokenStatus::Expired => {
+                return invalid_grant(ctx, 700_082, "The refresh token has expired due to inactivity.")
+            }
+        }
+        if offline {
+            info.status = RefreshTokenStatus::Redeemed;
+        }
+        info.family
+    };
+    user_tokens(state, ctx, &client_id, &scope, Some(family))
+}
+
+fn html_error(status: StatusCode, code: u64, message: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(full(format!(
+            "<!DOCTYPE html><html><head><title>Sign in to your account</title></head><body>\
+             <p>AADSTS{code}: {message}</p></body></html>"
+        )))
+        .expect("response")
+}
+
+fn redirect(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response<Body> {
+    let mut url = url::Url::parse(redirect_uri).expect("checked redirect_uri");
+    url.query_pairs_mut().extend_pairs(pairs);
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(header::LOCATION, url.as_str())
+        .body(full(""))
+        .expect("response")
+}
+
+/// Whether `uri` is a loopback redirect URI as a public client registers it (`http://localhost`,
+/// any port, no path).
+fn loopback_redirect(uri: &str) -> bool {
+    match url::Url::parse(uri) {
+        Ok(u) => {
+            u.scheme() == "http"
+                && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+                && (u.path() == "/" || u.path().is_empty())
+                && u.query().is_none()
+        }
+        Err(_) => false,
+    }
+}
+
+fn authorize_endpoint(state: Arc<State>, tenant: String, req: Request<Incoming>) -> Response<Body> {
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut u = lock(&state.users);
+    u.authorize_requests.push(AuthorizeRecord {
+        query: query.clone(),
+        at: Instant::now(),
+    });
+    if req.method() != Method::GET {
+        return html_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            900_561,
+            "The endpoint only accepts GET.",
+        );
+    }
+    if tenant != TENANT {
+        return html_error(
+            StatusCode::BAD_REQUEST,
+            90_002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    let get = |k: &str| query.get(k).cloned().unwrap_or_default();
+    let client_id = get("client_id");
+    let redirect_uri = get("redirect_uri");
+    if client_id != PUBLIC_CLIENT_ID && client_id != CLIENT_ID {
+        return html_error(
+            StatusCode::BAD_REQUEST,
+            700_016,
+            &format!("Application with identifier '{client_id}' was not found in the directory."),
+        );
+    }
+    // Only the public client registers http://localhost; errors about the redirect URI are shown,
+    // never redirected to it.
+    if client_id != PUBLIC_CLIENT_ID || !loopback_redirect(&redirect_uri) {
+        return html_error(StatusCode::BAD_REQUEST, 50_011, &format!("The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'."));
+    }
+    let state_param = get("state");
+    let fail = |error: &str, description: &str| {
+        redirect(
+            &redirect_uri,
+            &[
+                ("error", error),
+                ("error_description", description),
+                ("state", &state_param),
+            ],
+        )
+    };
+    if get("response_type") != "code" {
+        return fail(
+            "unsupported_response_type",
+            "AADSTS700054: response_type must be 'code'.",
+        );
+    }
+    let challenge = get("code_challenge");
+    if get("code_challenge_method") != "S256" || challenge.len() != 43 {
+        return fail(
+            "invalid_request",
+            "AADSTS501481: The Code_Challenge_Method must be S256 with a code_challenge.",
+        );
+    }
+    if get("response_mode") != "query" {
+        return fail(
+            "invalid_request",
+            "AADSTS900144: response_mode must be 'query' for this fake.",
+        );
+    }
+    let scope = get("scope");
+    if let Err(message) = user_scope(&scope) {
+        return fail("invalid_scope", &format!("AADSTS70011: {message}"));
+    }
+    let step = u
+        .authorize_steps
+        .pop_front()
+        .unwrap_or(AuthorizeStep::Approve);
+    if step == AuthorizeStep::Deny {
+        return fail(
+            "access_denied",
+            "AADSTS65004: User declined to consent to access the app.",
+        );
+    }
+    let code = format!("1.AXoAfake-code.{}", random_string(64));
+    let bound_challenge = if step == AuthorizeStep::SwapChallenge {
+        pkce_challenge(&random_string(64))
+    } else {
+        challenge
+    };
+    u.codes.insert(
+        code.clone(),
+        CodeGrant {
+            client_id,
+            redirect_uri: redirect_uri.clone(),
+            challenge: bound_challenge,
+            scope,
+            used: false,
+        },
+    );
+    let returned_state = if step == AuthorizeStep::WrongState {
+        "forged-state".to_string()
+    } else {
+        state_param.clone()
+    };
+    redirect(
+        &redirect_uri,
+        &[
+            ("code", &code),
+            ("state", &returned_state),
+            ("session_state", &random_uuid()),
+        ],
+    )
 }

@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod entra;
+pub mod fake_cli;
 pub mod msi;
 pub mod patless;
 pub mod pipelines;

@@ -1,0 +1,249 @@
+//! `device_code` and `interactive_browser` after `patless login`: tokens from the person's stored
+//! refresh token (ENTRA.md "Authorization code + PKCE", refresh).
+//!
+//! Each acquisition reads the login from the store afresh, so a `patless login` run by another
+//! process while `serve` runs is used at the next acquisition. It redeems the refresh token for
+//! the asked scope (`grant_type=refresh_token`, public client: no secret) and saves the new refresh
+//! token Entra returns — unless the store changed meanwhile, so an older login never replaces a
+//! newer one. A refresh token is bound to user and client, not to a resource: one serves every
+//! API the app is consented for. `serve` never starts an interactive sign-in: when the refresh
+//! token is missing, expired or revoked, the error (class `interaction_required`) says to run
+//! `patless login --profile P`.
+
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::entra::FullTokenError;
+use super::{AccessToken, BoxFuture, Credential, CredentialError, EntraClient, ErrorClass};
+use crate::secret::Secret;
+use crate::store::{account_from_id_token, SaveOutcome, StoredLogin, TokenStore};
+
+/// A person's stored refresh token (`device_code`, `interactive_browser`).
+pub struct RefreshTokenCredential {
+    entra: EntraClient,
+    authority: String,
+    token_url: String,
+    tenant_id: String,
+    client_id: String,
+    profile: String,
+    store: TokenStore,
+    /// Held across one redemption: refresh tokens rotate, so two scopes of the profile must not
+    /// redeem the same one at once. Holds the newest login when it could not be saved.
+    serial: Mutex<Option<Unsaved>>,
+}
+
+/// A rotated login the store refused to take (disk full, say): used instead of the stored one as
+/// long as the store still holds the refresh token it replaced.
+struct Unsaved {
+    replaced: Secret,
+    newest: StoredLogin,
+}
+
+impl std::fmt::Debug for RefreshTokenCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshTokenCredential")
+            .field("profile", &self.profile)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// Whether a refused refresh means the person must sign in again.
+pub(crate) fn needs_login(e: &FullTokenError) -> bool {
+    e.credential.class == ErrorClass::InteractionRequired
+        || matches!(
+            e.error.as_deref(),
+            Some("invalid_grant" | "interaction_required" | "consent_required" | "login_required")
+        )
+}
+
+impl RefreshTokenCredential {
+    /// Tokens for `profile` from the login stored in `store`, for app `client_id` in `tenant_id`.
+    pub fn new(
+        entra: EntraClient,
+        authority: Url,
+        tenant_id: String,
+        client_id: String,
+        profile: String,
+        store: TokenStore,
+    ) -> Self {
+        RefreshTokenCredential {
+            token_url: EntraClient::token_url(&authority, &tenant_id),
+            authority: authority.as_str().trim_end_matches('/').to_string(),
+            entra,
+            tenant_id,
+            client_id,
+            profile,
+            store,
+            serial: Mutex::new(None),
+        }
+    }
+
+    fn login_hint(&self) -> String {
+        format!("run `patless login --profile {}`", self.profile)
+    }
+
+    /// The stored login (as on disk) and the one to redeem (the unsaved newer one, if any).
+    fn load(
+        &self,
+        unsaved: &mut Option<Unsaved>,
+    ) -> Result<(StoredLogin, StoredLogin), CredentialError> {
+        let stored = match self.store.load(&self.profile) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                *unsaved = None;
+                return Err(CredentialError::new(
+                    ErrorClass::InteractionRequired,
+                    format!(
+                        "no stored login for profile {}: {}",
+                        self.profile,
+                        self.login_hint()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(CredentialError::new(
+                    ErrorClass::NotConfigured,
+                    format!("the token store of profile {}: {e}", self.profile),
+                ))
+            }
+        };
+        let use_now = match unsaved {
+            Some(u) if u.replaced == stored.refresh_token => u.newest.clone(),
+            _ => {
+                *unsaved = None;
+                stored.clone()
+            }
+        };
+        if use_now.client_id != self.client_id
+            || use_now.tenant_id != self.tenant_id
+            || use_now.authority.trim_end_matches('/') != self.authority
+        {
+            return Err(CredentialError::new(
+                ErrorClass::InteractionRequired,
+                format!(
+                    "the stored login of profile {} is for app {} in tenant {} at {}, but the profile now names app {} in tenant {} at {}: {}",
+                    self.profile,
+                    use_now.client_id,
+                    use_now.tenant_id,
+                    use_now.authority,
+                    self.client_id,
+                    self.tenant_id,
+                    self.authority,
+                    self.login_hint()
+                ),
+            ));
+        }
+        Ok((stored, use_now))
+    }
+
+    async fn acquire_serialised(
+        &self,
+        scope: &str,
+        claims: Option<&str>,
+    ) -> Result<AccessToken, CredentialError> {
+        let mut unsaved = self.serial.lock().await;
+        let (mut on_disk, mut login) = self.load(&mut unsaved)?;
+        let mut reloaded = false;
+        loop {
+            let scopes = format!("{scope} offline_access");
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("client_id", self.client_id.as_str()),
+                ("refresh_token", login.refresh_token.expose()),
+                ("scope", scopes.as_str()),
+            ];
+            if let Some(c) = claims {
+                form.push(("claims", c));
+            }
+            match self.entra.request_token_full(&self.token_url, &form).await {
+                Ok(full) => {
+                    if let Some(rt) = full.refresh_token {
+                        let account = full
+                            .id_token
+                            .as_ref()
+                            .and_then(account_from_id_token)
+                            .or_else(|| login.account.clone());
+                        let newest = StoredLogin::new(
+                            rt,
+                            &self.client_id,
+                            &self.tenant_id,
+                            &self.authority,
+                            account,
+                        );
+                        match self.store.save_if_unchanged(
+                            &self.profile,
+                            &on_disk.refresh_token,
+                            &newest,
+                        ) {
+                            Ok(SaveOutcome::Saved) => {
+                                *unsaved = None;
+                                tracing::debug!(profile = %self.profile, "stored the rotated refresh token");
+                            }
+                            Ok(SaveOutcome::Superseded) => {
+                                *unsaved = None;
+                                tracing::info!(
+                                    profile = %self.profile,
+                                    "the stored login changed meanwhile (another `patless login`?): keeping it"
+                                );
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    profile = %self.profile,
+                                    "cannot store the rotated refresh token, keeping it in memory: {e}"
+                                );
+                                *unsaved = Some(Unsaved {
+                                    replaced: on_disk.refresh_token.clone(),
+                                    newest,
+                                });
+                            }
+                        }
+                    }
+                    return Ok(full.access);
+                }
+                Err(e) if needs_login(&e) => {
+                    // Another process may have rotated or replaced the login since it was read:
+                    // try once more with what the store holds now.
+                    if !reloaded {
+                        reloaded = true;
+                        let (d, l) = self.load(&mut unsaved)?;
+                        if l.refresh_token != login.refresh_token {
+                            on_disk = d;
+                            login = l;
+                            continue;
+                        }
+                    }
+                    let who = login
+                        .account
+                        .as_deref()
+                        .map(|a| format!(" ({a})"))
+                        .unwrap_or_default();
+                    return Err(CredentialError {
+                        class: ErrorClass::InteractionRequired,
+                        message: format!(
+                            "the stored login of profile {}{who} is no longer accepted — {} — {}",
+                            self.profile,
+                            e.credential.message,
+                            self.login_hint()
+                        ),
+                        retry_after: None,
+                        codes: e.credential.codes,
+                    });
+                }
+                Err(e) => return Err(e.credential),
+            }
+        }
+    }
+}
+
+impl Credential for RefreshTokenCredential {
+    fn acquire<'a>(
+        &'a self,
+        scope: &'a str,
+        claims: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<AccessToken, CredentialError>> {
+        Box::pin(self.acquire_serialised(scope, claims))
+    }
+}

@@ -1,0 +1,277 @@
+//! `patless login` and `patless logout` (SPEC §1): a person signs in once, interactively, and the
+//! refresh token Entra issues is stored (SPEC §5) for `serve`, `token` and `check` to use through
+//! [`crate::credentials::RefreshTokenCredential`].
+//!
+//! - `device_code` (`device_code.rs`): Entra shows a code, the person enters it on any device.
+//! - `interactive_browser` (`browser.rs`): authorization code with PKCE, redirected to a
+//!   loopback listener on this machine.
+//!
+//! Login asks for one resource — the scope of the first route that uses the profile — plus
+//! `offline_access openid profile`: the refresh token it gets serves every API the app is
+//! consented for. `serve` never starts an interactive flow.
+
+mod browser;
+mod device_code;
+
+use std::io;
+use std::time::Duration;
+
+use crate::config::{Config, Profile, ProfileKind};
+use crate::credentials::entra::FullToken;
+use crate::credentials::{state_dir, CredentialError, EntraClient};
+use crate::env::Env;
+use crate::store::{account_from_id_token, StoreError, StoredLogin, TokenStore};
+
+/// The scopes a login adds to the resource's: a refresh token, and an id token naming the person.
+const LOGIN_SCOPES: &str = "offline_access openid profile";
+
+/// What a login may wait for, injectable for tests.
+#[derive(Debug, Clone)]
+pub struct LoginOptions {
+    /// How long the browser flow waits for the redirect (default 5 min).
+    pub browser_timeout: Duration,
+}
+
+impl Default for LoginOptions {
+    fn default() -> Self {
+        LoginOptions {
+            browser_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a login or logout failed. Never holds a token or a code.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The profile is not in the config.
+    #[error("no profile `{0}` in the configuration")]
+    UnknownProfile(String),
+    /// The profile does not sign a person in.
+    #[error("profile `{profile}` is of kind {kind}: `patless login` is for device_code and interactive_browser profiles")]
+    NotInteractive {
+        /// Profile.
+        profile: String,
+        /// Its kind.
+        kind: &'static str,
+    },
+    /// The token store.
+    #[error("token store: {0}")]
+    Store(#[from] StoreError),
+    /// The HTTP client could not be built (trust roots).
+    #[error("{0}")]
+    Setup(String),
+    /// Entra refused a request, or could not be reached.
+    #[error("{0}")]
+    Entra(String),
+    /// The person declined on the sign-in page (device code).
+    #[error("sign-in was declined: nothing was stored")]
+    Declined,
+    /// The device code expired before the person entered it.
+    #[error("the code expired: run `patless login --profile {0}` again")]
+    CodeExpired(String),
+    /// Entra did not recognise the device code.
+    #[error("Entra did not recognise the device code (bad_verification_code): run `patless login --profile {0}` again")]
+    BadVerificationCode(String),
+    /// No redirect reached the loopback listener in time.
+    #[error("no sign-in answer within {secs}s: run `patless login --profile {profile}` again")]
+    Timeout {
+        /// Profile.
+        profile: String,
+        /// How long it waited.
+        secs: u64,
+    },
+    /// The redirect's `state` is not this login's.
+    #[error("the sign-in answer's state does not match this login (a stale or forged redirect): nothing was stored; run `patless login --profile {0}` again")]
+    StateMismatch(String),
+    /// Entra redirected with `error=…`.
+    #[error("sign-in failed: {error}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Denied {
+        /// Entra's `error`.
+        error: String,
+        /// Entra's `error_description`.
+        description: Option<String>,
+    },
+    /// The redirect had neither a code nor an error.
+    #[error("the sign-in redirect carried no authorization code")]
+    NoCode,
+    /// The loopback listener could not be bound.
+    #[error(
+        "cannot listen for the sign-in redirect on {addr}: {source} (is redirect_port in use?)"
+    )]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Entra answered without a refresh token.
+    #[error("Entra issued no refresh token (was offline_access refused?): nothing was stored")]
+    NoRefreshToken,
+    /// Writing the instructions failed.
+    #[error("cannot write the sign-in instructions: {0}")]
+    Output(#[source] io::Error),
+}
+
+/// Hints for errors a login meets that the token path does not.
+fn login_hint(codes: &[u32]) -> Option<&'static str> {
+    codes.iter().find_map(|c| match c {
+        7000218 | 700025 => Some(
+            "the app is not a public client: in its registration, Authentication → Advanced settings → turn on \"Allow public client flows\"",
+        ),
+        50011 | 500113 => Some(
+            "add the platform \"Mobile and desktop applications\" with redirect URI http://localhost to the app registration",
+        ),
+        _ => None,
+    })
+}
+
+fn entra_error(e: CredentialError) -> LoginError {
+    let mut message = e.message;
+    if let Some(h) = login_hint(&e.codes) {
+        message.push_str(" — hint: ");
+        message.push_str(h);
+    }
+    LoginError::Entra(message)
+}
+
+/// Everything one login needs.
+struct Target<'a> {
+    profile: &'a str,
+    authority: String,
+    tenant_id: String,
+    client_id: String,
+    /// `<resource scope> offline_access openid profile`.
+    scopes: String,
+    entra: EntraClient,
+    store: TokenStore,
+}
+
+impl Target<'_> {
+    /// `{authority}/{tenant}/oauth2/v2.0/{which}`.
+    fn endpoint(&self, which: &str) -> String {
+        format!("{}/{}/oauth2/v2.0/{which}", self.authority, self.tenant_id)
+    }
+
+    /// Stores the refresh token of a successful sign-in; returns the summary.
+    fn finish(&self, token: FullToken) -> Result<String, LoginError> {
+        let rt = token.refresh_token.ok_or(LoginError::NoRefreshToken)?;
+        let account = token.id_token.as_ref().and_then(account_from_id_token);
+        let login = StoredLogin::new(
+            rt,
+            &self.client_id,
+            &self.tenant_id,
+            &self.authority,
+            account.clone(),
+        );
+        let path = self.store.save(self.profile, &login)?;
+        Ok(format!(
+            "signed in as {}; the refresh token is stored in {}",
+            account.as_deref().unwrap_or("an unnamed account"),
+            path.display()
+        ))
+    }
+}
+
+fn profile<'a>(config: &'a Config, name: &str) -> Result<&'a Profile, LoginError> {
+    config
+        .profiles
+        .get(name)
+        .ok_or_else(|| LoginError::UnknownProfile(name.to_string()))
+}
+
+fn store_for(config: &Config, env: &Env) -> TokenStore {
+    TokenStore::new(state_dir(config.server.state_dir.as_deref(), env.as_ref()))
+}
+
+/// The resource a login asks for: the first route's that uses the profile (any consented one
+/// would do), else Azure DevOps.
+fn resource_scope(config: &Config, profile: &str) -> String {
+    config
+        .routes
+        .iter()
+        .find(|r| r.profile == profile)
+        .map(|r| r.scope.clone())
+        .unwrap_or_else(|| crate::hosts::AZURE_DEVOPS_SCOPE.to_string())
+}
+
+/// `patless login --profile P`: runs the profile's interactive flow, writing instructions to
+/// `out`, and stores the refresh token. Returns a one-line summary.
+pub async fn login(
+    config: &Config,
+    profile: &str,
+    env: Env,
+    out: &mut (dyn io::Write + Send),
+) -> Result<String, LoginError> {
+    login_with(config, profile, env, out, &LoginOptions::default()).await
+}
+
+/// [`login`] with explicit options.
+pub async fn login_with(
+    config: &Config,
+    profile_name: &str,
+    env: Env,
+    out: &mut (dyn io::Write + Send),
+    options: &LoginOptions,
+) -> Result<String, LoginError> {
+    let p = profile(config, profile_name)?;
+    let (tenant_id, client_id) = match &p.kind {
+        ProfileKind::DeviceCode {
+            tenant_id,
+            client_id,
+        }
+        | ProfileKind::InteractiveBrowser {
+            tenant_id,
+            client_id,
+            ..
+        } => (tenant_id.clone(), client_id.clone()),
+        other => {
+            return Err(LoginError::NotInteractive {
+                profile: profile_name.to_string(),
+                kind: other.name(),
+            })
+        }
+    };
+    let store = store_for(config, &env);
+    // A store that cannot be written is reported before the person signs in, not after.
+    store.path(profile_name)?;
+    store.ensure_dir()?;
+    crate::tls::install_crypto_provider();
+    let http = crate::tls::entra_http_client(
+        config.entra.ca_file.as_deref(),
+        config.entra.request_timeout,
+    )
+    .map_err(|e| LoginError::Setup(e.to_string()))?;
+    let target = Target {
+        profile: profile_name,
+        authority: p.authority_host.as_str().trim_end_matches('/').to_string(),
+        tenant_id,
+        client_id,
+        scopes: format!("{} {LOGIN_SCOPES}", resource_scope(config, profile_name)),
+        entra: EntraClient::new(http),
+        store,
+    };
+    match &p.kind {
+        ProfileKind::InteractiveBrowser { redirect_port, .. } => {
+            browser::run(&target, *redirect_port, env.as_ref(), out, options).await
+        }
+        _ => device_code::run(&target, out).await,
+    }
+}
+
+/// `patless logout --profile P`: forgets the profile's stored login; whether there was one.
+/// Works for a profile no longer in the config too (its file may still be there).
+pub fn logout(config: &Config, profile: &str, env: Env) -> Result<bool, LoginError> {
+    if let Some(p) = config.profiles.get(profile) {
+        if !matches!(
+            p.kind,
+            ProfileKind::DeviceCode { .. } | ProfileKind::InteractiveBrowser { .. }
+        ) {
+            return Err(LoginError::NotInteractive {
+                profile: profile.to_string(),
+                kind: p.kind.name(),
+            });
+        }
+    }
+    Ok(store_for(config, &env).delete(profile)?)
+}
