@@ -440,6 +440,7 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
         let http = match crate::tls::entra_http_client(
             config.entra.ca_file.as_deref(),
             Duration::from_secs(15),
+            config.server.egress_proxy.as_ref(),
         ) {
             Ok(c) => c,
             Err(e) => {

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod egress;
 pub mod env;
 pub mod hosts;
 pub mod login;
@@ -38,6 +39,9 @@ pub enum StartError {
     /// The routing table.
     #[error(transparent)]
     Router(#[from] proxy::routing::RouterError),
+    /// `server.inbound_token` cannot be read.
+    #[error("server.inbound_token: {0}")]
+    InboundToken(String),
     /// Binding a listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -74,7 +78,13 @@ impl App {
         tls::install_crypto_provider();
         let metrics = Metrics::new(registry);
         let ca = config.entra.ca_file.as_deref();
-        let entra = EntraClient::new(tls::entra_http_client(ca, config.entra.request_timeout)?);
+        let egress = config.server.egress_proxy.as_ref();
+        egress::log_choice(egress);
+        let entra = EntraClient::new(tls::entra_http_client(
+            ca,
+            config.entra.request_timeout,
+            egress,
+        )?);
         let store = store::TokenStore::new(credentials::state_dir(
             config.server.state_dir.as_deref(),
             env.as_ref(),
@@ -104,9 +114,19 @@ impl App {
         let settings = ProxySettings {
             connect_timeout: config.server.connect_timeout,
             response_header_timeout: config.server.response_header_timeout,
+            max_uri_bytes: config.server.limits.max_uri_bytes,
         };
-        let client = proxy::upstream_client(tls::client_config(ca)?, &settings);
+        let client = proxy::upstream_client(tls::client_config(ca)?, &settings, egress);
+        let inbound_token = match &config.server.inbound_token {
+            None => None,
+            Some(source) => Some(
+                source
+                    .resolve(ctx.env.as_ref())
+                    .map_err(StartError::InboundToken)?,
+            ),
+        };
         let inbound = proxy::InboundPolicy {
+            token: inbound_token,
             allowed_hosts: config.server.allowed_hosts.clone(),
             allowed_origins: config.server.allowed_origins.clone(),
         };
@@ -143,10 +163,11 @@ pub struct Listeners {
 impl Listeners {
     /// Binds what the config names.
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let mode = config.server.unix_socket_mode;
         let bind = |addr: &config::ListenAddr| {
             let addr = addr.clone();
             async move {
-                Listener::bind(&addr)
+                Listener::bind(&addr, mode)
                     .await
                     .map_err(|source| StartError::Bind {
                         addr: addr.to_string(),
@@ -186,6 +207,7 @@ pub async fn run(listeners: Listeners, app: App, shutdown: impl Future<Output = 
         },
         stopped(stop_rx.clone()),
         grace,
+        app.config.server.limits,
         "proxy",
     );
     let admin_task = async {
@@ -197,6 +219,7 @@ pub async fn run(listeners: Listeners, app: App, shutdown: impl Future<Output = 
                 move |req| server::admin::handle(Arc::clone(&admin_app), req),
                 stopped(stop_rx.clone()),
                 grace,
+                app.config.server.limits,
                 "admin",
             )
             .await;

@@ -72,16 +72,25 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
     Ok(config)
 }
 
-/// The client used for Entra (and other token endpoints): no proxy from the environment, no
-/// redirects (a token endpoint never redirects), bounded time.
+/// The client used for Entra (and other token endpoints): through `egress` when given (and it
+/// applies), else direct — never a proxy reqwest finds on its own — no redirects (a token
+/// endpoint never redirects), bounded time.
 pub fn entra_http_client(
     ca_file: Option<&Path>,
     timeout: Duration,
+    egress: Option<&crate::egress::EgressProxy>,
 ) -> Result<reqwest::Client, TlsError> {
     let tls = client_config(ca_file)?;
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder().no_proxy();
+    let builder = match egress {
+        Some(p) => builder.proxy(
+            p.reqwest_proxy()
+                .map_err(|e| TlsError::Client(e.to_string()))?,
+        ),
+        None => builder,
+    };
+    builder
         .use_preconfigured_tls(tls)
-        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .timeout(timeout)

@@ -517,9 +517,18 @@ async fn serves_on_a_unix_socket_and_replaces_a_stale_one() {
         prometheus::Registry::new(),
     )
     .expect("app");
-    let listener = Listener::bind(&ListenAddr::Unix(sock.clone()))
+    let listener = Listener::bind(&ListenAddr::Unix(sock.clone()), 0o660)
         .await
         .expect("bind unix");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sock)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o660, "who may connect is who may use the identities");
+    }
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(patless::run(
         patless::Listeners {

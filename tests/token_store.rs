@@ -247,7 +247,7 @@ fn save_if_unchanged_never_replaces_a_newer_login() {
 fn entra_client() -> EntraClient {
     support::install_crypto_provider();
     EntraClient::new(
-        patless::tls::entra_http_client(None, Duration::from_secs(10)).expect("http client"),
+        patless::tls::entra_http_client(None, Duration::from_secs(10), None).expect("http client"),
     )
 }
 

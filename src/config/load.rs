@@ -102,7 +102,11 @@ pub fn load(explicit: Option<&Path>, env: &dyn Environment) -> Result<LoadedConf
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-            load_from_str(&text, format, ConfigSource::File(path), env)
+            let loaded = load_from_str(&text, format, ConfigSource::File(path.clone()), env)?;
+            for warning in literal_secret_warnings(&loaded.raw, &path) {
+                tracing::warn!("{warning}");
+            }
+            Ok(loaded)
         }
         None => load_from_str(EMBEDDED_DEFAULT, Format::Toml, ConfigSource::Embedded, env),
     }
@@ -193,5 +197,77 @@ fn describe_figment_error(e: figment::Error, source_name: &str) -> String {
         format!("{}{origin}", e.kind)
     } else {
         format!("{key}: {}{origin}", e.kind)
+    }
+}
+
+/// Warnings for literal secrets in a config file that group or others can read (the file then
+/// leaks them): one per key, naming it and the fix. Never the secret.
+pub fn literal_secret_warnings(raw: &RawConfig, path: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Vec::new();
+    }
+    let literal = |v: &Option<crate::config::SecretValue>| {
+        matches!(v, Some(crate::config::SecretValue::Literal(_)))
+    };
+    let mut keys = Vec::new();
+    if literal(&raw.server.inbound_token) {
+        keys.push("server.inbound_token".to_string());
+    }
+    for (name, p) in &raw.profiles {
+        for (key, value) in [
+            ("client_secret", &p.client_secret),
+            ("certificate_password", &p.certificate_password),
+            ("system_access_token", &p.system_access_token),
+        ] {
+            if literal(value) {
+                keys.push(format!("profiles.{name}.{key}"));
+            }
+        }
+    }
+    keys.into_iter()
+        .map(|key| {
+            format!(
+                "{key} is written inline in {} (mode {mode:04o}), which others can read: run \
+                 `chmod 600 {}`, or use {{ env = \"…\" }} or {{ file = \"…\" }}",
+                path.display(),
+                path.display()
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::MapEnv;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn inline_secrets_in_a_readable_file_are_named() {
+        let dir = std::env::temp_dir().join(format!("patless-warn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("patless.toml");
+        let text = "[profiles.bot]\nkind = \"client_secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"hunter2-inline\"\n\n[profiles.env]\nkind = \"client_secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"X\" }\n";
+        std::fs::write(&path, text).expect("write");
+        let loaded = load(Some(&path), &MapEnv::default()).expect("loads");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let w = literal_secret_warnings(&loaded.raw, &path);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("profiles.bot.client_secret") && w[0].contains("chmod 600"),
+            "{w:?}"
+        );
+        assert!(
+            !w[0].contains("hunter2"),
+            "the warning never shows the secret"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(literal_secret_warnings(&loaded.raw, &path).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

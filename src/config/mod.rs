@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use load::{find_config_file, load, load_from_str, ConfigSource, Format, LoadedConfig};
+pub use load::{
+    find_config_file, literal_secret_warnings, load, load_from_str, ConfigSource, Format,
+    LoadedConfig,
+};
 pub use raw::{RawConfig, SecretValue};
 
 use crate::env::Environment;
@@ -79,6 +82,38 @@ pub struct ServerConfig {
     pub token_wait_timeout: Duration,
     /// Where refresh tokens are stored (else `$XDG_STATE_HOME/patless`).
     pub state_dir: Option<PathBuf>,
+    /// The shared secret clients must send, if any.
+    pub inbound_token: Option<SecretSource>,
+    /// Mode of a `unix:` listener's socket file.
+    pub unix_socket_mode: u32,
+    /// Limits on what a client may send.
+    pub limits: Limits,
+    /// The egress proxy in effect (key or environment), if any.
+    pub egress_proxy: Option<crate::egress::EgressProxy>,
+}
+
+/// Limits on clients (SPEC §6, issue "hardened by default").
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request line + headers, bytes.
+    pub max_header_bytes: usize,
+    /// Headers must arrive within this of the connection opening or going idle.
+    pub header_read_timeout: Duration,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Request target length, bytes.
+    pub max_uri_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_uri_bytes: 8 * 1024,
+        }
+    }
 }
 
 /// `[entra]`, validated.
@@ -423,6 +458,25 @@ impl Config {
             response_header_timeout: Some(duration_text(s.response_header_timeout)),
             token_wait_timeout: Some(duration_text(s.token_wait_timeout)),
             state_dir: s.state_dir.clone(),
+            inbound_token: s.inbound_token.as_ref().map(redacted_ref),
+            unix_socket_mode: Some(format!("{:04o}", s.unix_socket_mode)),
+            max_header_bytes: Some(s.limits.max_header_bytes),
+            header_read_timeout: Some(duration_text(s.limits.header_read_timeout)),
+            max_connections: Some(s.limits.max_connections),
+            max_uri_bytes: Some(s.limits.max_uri_bytes),
+            // The proxy in effect (from the key or HTTPS_PROXY), its password redacted.
+            egress_proxy: match (&s.egress_proxy, &raw.server.egress_proxy) {
+                (_, Some(r @ (raw::SecretValue::Env(_) | raw::SecretValue::File(_)))) => {
+                    Some(r.clone())
+                }
+                (Some(p), _) => Some(raw::SecretValue::Literal(p.redacted_url())),
+                (None, r) => r.as_ref().map(|_| raw::SecretValue::Literal(String::new())),
+            },
+            no_proxy: s
+                .egress_proxy
+                .as_ref()
+                .map(|p| p.no_proxy().to_vec())
+                .or_else(|| raw.server.no_proxy.clone()),
         };
         let entra = raw::RawEntra {
             authority_host: Some(

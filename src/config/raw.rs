@@ -100,6 +100,19 @@ pub struct RawServer {
     /// Browser origins allowed to send requests.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// A shared secret clients must send (`Proxy-Authorization: Bearer` or `X-Patless-Token`).
+    pub inbound_token: Option<SecretValue>,
+    /// Mode of a `unix:` listener's socket file (octal, default "0660").
+    pub unix_socket_mode: Option<String>,
+    /// Most bytes of request line + headers (default 64 KiB); more → 431.
+    pub max_header_bytes: Option<usize>,
+    /// Time a connection may take to send a request's headers, counted from when it opens or goes
+    /// idle: the slowloris bound and the idle keep-alive timeout (default 30 s).
+    pub header_read_timeout: Option<RawDuration>,
+    /// Most concurrent client connections (default 1024); more get a 503 and are closed.
+    pub max_connections: Option<usize>,
+    /// Longest request target (path + query) in bytes (default 8 KiB); longer → 414.
+    pub max_uri_bytes: Option<usize>,
     /// Accept a non-loopback `listen` with no inbound authentication (SPEC §6).
     pub allow_unauthenticated_clients: Option<bool>,
     /// Profile for host routes.
@@ -114,6 +127,12 @@ pub struct RawServer {
     pub response_header_timeout: Option<RawDuration>,
     /// How long a request waits for a token that is being acquired.
     pub token_wait_timeout: Option<RawDuration>,
+    /// HTTP proxy for Entra and upstreams (`http://[user:password@]host:port`; `""` for none even
+    /// when `HTTPS_PROXY` is set). A secret value: it may hold the proxy's password.
+    pub egress_proxy: Option<SecretValue>,
+    /// Destinations that bypass the egress proxy (host names, `.domain`, IPs, CIDR blocks, `*`);
+    /// absent: `NO_PROXY` applies to a proxy from the environment.
+    pub no_proxy: Option<Vec<String>>,
 }
 
 /// `[entra]`
@@ -191,6 +210,7 @@ impl RawConfig {
     /// A copy with every literal secret replaced by `<redacted>` (for `patless config`).
     pub fn redacted(&self) -> RawConfig {
         let mut c = self.clone();
+        c.server.inbound_token = c.server.inbound_token.as_ref().map(SecretValue::redacted);
         for p in c.profiles.values_mut() {
             p.client_secret = p.client_secret.as_ref().map(SecretValue::redacted);
             p.certificate_password = p.certificate_password.as_ref().map(SecretValue::redacted);

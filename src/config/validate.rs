@@ -39,13 +39,17 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
         raw.server.listen.as_deref().unwrap_or("127.0.0.1:7070"),
     );
     if let Some(ListenAddr::Tcp(addr)) = &listen {
-        if !addr.ip().is_loopback() && raw.server.allow_unauthenticated_clients != Some(true) {
+        if !addr.ip().is_loopback()
+            && raw.server.inbound_token.is_none()
+            && raw.server.allow_unauthenticated_clients != Some(true)
+        {
             errs.add(
                 "server.listen",
                 format!(
                     "{addr} is not a loopback address: anyone who reaches it could act with patless's \
-                     identities. Listen on 127.0.0.1 (or unix:/path), or set \
-                     allow_unauthenticated_clients = true if a network policy already restricts who connects"
+                     identities. Set inbound_token (clients then send it), listen on 127.0.0.1 (or \
+                     unix:/path), or set allow_unauthenticated_clients = true if a network policy \
+                     already restricts who connects"
                 ),
             );
         }
@@ -77,6 +81,62 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
             .collect(),
         allowed_origins: raw.server.allowed_origins.clone(),
         default_profile: default_profile.clone(),
+        inbound_token: raw.server.inbound_token.as_ref().map(secret_source),
+        unix_socket_mode: match raw.server.unix_socket_mode.as_deref() {
+            None => 0o660,
+            Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+                Ok(m) if m <= 0o777 && m & 0o600 == 0o600 && m & 0o007 == 0 => m,
+                _ => {
+                    errs.add(
+                        "server.unix_socket_mode",
+                        format!("`{text}`: expected an octal mode the owner can read and write and others cannot use, such as \"0660\" or \"0600\""),
+                    );
+                    0o660
+                }
+            },
+        },
+        limits: {
+            let d = crate::config::Limits::default();
+            let mut positive = |key: &str, v: Option<usize>, default: usize, min: usize| -> usize {
+                match v {
+                    None => default,
+                    Some(n) if n >= min => n,
+                    Some(n) => {
+                        errs.add(key, format!("{n} is too small; expected at least {min}"));
+                        default
+                    }
+                }
+            };
+            let max_header_bytes = positive(
+                "server.max_header_bytes",
+                raw.server.max_header_bytes,
+                d.max_header_bytes,
+                8192,
+            );
+            let max_connections = positive(
+                "server.max_connections",
+                raw.server.max_connections,
+                d.max_connections,
+                1,
+            );
+            let max_uri_bytes = positive(
+                "server.max_uri_bytes",
+                raw.server.max_uri_bytes,
+                d.max_uri_bytes,
+                256,
+            );
+            crate::config::Limits {
+                max_header_bytes,
+                max_connections,
+                max_uri_bytes,
+                header_read_timeout: duration(
+                    &mut errs,
+                    "server.header_read_timeout",
+                    &raw.server.header_read_timeout,
+                    30,
+                ),
+            }
+        },
         state_dir: raw.server.state_dir.clone(),
         shutdown_grace: duration(
             &mut errs,
@@ -102,6 +162,7 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
             &raw.server.token_wait_timeout,
             30,
         ),
+        egress_proxy: egress_proxy(&mut errs, raw, env),
     };
 
     let authority_text = raw
@@ -261,6 +322,34 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
     } else {
         Err(errs.0)
     }
+}
+
+/// `server.egress_proxy` and `server.no_proxy`, falling back to `HTTPS_PROXY`/`NO_PROXY`.
+fn egress_proxy(
+    errs: &mut Errors,
+    raw: &RawConfig,
+    env: &dyn Environment,
+) -> Option<crate::egress::EgressProxy> {
+    let configured = match raw.server.egress_proxy.as_ref().map(secret_source) {
+        None => None,
+        Some(SecretSource::Literal(s)) => Some(s),
+        Some(source) => match source.resolve(env) {
+            Ok(s) => Some(s),
+            Err(why) => {
+                errs.add(crate::egress::KEY, why);
+                return None;
+            }
+        },
+    };
+    crate::egress::EgressProxy::from_config_and_env(
+        configured.as_ref().map(Secret::expose),
+        raw.server.no_proxy.as_deref(),
+        env,
+    )
+    .unwrap_or_else(|e| {
+        errs.add(e.key, e.message);
+        None
+    })
 }
 
 fn listen_addr(errs: &mut Errors, key: &str, text: &str) -> Option<ListenAddr> {

@@ -240,6 +240,7 @@ pub async fn login_with(
     let http = crate::tls::entra_http_client(
         config.entra.ca_file.as_deref(),
         config.entra.request_timeout,
+        config.server.egress_proxy.as_ref(),
     )
     .map_err(|e| LoginError::Setup(e.to_string()))?;
     let target = Target {

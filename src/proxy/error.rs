@@ -23,6 +23,15 @@ pub enum ProxyError {
     /// A browser's cross-site request.
     #[error("refused a cross-site request from a browser (Sec-Fetch-Site or an Origin not in server.allowed_origins): a web page must not act with patless's identity")]
     CrossSiteRequest,
+    /// `inbound_token` is set and the request did not carry it.
+    #[error("this proxy requires its inbound token: send it as `Proxy-Authorization: Bearer <token>` or `X-Patless-Token: <token>`")]
+    InboundAuthRequired,
+    /// `CONNECT`, or an absolute-form target naming another host.
+    #[error("patless is not an open proxy: {0}")]
+    NotAnOpenProxy(String),
+    /// The request target is longer than `server.max_uri_bytes`.
+    #[error("the request target is {0} bytes, more than server.max_uri_bytes allows")]
+    UriTooLong(usize),
     /// No token can be had.
     #[error("{message}")]
     TokenUnavailable {
@@ -55,7 +64,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::InvalidPath(_) => "invalid_path",
-            ProxyError::HostNotAllowed => "host_not_allowed",
+            ProxyError::HostNotAllowed | ProxyError::NotAnOpenProxy(_) => "host_not_allowed",
+            ProxyError::InboundAuthRequired => "inbound_auth_required",
+            ProxyError::UriTooLong(_) => "uri_too_long",
             ProxyError::CrossSiteRequest => "cross_site_request",
             ProxyError::TokenUnavailable { .. } => "token_unavailable",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -68,7 +79,11 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
-            ProxyError::HostNotAllowed | ProxyError::CrossSiteRequest => StatusCode::FORBIDDEN,
+            ProxyError::HostNotAllowed
+            | ProxyError::CrossSiteRequest
+            | ProxyError::NotAnOpenProxy(_) => StatusCode::FORBIDDEN,
+            ProxyError::InboundAuthRequired => StatusCode::UNAUTHORIZED,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -39,6 +39,7 @@ pub use error::ProxyError;
 pub use inbound::InboundPolicy;
 pub use routing::{RouteTarget, Router};
 
+use crate::egress::EgressConnector;
 use crate::metrics::Metrics;
 
 /// Errors carried by bodies.
@@ -46,7 +47,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The one body type for requests and responses.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// The upstream HTTP client.
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<EgressConnector>, ProxyBody>;
 
 /// Timeouts toward upstreams.
 #[derive(Debug, Clone, Copy)]
@@ -55,19 +56,28 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Until the response headers.
     pub response_header_timeout: Duration,
+    /// Longest request target accepted.
+    pub max_uri_bytes: usize,
 }
 
-/// Builds the upstream client: rustls over the project's roots, HTTP/1.1, pooled keep-alive.
-pub fn upstream_client(tls: rustls::ClientConfig, settings: &ProxySettings) -> UpstreamClient {
+/// Builds the upstream client: rustls over the project's roots, HTTP/1.1, pooled keep-alive;
+/// `https` upstreams through the egress proxy's `CONNECT` tunnel when it applies to them (TLS
+/// still end to end to the upstream), everything else direct.
+pub fn upstream_client(
+    tls: rustls::ClientConfig,
+    settings: &ProxySettings,
+    egress: Option<&crate::egress::EgressProxy>,
+) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(settings.connect_timeout));
+    let tcp = EgressConnector::new(http, egress, settings.connect_timeout);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(tcp);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(https)
@@ -148,7 +158,10 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         // 2. inbound policy
-        if let Err(refused) = self.inbound.check(req.headers()) {
+        if let Err(refused) = self
+            .inbound
+            .check_request(req.method(), req.uri(), req.headers())
+        {
             self.metrics
                 .inbound_rejections
                 .with_label_values(&[refused.code()])
@@ -156,6 +169,10 @@ impl Proxy {
             return self.reject(refused, None, started);
         }
         // 3. path check
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > self.settings.max_uri_bytes {
+            return self.reject(ProxyError::UriTooLong(target_len), None, started);
+        }
         if let Err(why) = path::validate(req.uri().path()) {
             return self.reject(ProxyError::InvalidPath(why), None, started);
         }
@@ -302,7 +319,10 @@ impl Proxy {
             ProxyError::NoRoute
             | ProxyError::InvalidPath(_)
             | ProxyError::HostNotAllowed
-            | ProxyError::CrossSiteRequest => {
+            | ProxyError::CrossSiteRequest
+            | ProxyError::NotAnOpenProxy(_)
+            | ProxyError::InboundAuthRequired
+            | ProxyError::UriTooLong(_) => {
                 tracing::debug!(request_id = %id, code = err.code(), "refused: {err}")
             }
             _ => {

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::config::ListenAddr;
+use crate::config::{Limits, ListenAddr};
 use crate::proxy::ProxyBody;
 
 /// A bound listener.
@@ -29,18 +30,28 @@ pub enum Listener {
 
 impl Listener {
     /// Binds `addr`. A Unix socket path that holds a stale socket is replaced; any other file there
-    /// is left alone and the bind fails.
-    pub async fn bind(addr: &ListenAddr) -> io::Result<Listener> {
+    /// (a regular file, a symlink) is left alone and the bind fails. The socket file gets `mode`
+    /// (0660 by default): who may connect is who may use patless's identities.
+    pub async fn bind(addr: &ListenAddr, mode: u32) -> io::Result<Listener> {
         match addr {
             ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
             ListenAddr::Unix(path) => {
-                use std::os::unix::fs::FileTypeExt;
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     if meta.file_type().is_socket() {
+                        // Stale only if nothing answers on it: never steal a live patless's socket.
+                        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                            return Err(io::Error::new(
+                                io::ErrorKind::AddrInUse,
+                                format!("{} is in use by another process", path.display()),
+                            ));
+                        }
                         std::fs::remove_file(path)?;
                     }
                 }
-                Ok(Listener::Unix(UnixListener::bind(path)?))
+                let listener = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                Ok(Listener::Unix(listener))
             }
         }
     }
@@ -62,12 +73,15 @@ impl Listener {
 }
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves, then stops accepting and
-/// lets open connections finish for up to `grace`.
+/// lets open connections finish for up to `grace`. `limits` bound what clients may send: head size
+/// (→ 431), the time to send a head after connecting or going idle (→ closed), and concurrent
+/// connections (one more gets a JSON 503 and is closed).
 pub async fn serve<H, F>(
     listener: Listener,
     handler: H,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: Limits,
     name: &'static str,
 ) where
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -77,8 +91,17 @@ pub async fn serve<H, F>(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let sensitive: Arc<[http::HeaderName]> = Arc::new([
+        http::header::AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::COOKIE,
+        http::HeaderName::from_static("x-patless-token"),
+        http::HeaderName::from_static("x-identity-header"),
+    ]);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
@@ -87,7 +110,7 @@ pub async fn serve<H, F>(
             _ = &mut shutdown => break,
             a = accept(&listener) => a,
         };
-        let io = match accepted {
+        let mut io = match accepted {
             Ok(io) => io,
             Err(e) => {
                 // EMFILE and friends: say so, pause, keep serving.
@@ -96,17 +119,34 @@ pub async fn serve<H, F>(
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(
+                listener = name,
+                max = limits.max_connections,
+                "connection limit reached"
+            );
+            tokio::spawn(async move { refuse_busy(&mut io).await });
+            continue;
+        };
         let h = handler.clone();
-        let svc = service_fn(move |req| {
-            let fut = h(req);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
+        // Credentials a client sends (a leftover PAT, the inbound token) and the one patless
+        // injects are marked sensitive before anything can trace them.
+        let svc = tower::ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::from_shared(Arc::clone(
+                &sensitive,
+            )))
+            .service_fn(move |req| {
+                let fut = h(req);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
+        let svc = TowerToHyperService::new(svc);
         let conn = builder.serve_connection(io, svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(listener = name, "connection ended: {e}");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -124,6 +164,24 @@ pub async fn serve<H, F>(
             "grace period over; closing the remaining connections"
         );
     }
+}
+
+/// The answer to one connection too many: a complete JSON 503, then close.
+async fn refuse_busy(io: &mut TokioIo<Box<dyn Io>>) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":"too_many_connections","message":"patless has server.max_connections open connections; retry shortly"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let stream = io.inner_mut();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
