@@ -230,4 +230,185 @@ async fn a_non_loopback_listen_needs_an_inbound_token_or_an_explicit_opt_in() {
     assert!(load("listen = \"0.0.0.0:7070\"\nallow_unauthenticated_clients = true").is_ok());
     let err = load("unix_socket_mode = \"0666\"").expect_err("world-writable socket refused");
     assert!(err.to_string().contains("server.unix_socket_mode"));
+    let err =
+        load("idle_timeout = \"0s\"\nheader_read_timeout = \"soon\"").expect_err("bad clocks");
+    let text = err.to_string();
+    assert!(
+        text.contains("server.idle_timeout") && text.contains("server.header_read_timeout"),
+        "both reported at once: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_attacks_sent_raw_are_refused_before_anything_reaches_the_upstream() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(
+        &entra,
+        &[("/ado", &up.url(), ADO)],
+        "allowed_hosts = [\"patless.tools.svc\"]\nallowed_origins = [\"http://127.0.0.1:3000\"]",
+        "",
+    ))
+    .await;
+    let post = |host: &str, extra: &str| {
+        format!(
+            "POST /ado/org/_apis/wit/workitems HTTP/1.1\r\nHost: {host}\r\n{extra}\
+             Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+    };
+    let attacks = [
+        // DNS rebinding: the attacker's name resolves to 127.0.0.1; the browser still sends it.
+        (post("evil.example:7070", ""), "host_not_allowed"),
+        (post("EVIL.EXAMPLE", ""), "host_not_allowed"),
+        (post("127.0.0.1.nip.io", ""), "host_not_allowed"),
+        (post("localhost.evil.example", ""), "host_not_allowed"),
+        (
+            post("patless.tools.svc.evil.example", ""),
+            "host_not_allowed",
+        ),
+        // CSRF from a page: the browser marks it, or names its origin.
+        (
+            post("127.0.0.1:7070", "Sec-Fetch-Site: cross-site\r\n"),
+            "cross_site_request",
+        ),
+        (
+            post("127.0.0.1:7070", "Sec-Fetch-Site: same-site\r\n"),
+            "cross_site_request",
+        ),
+        (
+            post("localhost", "Origin: https://evil.example\r\n"),
+            "cross_site_request",
+        ),
+        (post("localhost", "Origin: null\r\n"), "cross_site_request"),
+        (
+            post("localhost", "Origin: http://127.0.0.1:3001\r\n"),
+            "cross_site_request",
+        ),
+    ];
+    for (req, code) in &attacks {
+        let (status, json, text) = raw(p.addr, req).await;
+        assert_eq!(status, 403, "{req:?}: {text}");
+        let json = json.expect("a JSON error body");
+        assert_eq!(json["error"], *code, "{req:?}");
+        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(text
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"));
+    }
+    assert!(up.requests().is_empty(), "the upstream saw nothing");
+    let m = p.metrics().await;
+    assert!(
+        m.contains(r#"patless_inbound_rejections_total{reason="host_not_allowed"} 5"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"patless_inbound_rejections_total{reason="cross_site_request"} 5"#),
+        "{m}"
+    );
+    // The configured host and origin, and a tool that is no browser, pass.
+    for req in [
+        post("patless.tools.svc:7070", ""),
+        post("127.0.0.1", "Origin: http://127.0.0.1:3000\r\n"),
+        post("[::1]:7070", "Sec-Fetch-Site: none\r\n"),
+    ] {
+        let (status, _, text) = raw(p.addr, &req).await;
+        assert_eq!(status, 200, "{req:?}: {text}");
+    }
+    assert_eq!(up.accepted(), 3);
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body from `s`; returns its status.
+async fn read_response(s: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).await.expect("read head");
+        assert_eq!(n, 1, "closed before the response head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.expect("body");
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status")
+}
+
+/// True when the server closed `s` within `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_and_head_clocks_are_separate_and_spare_requests_in_flight() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(
+        &entra,
+        &[("/ado", &up.url(), ADO)],
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"1500ms\"",
+        "",
+    ))
+    .await;
+    let keep_alive = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+
+    // A kept-alive connection outlives the head clock while idle, and is reused…
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(keep_alive("/ado/one").as_bytes())
+        .await
+        .expect("w");
+    assert_eq!(read_response(&mut s).await, 200);
+    assert!(
+        !closed_within(&mut s, Duration::from_millis(700)).await,
+        "idle for over twice header_read_timeout, yet below idle_timeout: still open"
+    );
+    s.write_all(keep_alive("/ado/two").as_bytes())
+        .await
+        .expect("w");
+    assert_eq!(read_response(&mut s).await, 200);
+    // … and is closed once idle_timeout passes with no request.
+    assert!(
+        closed_within(&mut s, Duration::from_secs(4)).await,
+        "an idle keep-alive connection is closed after idle_timeout"
+    );
+
+    // A head started after a request is timed from its first byte by the head clock.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(keep_alive("/ado/three").as_bytes())
+        .await
+        .expect("w");
+    assert_eq!(read_response(&mut s).await, 200);
+    s.write_all(b"GET /ado/four HTTP/1.1\r\nHost: 12")
+        .await
+        .expect("w");
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(4)).await);
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "a half-sent head is cut by header_read_timeout, not idle_timeout"
+    );
+
+    // A request in flight is never cut by either clock: a body trickling in for 1 s.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        b"POST /ado/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("w");
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"x").await.expect("the connection stays open");
+    }
+    assert_eq!(read_response(&mut s).await, 200);
+    assert_eq!(up.accepted(), 4, "three GETs and the slow upload");
 }

@@ -97,8 +97,11 @@ pub struct ServerConfig {
 pub struct Limits {
     /// Request line + headers, bytes.
     pub max_header_bytes: usize,
-    /// Headers must arrive within this of the connection opening or going idle.
+    /// A request head must arrive within this: from the connection opening (first request) or
+    /// from its first byte (later requests).
     pub header_read_timeout: Duration,
+    /// A kept-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
     /// Concurrent connections.
     pub max_connections: usize,
     /// Request target length, bytes.
@@ -110,6 +113,7 @@ impl Default for Limits {
         Limits {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
             max_connections: 1024,
             max_uri_bytes: 8 * 1024,
         }
@@ -462,6 +466,7 @@ impl Config {
             unix_socket_mode: Some(format!("{:04o}", s.unix_socket_mode)),
             max_header_bytes: Some(s.limits.max_header_bytes),
             header_read_timeout: Some(duration_text(s.limits.header_read_timeout)),
+            idle_timeout: Some(duration_text(s.limits.idle_timeout)),
             max_connections: Some(s.limits.max_connections),
             max_uri_bytes: Some(s.limits.max_uri_bytes),
             // The proxy in effect (from the key or HTTPS_PROXY), its password redacted.

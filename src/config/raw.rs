@@ -106,9 +106,11 @@ pub struct RawServer {
     pub unix_socket_mode: Option<String>,
     /// Most bytes of request line + headers (default 64 KiB); more → 431.
     pub max_header_bytes: Option<usize>,
-    /// Time a connection may take to send a request's headers, counted from when it opens or goes
-    /// idle: the slowloris bound and the idle keep-alive timeout (default 30 s).
+    /// Time a client may take to send a request head: from the connection opening for the first
+    /// request, from the head's first byte for later ones; the slowloris bound (default 30 s).
     pub header_read_timeout: Option<RawDuration>,
+    /// How long a kept-alive connection may sit idle between requests (default 120 s).
+    pub idle_timeout: Option<RawDuration>,
     /// Most concurrent client connections (default 1024); more get a 503 and are closed.
     pub max_connections: Option<usize>,
     /// Longest request target (path + query) in bytes (default 8 KiB); longer → 414.

@@ -125,16 +125,28 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
                 d.max_uri_bytes,
                 256,
             );
+            let mut clock = |key: &str, value: &Option<RawDuration>, default_secs: u64| {
+                let d = duration(&mut errs, key, value, default_secs);
+                if d.is_zero() {
+                    errs.add(
+                        key,
+                        "0 would close every connection at once; expected a duration above 0",
+                    );
+                }
+                d
+            };
+            let header_read_timeout = clock(
+                "server.header_read_timeout",
+                &raw.server.header_read_timeout,
+                30,
+            );
+            let idle_timeout = clock("server.idle_timeout", &raw.server.idle_timeout, 120);
             crate::config::Limits {
                 max_header_bytes,
                 max_connections,
                 max_uri_bytes,
-                header_read_timeout: duration(
-                    &mut errs,
-                    "server.header_read_timeout",
-                    &raw.server.header_read_timeout,
-                    30,
-                ),
+                header_read_timeout,
+                idle_timeout,
             }
         },
         state_dir: raw.server.state_dir.clone(),

@@ -1,6 +1,7 @@
 //! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`.
 
 pub mod admin;
+pub mod watchdog;
 
 use std::future::Future;
 use std::io;
@@ -74,8 +75,8 @@ impl Listener {
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves, then stops accepting and
 /// lets open connections finish for up to `grace`. `limits` bound what clients may send: head size
-/// (→ 431), the time to send a head after connecting or going idle (→ closed), and concurrent
-/// connections (one more gets a JSON 503 and is closed).
+/// (→ 431), the time to send a request head (→ closed), how long a kept-alive connection may sit
+/// idle (→ closed), and concurrent connections (one more gets a JSON 503 and is closed).
 pub async fn serve<H, F>(
     listener: Listener,
     handler: H,
@@ -91,7 +92,8 @@ pub async fn serve<H, F>(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Head and idle clocks are patless's own (watchdog.rs): hyper's one timer does both.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -110,8 +112,9 @@ pub async fn serve<H, F>(
             _ = &mut shutdown => break,
             a = accept(&listener) => a,
         };
+        let clock = watchdog::ConnClock::new();
         let mut io = match accepted {
-            Ok(io) => io,
+            Ok(io) => TokioIo::new(watchdog::Watched::new(io, Arc::clone(&clock))),
             Err(e) => {
                 // EMFILE and friends: say so, pause, keep serving.
                 tracing::warn!(listener = name, "accept failed: {e}");
@@ -129,6 +132,7 @@ pub async fn serve<H, F>(
             continue;
         };
         let h = handler.clone();
+        let req_clock = Arc::clone(&clock);
         // Credentials a client sends (a leftover PAT, the inbound token) and the one patless
         // injects are marked sensitive before anything can trace them.
         let svc = tower::ServiceBuilder::new()
@@ -136,15 +140,27 @@ pub async fn serve<H, F>(
                 &sensitive,
             )))
             .service_fn(move |req| {
+                let in_flight = req_clock.request_started();
                 let fut = h(req);
-                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                async move {
+                    let resp = fut.await;
+                    Ok::<_, std::convert::Infallible>(
+                        resp.map(|b| watchdog::TrackedBody::new(b, in_flight)),
+                    )
+                }
             });
         let svc = TowerToHyperService::new(svc);
         let conn = builder.serve_connection(io, svc);
         let conn = graceful.watch(conn);
+        let (head, idle) = (limits.header_read_timeout, limits.idle_timeout);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(listener = name, "connection ended: {e}");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(listener = name, "connection ended: {e}");
+                },
+                why = watchdog::watch(clock, head, idle) => {
+                    tracing::debug!(listener = name, "connection closed: {why} passed");
+                }
             }
             drop(slot);
         });
@@ -167,7 +183,7 @@ pub async fn serve<H, F>(
 }
 
 /// The answer to one connection too many: a complete JSON 503, then close.
-async fn refuse_busy(io: &mut TokioIo<Box<dyn Io>>) {
+async fn refuse_busy(io: &mut TokioIo<watchdog::Watched<Box<dyn Io>>>) {
     use tokio::io::AsyncWriteExt;
     let body = r#"{"error":"too_many_connections","message":"patless has server.max_connections open connections; retry shortly"}"#;
     let head = format!(
@@ -175,7 +191,7 @@ async fn refuse_busy(io: &mut TokioIo<Box<dyn Io>>) {
          connection: close\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    let stream = io.inner_mut();
+    let stream = io.inner_mut().inner_mut();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = stream.write_all(head.as_bytes()).await;
         let _ = stream.write_all(body.as_bytes()).await;
@@ -187,16 +203,16 @@ async fn refuse_busy(io: &mut TokioIo<Box<dyn Io>>) {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-async fn accept(listener: &Listener) -> io::Result<TokioIo<Box<dyn Io>>> {
+async fn accept(listener: &Listener) -> io::Result<Box<dyn Io>> {
     match listener {
         Listener::Tcp(l) => {
             let (s, _) = l.accept().await?;
             let _ = s.set_nodelay(true);
-            Ok(TokioIo::new(Box::new(s)))
+            Ok(Box::new(s))
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
-            Ok(TokioIo::new(Box::new(s)))
+            Ok(Box::new(s))
         }
     }
 }
