@@ -538,6 +538,19 @@ impl tower::Service<Uri> for EgressConnector {
     }
 }
 
+/// The cause of a failure reached through the proxy, in words: hyper-util's tunnel errors
+/// ("tunnel error: …") are explained, anything else (refused, DNS, TLS) is passed on.
+pub fn explain_tunnel_cause(cause: &str) -> String {
+    match cause.strip_prefix("tunnel error: ") {
+        Some("proxy authorization required") => "the proxy wants authentication (407): give \
+             user:password in the proxy URL, or check them"
+            .into(),
+        Some("unsuccessful") => "the proxy refused the tunnel".into(),
+        Some(other) => format!("opening the tunnel failed: {other}"),
+        None => cause.to_string(),
+    }
+}
+
 /// Explains a failed `CONNECT`. hyper-util does not export its `TunnelError` type, so the kind is
 /// read from its `Display` (stable: "tunnel error: <kind>") and the cause from its source chain.
 fn tunnel_failed(proxy: &str, target: &str, e: &(dyn std::error::Error + 'static)) -> TunnelFailed {

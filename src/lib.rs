@@ -84,7 +84,8 @@ impl App {
             ca,
             config.entra.request_timeout,
             egress,
-        )?);
+        )?)
+        .with_egress(egress);
         let store = store::TokenStore::new(credentials::state_dir(
             config.server.state_dir.as_deref(),
             env.as_ref(),

@@ -218,6 +218,12 @@ pub fn literal_secret_warnings(raw: &RawConfig, path: &Path) -> Vec<String> {
     if literal(&raw.server.inbound_token) {
         keys.push("server.inbound_token".to_string());
     }
+    // A proxy URL is a secret only when it carries user:password.
+    if let Some(crate::config::SecretValue::Literal(url)) = &raw.server.egress_proxy {
+        if url.contains('@') {
+            keys.push("server.egress_proxy".to_string());
+        }
+    }
     for (name, p) in &raw.profiles {
         for (key, value) in [
             ("client_secret", &p.client_secret),
@@ -252,18 +258,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("patless-warn-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("patless.toml");
-        let text = "[profiles.bot]\nkind = \"client_secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"hunter2-inline\"\n\n[profiles.env]\nkind = \"client_secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"X\" }\n";
+        let text = "[server]\negress_proxy = \"http://u:proxy-pass@proxy.corp.example:3128\"\n[profiles.bot]\nkind = \"client_secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"hunter2-inline\"\n\n[profiles.env]\nkind = \"client_secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"X\" }\n";
         std::fs::write(&path, text).expect("write");
         let loaded = load(Some(&path), &MapEnv::default()).expect("loads");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let w = literal_secret_warnings(&loaded.raw, &path);
-        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w.len(), 2, "{w:?}");
         assert!(
-            w[0].contains("profiles.bot.client_secret") && w[0].contains("chmod 600"),
+            w[0].contains("server.egress_proxy") && w[1].contains("profiles.bot.client_secret"),
             "{w:?}"
         );
+        assert!(w.iter().all(|w| w.contains("chmod 600")), "{w:?}");
         assert!(
-            !w[0].contains("hunter2"),
+            w.iter()
+                .all(|w| !w.contains("hunter2") && !w.contains("proxy-pass")),
             "the warning never shows the secret"
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");

@@ -213,6 +213,8 @@ impl RawConfig {
     pub fn redacted(&self) -> RawConfig {
         let mut c = self.clone();
         c.server.inbound_token = c.server.inbound_token.as_ref().map(SecretValue::redacted);
+        // The proxy URL may carry user:password.
+        c.server.egress_proxy = c.server.egress_proxy.as_ref().map(SecretValue::redacted);
         for p in c.profiles.values_mut() {
             p.client_secret = p.client_secret.as_ref().map(SecretValue::redacted);
             p.certificate_password = p.certificate_password.as_ref().map(SecretValue::redacted);

@@ -13,6 +13,8 @@ use crate::secret::Secret;
 #[derive(Clone, Debug)]
 pub struct EntraClient {
     http: reqwest::Client,
+    /// The egress proxy the client goes through, so a failure can name it.
+    egress: Option<crate::egress::EgressProxy>,
 }
 
 /// Hints for the AADSTS codes users meet (ENTRA.md's table).
@@ -127,7 +129,13 @@ impl NumOrString {
 impl EntraClient {
     /// Wraps a client built by [`crate::tls::entra_http_client`].
     pub fn new(http: reqwest::Client) -> Self {
-        EntraClient { http }
+        EntraClient { http, egress: None }
+    }
+
+    /// Notes the egress proxy `http` was built with, so errors say when it was in the way.
+    pub fn with_egress(mut self, egress: Option<&crate::egress::EgressProxy>) -> Self {
+        self.egress = egress.cloned();
+        self
     }
 
     /// The underlying HTTP client (other token protocols reuse it).
@@ -196,7 +204,7 @@ impl EntraClient {
             .form(form)
             .send()
             .await
-            .map_err(|e| transport_error(&e, token_url))?;
+            .map_err(|e| transport_error(&e, token_url, self.egress.as_ref()))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -213,7 +221,7 @@ impl EntraClient {
         let body = response
             .bytes()
             .await
-            .map_err(|e| transport_error(&e, token_url))?;
+            .map_err(|e| transport_error(&e, token_url, self.egress.as_ref()))?;
         if status.is_success() {
             return parse_full(&body).map_err(FullTokenError::from);
         }
@@ -237,7 +245,11 @@ pub fn error_name(content_type: &str, body: &[u8]) -> Option<String> {
         .filter(|e| !e.is_empty())
 }
 
-fn transport_error(e: &reqwest::Error, url: &str) -> CredentialError {
+fn transport_error(
+    e: &reqwest::Error,
+    url: &str,
+    egress: Option<&crate::egress::EgressProxy>,
+) -> CredentialError {
     let what = if e.is_timeout() {
         ErrorClass::Timeout
     } else {
@@ -251,9 +263,19 @@ fn transport_error(e: &reqwest::Error, url: &str) -> CredentialError {
         cause = s.to_string();
         src = s.source();
     }
-    let message = match what {
-        ErrorClass::Timeout => format!("Entra did not answer in time ({url})"),
-        _ => format!("cannot reach Entra at {url}: {cause}"),
+    let via = egress.filter(|p| url.parse::<http::Uri>().is_ok_and(|u| p.intercepts(&u)));
+    let message = match (what, via) {
+        (ErrorClass::Timeout, None) => format!("Entra did not answer in time ({url})"),
+        (ErrorClass::Timeout, Some(p)) => format!(
+            "Entra did not answer in time ({url}, through the egress proxy {})",
+            p.authority()
+        ),
+        (_, None) => format!("cannot reach Entra at {url}: {cause}"),
+        (_, Some(p)) => format!(
+            "cannot reach Entra at {url} through the egress proxy {}: {}",
+            p.authority(),
+            crate::egress::explain_tunnel_cause(&cause)
+        ),
     };
     CredentialError::new(what, message)
 }

@@ -249,7 +249,7 @@ pub async fn login_with(
         tenant_id,
         client_id,
         scopes: format!("{} {LOGIN_SCOPES}", resource_scope(config, profile_name)),
-        entra: EntraClient::new(http),
+        entra: EntraClient::new(http).with_egress(config.server.egress_proxy.as_ref()),
         store,
     };
     match &p.kind {
