@@ -107,7 +107,7 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => serve(loaded, env).await,
+            Command::Serve => serve(loaded, env, cli.config.clone()).await,
             Command::Config => print_config(&loaded),
             Command::Token {
                 profile,
@@ -174,8 +174,14 @@ fn resource_to_scope(resource: String) -> String {
     format!("{}/.default", resource.trim_end_matches('/'))
 }
 
-async fn serve(loaded: LoadedConfig, env: Env) -> ExitCode {
+async fn serve(loaded: LoadedConfig, env: Env, explicit: Option<PathBuf>) -> ExitCode {
     tracing::info!(config = %loaded.source, "patless {} starting", env!("CARGO_PKG_VERSION"));
+    // First, so a SIGHUP from now on reloads rather than ends the process.
+    let Some(signals) = Signals::install() else {
+        eprintln!("patless: cannot install the signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let source = loaded.source.clone();
     let app = match App::new(loaded.config, env, prometheus::Registry::new()) {
         Ok(a) => a,
         Err(e) => {
@@ -190,30 +196,55 @@ async fn serve(loaded: LoadedConfig, env: Env) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::run(listeners, app, shutdown_signal()).await;
+    let (handle, requests) = crate::server::reload::channel();
+    let Signals { mut stops, mut hup } = signals;
+    let mut second = stops.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            // One pending reload is enough: SIGHUPs that arrive meanwhile merge into it.
+            handle.request();
+        }
+    });
+    let options = crate::RunOptions {
+        shutdown: async move {
+            let _ = stops.wait_for(|n| *n >= 1).await;
+        },
+        hurry: Some(Box::pin(async move {
+            let _ = second.wait_for(|n| *n >= 2).await;
+        })),
+        reload: Some(crate::server::reload::Reloader::new(
+            explicit, source, requests,
+        )),
+    };
+    crate::run_with(listeners, app, options).await;
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGTERM or SIGINT. SIGHUP is caught (so it does not kill the process) and logged.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop patless with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => tracing::warn!(
-                "SIGHUP: this version does not reload its configuration; restart patless to apply changes"
-            ),
-        }
+/// The signals `serve` acts on: SIGTERM/SIGINT counted (the first stops patless, a second skips
+/// the shutdown delay), SIGHUP caught (reload).
+struct Signals {
+    stops: tokio::sync::watch::Receiver<u32>,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok()?;
+        let mut int = signal(SignalKind::interrupt()).ok()?;
+        let hup = signal(SignalKind::hangup()).ok()?;
+        let (stop_tx, stops) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM"),
+                    _ = int.recv() => tracing::info!("SIGINT"),
+                }
+                stop_tx.send_modify(|n| *n += 1);
+            }
+        });
+        Some(Signals { stops, hup })
     }
 }
 

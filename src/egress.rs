@@ -98,6 +98,19 @@ impl fmt::Debug for EgressProxy {
     }
 }
 
+/// The same proxy, credentials and exclusions (the matcher is built from these). A reload keeps
+/// the credentials of unchanged profiles only when this holds.
+impl PartialEq for EgressProxy {
+    fn eq(&self, other: &Self) -> bool {
+        self.uri == other.uri
+            && self.authority == other.authority
+            && self.user_as_written == other.user_as_written
+            && self.basic_auth == other.basic_auth
+            && self.rules == other.rules
+            && self.source == other.source
+    }
+}
+
 impl EgressProxy {
     /// The proxy in effect, if any.
     ///

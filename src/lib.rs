@@ -1,7 +1,8 @@
 //! patless: a reverse proxy that injects Microsoft Entra credentials.
 //!
 //! [`run`] is the one entry point; `main` and the integration tests both call it with listeners
-//! they bound themselves and an [`App`] built from a validated config.
+//! they bound themselves and an [`App`] built from a validated config. [`run_with`] adds config
+//! reloads (SIGHUP, `server.watch_config`) and a way to hurry the shutdown.
 
 pub mod cli;
 pub mod config;
@@ -20,7 +21,12 @@ pub mod token;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use config::Config;
 use credentials::{CredentialContext, EntraClient};
@@ -28,7 +34,7 @@ use env::Env;
 use metrics::Metrics;
 use proxy::{Proxy, ProxySettings, Router};
 use server::Listener;
-use token::{CacheSettings, TokenCache};
+use token::{CacheKey, CacheSettings, TokenCache};
 
 /// Why patless could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +59,8 @@ pub enum StartError {
     },
 }
 
-/// Everything a running patless holds: config, metrics, token cache and proxy.
+/// Everything a running patless holds: config, metrics, token cache and proxy. A reload builds a
+/// new one (see [`App::reload`]) and swaps it in; requests in flight keep the one they started on.
 pub struct App {
     /// The validated config.
     pub config: Config,
@@ -65,6 +72,22 @@ pub struct App {
     pub proxy: Proxy,
     /// Per profile: where its tokens come from (what `auto` chose), for `check`.
     pub credential_sources: std::collections::BTreeMap<String, credentials::SourceFn>,
+    /// The environment it was built from (a reload reads the config with the same one).
+    env: Env,
+}
+
+/// What [`App::reload`] did with the profiles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileChanges {
+    /// Unchanged profiles: the same credential objects and token entries carry on, so no new
+    /// token request is made for them.
+    pub kept: Vec<String>,
+    /// New or changed profiles: a fresh credential and fresh entries.
+    pub rebuilt: Vec<String>,
+    /// Profiles the new config no longer has.
+    pub removed: Vec<String>,
+    /// The token entries taken over from the old cache.
+    pub adopted: Vec<CacheKey>,
 }
 
 impl App {
@@ -75,8 +98,34 @@ impl App {
         env: Env,
         registry: prometheus::Registry,
     ) -> Result<App, StartError> {
-        tls::install_crypto_provider();
         let metrics = Metrics::new(registry);
+        App::build(config, env, metrics, None).map(|(app, _)| app)
+    }
+
+    /// The app for a reloaded `config`, built beside this one with the same environment and the
+    /// same [`Metrics`] (nothing is registered twice). A profile whose settings — and the settings
+    /// its credential is built from: `entra.ca_file`, `entra.request_timeout`, the egress proxy,
+    /// `server.state_dir`, `server.token_wait_timeout` — are unchanged keeps its credential, and
+    /// the token entries the new routes still use are taken over (the same objects, refreshers
+    /// running). Nothing of `self` changes: when the new app is swapped in, the caller hands the
+    /// entries over with `self.cache.release(&changes.adopted)` and stops the rest with
+    /// `self.cache.stop()`.
+    pub fn reload(&self, config: Config) -> Result<(App, ProfileChanges), StartError> {
+        App::build(config, self.env.clone(), self.metrics.clone(), Some(self))
+    }
+
+    /// The environment it was built from.
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
+    fn build(
+        config: Config,
+        env: Env,
+        metrics: Metrics,
+        old: Option<&App>,
+    ) -> Result<(App, ProfileChanges), StartError> {
+        tls::install_crypto_provider();
         let ca = config.entra.ca_file.as_deref();
         let egress = config.server.egress_proxy.as_ref();
         egress::log_choice(egress);
@@ -91,12 +140,41 @@ impl App {
             env.as_ref(),
         ));
         let ctx = CredentialContext { entra, env, store };
+        let reusable = old.filter(|o| same_credential_context(&o.config, &config));
+        let mut changes = ProfileChanges::default();
         let mut credentials = HashMap::new();
         let mut credential_sources = std::collections::BTreeMap::new();
         for p in config.profiles.values() {
-            let built = credentials::build(p, &ctx);
-            credentials.insert(p.name.clone(), built.credential);
-            credential_sources.insert(p.name.clone(), built.source);
+            let kept = reusable.and_then(|o| {
+                let same = o.config.profiles.get(&p.name) == Some(p);
+                let credential = o.cache.credential(&p.name).filter(|_| same)?;
+                let source = o.credential_sources.get(&p.name)?;
+                Some((Arc::clone(credential), Arc::clone(source)))
+            });
+            let (credential, source) = match kept {
+                Some(k) => {
+                    changes.kept.push(p.name.clone());
+                    k
+                }
+                None => {
+                    if old.is_some() {
+                        changes.rebuilt.push(p.name.clone());
+                    }
+                    let built = credentials::build(p, &ctx);
+                    (built.credential, built.source)
+                }
+            };
+            credentials.insert(p.name.clone(), credential);
+            credential_sources.insert(p.name.clone(), source);
+        }
+        if let Some(o) = old {
+            changes.removed = o
+                .config
+                .profiles
+                .keys()
+                .filter(|n| !config.profiles.contains_key(*n))
+                .cloned()
+                .collect();
         }
         let cache = Arc::new(TokenCache::new(
             credentials,
@@ -111,7 +189,52 @@ impl App {
             },
             metrics.clone(),
         ));
-        let router = Router::new(&config, &cache)?;
+        if let Some(o) = reusable {
+            // Only entries the new config still routes to; the others stop with the old cache.
+            let host_scopes = hosts::all_scopes();
+            changes.adopted = cache.adopt(&o.cache, |key| {
+                changes.kept.contains(&key.profile)
+                    && (config
+                        .routes
+                        .iter()
+                        .any(|r| r.profile == key.profile && r.scope == key.scope)
+                        || (config.server.host_routes
+                            && key.profile == config.server.default_profile
+                            && host_scopes.contains(&key.scope.as_str())))
+            });
+        }
+        let proxy = match App::assemble(&config, &cache, &ctx, &metrics) {
+            Ok(p) => p,
+            Err(e) => {
+                // The old cache still owns the adopted entries: dropping this one must not stop
+                // them.
+                cache.release(&changes.adopted);
+                return Err(e);
+            }
+        };
+        Ok((
+            App {
+                config,
+                metrics,
+                cache,
+                proxy,
+                credential_sources,
+                env: ctx.env,
+            },
+            changes,
+        ))
+    }
+
+    /// The routing table, the upstream client and the inbound policy over `cache`.
+    fn assemble(
+        config: &Config,
+        cache: &TokenCache,
+        ctx: &CredentialContext,
+        metrics: &Metrics,
+    ) -> Result<Proxy, StartError> {
+        let ca = config.entra.ca_file.as_deref();
+        let egress = config.server.egress_proxy.as_ref();
+        let router = Router::new(config, cache)?;
         let settings = ProxySettings {
             connect_timeout: config.server.connect_timeout,
             response_header_timeout: config.server.response_header_timeout,
@@ -131,15 +254,24 @@ impl App {
             allowed_hosts: config.server.allowed_hosts.clone(),
             allowed_origins: config.server.allowed_origins.clone(),
         };
-        let proxy = Proxy::new(router, inbound, client, settings, metrics.clone());
-        Ok(App {
-            config,
-            metrics,
-            cache,
-            proxy,
-            credential_sources,
-        })
+        Ok(Proxy::new(
+            router,
+            inbound,
+            client,
+            settings,
+            metrics.clone(),
+        ))
     }
+}
+
+/// Whether credentials built for `old` can serve `new`: everything a credential is built from
+/// besides its own profile is the same.
+fn same_credential_context(old: &Config, new: &Config) -> bool {
+    old.entra.ca_file == new.entra.ca_file
+        && old.entra.request_timeout == new.entra.request_timeout
+        && old.server.egress_proxy == new.server.egress_proxy
+        && old.server.state_dir == new.server.state_dir
+        && old.server.token_wait_timeout == new.server.token_wait_timeout
 }
 
 impl std::fmt::Debug for App {
@@ -186,50 +318,139 @@ impl Listeners {
 }
 
 /// Runs the proxy and admin listeners until `shutdown` resolves, then drains in-flight requests
-/// for up to `server.shutdown_grace`. Token refreshers start at once for every explicit route, so
-/// the first request finds a token and `/readyz` turns green on its own.
+/// for up to `server.shutdown_grace` (after `server.shutdown_delay`, during which `/readyz`
+/// answers 503). Token refreshers start at once for every explicit route, so the first request
+/// finds a token and `/readyz` turns green on its own. No reloads: see [`run_with`].
 pub async fn run(listeners: Listeners, app: App, shutdown: impl Future<Output = ()> + Send) {
-    let app = Arc::new(app);
+    run_with(
+        listeners,
+        app,
+        RunOptions {
+            shutdown,
+            hurry: None,
+            reload: None,
+        },
+    )
+    .await
+}
+
+/// What [`run_with`] needs besides the listeners and the app.
+pub struct RunOptions<S> {
+    /// Resolves when patless should stop (SIGTERM/SIGINT in `serve`): `/readyz` turns 503 at once
+    /// while the proxy still serves; after `server.shutdown_delay` the listeners close, requests in
+    /// flight get up to `server.shutdown_grace`, and the background tasks stop.
+    pub shutdown: S,
+    /// Resolves to cut the shutdown delay short (a second SIGTERM/SIGINT in `serve`).
+    pub hurry: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Reloads (SIGHUP, `server.watch_config`); `None` runs the config given until the end.
+    pub reload: Option<server::reload::Reloader>,
+}
+
+impl<S> std::fmt::Debug for RunOptions<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("hurry", &self.hurry.is_some())
+            .field("reload", &self.reload)
+            .finish()
+    }
+}
+
+/// [`run`], with reloads and a way to hurry the shutdown. The app the request path reads sits in
+/// an `ArcSwap`: each request takes the current one and keeps it to its end, so a reload never
+/// changes a request in flight.
+pub async fn run_with<S>(listeners: Listeners, app: App, options: RunOptions<S>)
+where
+    S: Future<Output = ()> + Send,
+{
+    let RunOptions {
+        shutdown,
+        hurry,
+        reload,
+    } = options;
     for target in app.proxy.router().routes() {
         target.entry.start();
     }
-    let grace = app.config.server.shutdown_grace;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let limits = app.config.server.limits;
+    let current = Arc::new(ArcSwap::from_pointee(app));
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    // `Some(grace)`: stop accepting and drain for up to `grace`.
+    let (close_tx, close_rx) = tokio::sync::watch::channel(None::<Duration>);
+    // Shutdown has begun: no more reloads.
+    let (begun_tx, begun_rx) = tokio::sync::watch::channel(false);
+    let closed = |mut rx: tokio::sync::watch::Receiver<Option<Duration>>| async move {
+        let grace = rx.wait_for(Option::is_some).await.map(|g| *g);
+        grace.ok().flatten().unwrap_or_default()
     };
     tracing::info!(listen = %listeners.proxy.describe(), "proxy listening");
-    let proxy_app = Arc::clone(&app);
+    let proxy_app = Arc::clone(&current);
     let proxy_task = server::serve(
         listeners.proxy,
         move |req| {
-            let app = Arc::clone(&proxy_app);
+            let app = proxy_app.load_full();
             async move { app.proxy.handle(req).await }
         },
-        stopped(stop_rx.clone()),
-        grace,
-        app.config.server.limits,
+        closed(close_rx.clone()),
+        limits,
         "proxy",
     );
     let admin_task = async {
         if let Some(l) = listeners.admin {
             tracing::info!(listen = %l.describe(), "admin listening (/healthz /readyz /metrics)");
-            let admin_app = Arc::clone(&app);
+            let admin_app = Arc::clone(&current);
+            let draining = Arc::clone(&shutting_down);
             server::serve(
                 l,
-                move |req| server::admin::handle(Arc::clone(&admin_app), req),
-                stopped(stop_rx.clone()),
-                grace,
-                app.config.server.limits,
+                move |req| {
+                    server::admin::handle(
+                        admin_app.load_full(),
+                        draining.load(Ordering::Acquire),
+                        req,
+                    )
+                },
+                closed(close_rx.clone()),
+                limits,
                 "admin",
             )
             .await;
         }
     };
+    let reload_task = async {
+        if let Some(r) = reload {
+            server::reload::serve(Arc::clone(&current), r, begun_rx.clone()).await;
+        }
+    };
     let signal = async {
         shutdown.await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        shutting_down.store(true, Ordering::Release);
+        let _ = begun_tx.send(true);
+        let (delay, grace) = {
+            let app = current.load();
+            (
+                app.config.server.shutdown_delay,
+                app.config.server.shutdown_grace,
+            )
+        };
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: /readyz answers 503 now; the listeners close after the delay, then \
+             requests in flight get the grace period (signal again to skip the delay)"
+        );
+        if !delay.is_zero() {
+            match hurry {
+                Some(hurry) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = hurry => tracing::info!("shutdown delay cut short"),
+                    }
+                }
+                None => tokio::time::sleep(delay).await,
+            }
+        }
+        let _ = close_tx.send(Some(grace));
     };
-    tokio::join!(proxy_task, admin_task, signal);
+    tokio::join!(proxy_task, admin_task, reload_task, signal);
+    // The background tasks: the config watcher ended with the reload task; the refreshers now.
+    let stopped = current.load().cache.stop();
+    tracing::info!(refreshers = stopped.len(), "stopped");
 }

@@ -123,7 +123,7 @@ impl Metrics {
             upstream_errors: counter(
                 &registry,
                 "patless_upstream_errors_total",
-                "Upstream failures by route and kind (connect, timeout, protocol).",
+                "Upstream failures by route and kind (connect, timeout, protocol, body).",
                 &["route", "kind"],
             ),
             upstream_auth_retries: counter(

@@ -622,3 +622,35 @@ async fn a_web_page_cannot_act_with_the_proxys_identity() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_before_the_body_was_read_closes_the_connection_and_says_so() {
+    let entra = FakeEntra::start().await;
+    entra.set_fault(Some(Fault::InvalidClient));
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    // An upload that gets 503 token_unavailable before its body is read: a pooling client must be
+    // told the connection will not be reused.
+    let mut s = tokio::net::TcpStream::connect(p.addr)
+        .await
+        .expect("connect");
+    let body = vec![b'x'; 256 * 1024];
+    let head = format!(
+        "POST /ado/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    let _ = s.write_all(&body).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection is closed after the answer");
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    // A bodyless request keeps its connection.
+    let client = support::http_client();
+    let r = client.get(p.url("/ado/x")).send().await.expect("req");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("connection").is_none());
+    assert!(up.requests().is_empty());
+}

@@ -173,7 +173,11 @@ fn env_overrides(env: &dyn Environment) -> Vec<(String, Value)> {
 /// The boolean keys become booleans; every other value stays a string (a secret or an id that
 /// happens to read `true` or be all digits must not change type).
 fn env_value(key: &str, text: &str) -> Value {
-    const BOOLEAN_KEYS: &[&str] = &["host_routes", "allow_unauthenticated_clients"];
+    const BOOLEAN_KEYS: &[&str] = &[
+        "host_routes",
+        "allow_unauthenticated_clients",
+        "watch_config",
+    ];
     let last = key.rsplit('.').next().unwrap_or(key);
     match (BOOLEAN_KEYS.contains(&last), text.trim()) {
         (true, "true") => Value::from(true),

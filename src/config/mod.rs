@@ -74,6 +74,11 @@ pub struct ServerConfig {
     pub default_profile: String,
     /// Drain time on SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// After SIGTERM/SIGINT, how long `/readyz` answers 503 while the proxy still serves, before
+    /// the listeners close.
+    pub shutdown_delay: Duration,
+    /// Reload when the config file changes (besides on SIGHUP).
+    pub watch_config: bool,
     /// Upstream connect timeout (TCP + TLS).
     pub connect_timeout: Duration,
     /// Upstream response-header timeout.
@@ -179,7 +184,7 @@ impl SecretSource {
 }
 
 /// A credential profile.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     /// Its name (`[profiles.NAME]`).
     pub name: String,
@@ -187,6 +192,8 @@ pub struct Profile {
     pub authority_host: Url,
     /// What kind of credential, with its settings.
     pub kind: ProfileKind,
+    /// Client capabilities (`cp1`) declared in every token request, merged into claims.
+    pub client_capabilities: Vec<String>,
 }
 
 /// A user-assigned managed identity, by one of its ids.
@@ -203,7 +210,7 @@ pub enum ManagedIdentityId {
 /// The credential kinds this build supports, with their validated settings. Values that default
 /// from the environment (`AZURE_CLIENT_ID`, …) are `None` here and resolved when the credential is
 /// built, from the injected environment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ProfileKind {
     /// Client credentials grant with a secret.
     ClientSecret {
@@ -458,6 +465,8 @@ impl Config {
             allow_unauthenticated_clients: raw.server.allow_unauthenticated_clients,
             default_profile: Some(s.default_profile.clone()),
             shutdown_grace: Some(duration_text(s.shutdown_grace)),
+            shutdown_delay: Some(duration_text(s.shutdown_delay)),
+            watch_config: Some(s.watch_config),
             connect_timeout: Some(duration_text(s.connect_timeout)),
             response_header_timeout: Some(duration_text(s.response_header_timeout)),
             token_wait_timeout: Some(duration_text(s.token_wait_timeout)),
@@ -504,6 +513,8 @@ impl Config {
                     authority_host: Some(
                         p.authority_host.as_str().trim_end_matches('/').to_string(),
                     ),
+                    client_capabilities: (!p.client_capabilities.is_empty())
+                        .then(|| p.client_capabilities.clone()),
                     ..Default::default()
                 };
                 match &p.kind {

@@ -123,6 +123,11 @@ pub struct RawServer {
     pub state_dir: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Option<RawDuration>,
+    /// After SIGTERM/SIGINT, how long `/readyz` answers 503 while the proxy still serves, before
+    /// the listeners close (so a load balancer stops sending first). Default 5 s.
+    pub shutdown_delay: Option<RawDuration>,
+    /// Reload the configuration when its file changes (polled every second), besides on SIGHUP.
+    pub watch_config: Option<bool>,
     /// Upstream TCP connect timeout.
     pub connect_timeout: Option<RawDuration>,
     /// Time allowed for the upstream's response headers.
@@ -189,6 +194,9 @@ pub struct RawProfile {
     pub service_connection_id: Option<String>,
     /// `azure_pipelines`: the job's access token (default `{ env = "SYSTEM_ACCESSTOKEN" }`).
     pub system_access_token: Option<SecretValue>,
+    /// Client capabilities declared to Entra (`["cp1"]`: this client handles CAE claims
+    /// challenges), sent as the `xms_cc` claims request.
+    pub client_capabilities: Option<Vec<String>>,
     /// Keys no kind knows (reported by `validate`).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,

@@ -156,6 +156,13 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
             &raw.server.shutdown_grace,
             30,
         ),
+        shutdown_delay: duration(
+            &mut errs,
+            "server.shutdown_delay",
+            &raw.server.shutdown_delay,
+            5,
+        ),
+        watch_config: raw.server.watch_config.unwrap_or(false),
         connect_timeout: duration(
             &mut errs,
             "server.connect_timeout",
@@ -228,6 +235,7 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
                     tenant_id: entra.tenant_id.clone(),
                     client_id: None,
                 },
+                client_capabilities: Vec::new(),
             },
         );
     }
@@ -776,6 +784,27 @@ fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -
             client_id: p.client_id.clone(),
         }),
     };
+    let client_capabilities = p.client_capabilities.clone().unwrap_or_default();
+    if !client_capabilities.is_empty() {
+        let k = format!("{key}.client_capabilities");
+        if matches!(
+            kind_name,
+            "azure_cli" | "azure_developer_cli" | "managed_identity"
+        ) {
+            errs.add(
+                k,
+                format!("kind `{kind_name}` cannot send claims to Entra, so it cannot declare client capabilities"),
+            );
+        } else if let Some(bad) = client_capabilities
+            .iter()
+            .find(|c| c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+        {
+            errs.add(
+                k,
+                format!("`{bad}` is not a capability name; expected e.g. [\"cp1\"] (CAE)"),
+            );
+        }
+    }
     if errs.0.len() != before {
         return None;
     }
@@ -783,6 +812,7 @@ fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -
         name: name.to_string(),
         authority_host: authority_host?,
         kind: kind?,
+        client_capabilities,
     })
 }
 

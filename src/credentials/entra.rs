@@ -223,6 +223,16 @@ impl EntraClient {
             .await
             .map_err(|e| transport_error(&e, token_url, self.egress.as_ref()))?;
         if status.is_success() {
+            if looks_like_html(&content_type, &body) {
+                return Err(CredentialError::new(
+                    ErrorClass::BadResponse,
+                    format!(
+                        "Entra answered HTTP {} with an HTML page instead of a token: {NOT_ENTRA}",
+                        status.as_u16()
+                    ),
+                )
+                .into());
+            }
             return parse_full(&body).map_err(FullTokenError::from);
         }
         let mut err = parse_error(status.as_u16(), &content_type, &body);
@@ -255,6 +265,9 @@ fn transport_error(
     } else {
         ErrorClass::Network
     };
+    // Connecting (refused, DNS, TLS, a SYN nobody answers) and a connection that broke after the
+    // request went out (reset, closed mid-answer, a stalled body) call for different checks.
+    let connecting = e.is_connect();
     // reqwest's Display names the URL (no secrets: the form is in the body); walk the sources for
     // the cause (refused, reset, DNS, TLS).
     let mut cause = String::new();
@@ -265,12 +278,18 @@ fn transport_error(
     }
     let via = egress.filter(|p| url.parse::<http::Uri>().is_ok_and(|u| p.intercepts(&u)));
     let message = match (what, via) {
+        (ErrorClass::Timeout, None) if connecting => format!(
+            "timed out connecting to Entra at {url}: is a firewall dropping the traffic, or is an egress proxy needed (server.egress_proxy)?"
+        ),
         (ErrorClass::Timeout, None) => format!("Entra did not answer in time ({url})"),
         (ErrorClass::Timeout, Some(p)) => format!(
             "Entra did not answer in time ({url}, through the egress proxy {})",
             p.authority()
         ),
-        (_, None) => format!("cannot reach Entra at {url}: {cause}"),
+        (_, None) if connecting => format!("cannot reach Entra at {url}: {cause}"),
+        (_, None) => format!(
+            "the connection to Entra at {url} broke before a complete answer: {cause}"
+        ),
         (_, Some(p)) => format!(
             "cannot reach Entra at {url} through the egress proxy {}: {}",
             p.authority(),
@@ -338,7 +357,17 @@ fn parse_full(body: &[u8]) -> Result<FullToken, CredentialError> {
     })
 }
 
-/// Turns an Entra error answer into a classified, explained error.
+/// What an HTML answer on the token endpoint means: Entra answers JSON, always.
+const NOT_ENTRA: &str = "something between patless and Entra (a proxy, a firewall, a captive portal) answered instead; check the network path and entra.authority_host";
+
+/// An HTML page (by type, or by its first byte when the type is missing or wrong).
+fn looks_like_html(content_type: &str, body: &[u8]) -> bool {
+    content_type.contains("html") || body.trim_ascii_start().first() == Some(&b'<')
+}
+
+/// Turns an Entra error answer into a classified, explained error. Entra's own errors are JSON;
+/// an HTML page, whatever its status, comes from something in between and is `bad_response`
+/// (a 429 stays `throttled`, so its `Retry-After` reads as what it is).
 pub fn parse_error(status: u16, content_type: &str, body: &[u8]) -> CredentialError {
     let parsed: Option<ErrorBody> = if content_type.contains("json") || body.first() == Some(&b'{')
     {
@@ -347,17 +376,21 @@ pub fn parse_error(status: u16, content_type: &str, body: &[u8]) -> CredentialEr
         None
     };
     let Some(parsed) = parsed.filter(|p| p.error.is_some()) else {
+        let html = looks_like_html(content_type, body);
         let class = match status {
             429 => ErrorClass::Throttled,
+            _ if html => ErrorClass::BadResponse,
             500..=599 => ErrorClass::ServerError,
             _ => ErrorClass::BadResponse,
         };
-        let kind = if content_type.contains("html") {
-            "an HTML page"
+        let message = if html {
+            format!(
+                "Entra answered HTTP {status} with an HTML page, not an Entra answer: {NOT_ENTRA}"
+            )
         } else {
-            "a body that is not an Entra error"
+            format!("Entra answered HTTP {status} with a body that is not an Entra error")
         };
-        return CredentialError::new(class, format!("Entra answered HTTP {status} with {kind}"));
+        return CredentialError::new(class, message);
     };
     let error = parsed.error.unwrap_or_default();
     let codes = parsed.error_codes;
@@ -448,11 +481,32 @@ mod tests {
 
     #[test]
     fn html_and_throttle() {
+        // An HTML page is not Entra speaking, whatever its status.
+        for (status, ct, body) in [
+            (502, "text/html", &b"<html>"[..]),
+            (503, "text/html; charset=utf-8", b"<!DOCTYPE html><html>"),
+            (400, "", b"  <html><body>blocked</body></html>"),
+        ] {
+            let e = parse_error(status, ct, body);
+            assert_eq!(e.class, ErrorClass::BadResponse, "{status} {ct}");
+            assert!(e.message.contains("HTML page"), "{}", e.message);
+            assert!(
+                e.message.contains(&format!("HTTP {status}")),
+                "{}",
+                e.message
+            );
+        }
+        // A 5xx that is not a page (a bare 503 from a load balancer, an empty 500) is the server's.
+        assert_eq!(parse_error(503, "", b"").class, ErrorClass::ServerError);
         assert_eq!(
-            parse_error(502, "text/html", b"<html>").class,
+            parse_error(500, "text/plain", b"oops").class,
             ErrorClass::ServerError
         );
         assert_eq!(parse_error(429, "", b"").class, ErrorClass::Throttled);
+        assert_eq!(
+            parse_error(429, "text/html", b"<html>slow down</html>").class,
+            ErrorClass::Throttled
+        );
         assert_eq!(
             parse_error(
                 400,

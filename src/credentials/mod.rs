@@ -5,6 +5,7 @@ mod auto;
 mod azure_cli;
 mod azure_developer_cli;
 mod azure_pipelines;
+pub mod capabilities;
 mod cli_process;
 mod client_certificate;
 mod client_secret;
@@ -83,9 +84,10 @@ pub enum ErrorClass {
     Timeout,
     /// Could not connect or the connection broke.
     Network,
-    /// 5xx.
+    /// 5xx (an Entra error body, or a bare status).
     ServerError,
-    /// An answer that is not what the protocol promises.
+    /// An answer that is not what the protocol promises: malformed JSON, or an HTML page (from
+    /// a proxy or portal in between, whatever its status).
     BadResponse,
     /// No credential source is configured or found.
     NotConfigured,
@@ -249,8 +251,24 @@ fn or_env(value: &Option<String>, env: &dyn crate::env::Environment, name: &str)
         .or_else(|| crate::env::non_empty(env, name))
 }
 
-/// Builds the credential of a profile.
+/// Builds the credential of a profile (with its client capabilities, if it declares any).
 pub fn build(profile: &Profile, ctx: &CredentialContext) -> Built {
+    let built = build_kind(profile, ctx);
+    if profile.client_capabilities.is_empty() {
+        return built;
+    }
+    let caps = profile.client_capabilities.join(", ");
+    let source = built.source;
+    Built {
+        credential: Arc::new(capabilities::WithCapabilities::new(
+            built.credential,
+            profile.client_capabilities.clone(),
+        )),
+        source: Arc::new(move || format!("{}; client capabilities: {caps}", source())),
+    }
+}
+
+fn build_kind(profile: &Profile, ctx: &CredentialContext) -> Built {
     let env = ctx.env.as_ref();
     match &profile.kind {
         ProfileKind::ClientSecret {

@@ -32,6 +32,9 @@ pub enum ProxyError {
     /// The request target is longer than `server.max_uri_bytes`.
     #[error("the request target is {0} bytes, more than server.max_uri_bytes allows")]
     UriTooLong(usize),
+    /// The client's request body could not be read (it broke off, or did not match its length).
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
     /// No token can be had.
     #[error("{message}")]
     TokenUnavailable {
@@ -67,6 +70,7 @@ impl ProxyError {
             ProxyError::HostNotAllowed | ProxyError::NotAnOpenProxy(_) => "host_not_allowed",
             ProxyError::InboundAuthRequired => "inbound_auth_required",
             ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::ClientBody(_) => "invalid_body",
             ProxyError::CrossSiteRequest => "cross_site_request",
             ProxyError::TokenUnavailable { .. } => "token_unavailable",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -84,6 +88,7 @@ impl ProxyError {
             | ProxyError::NotAnOpenProxy(_) => StatusCode::FORBIDDEN,
             ProxyError::InboundAuthRequired => StatusCode::UNAUTHORIZED,
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -1,8 +1,10 @@
 //! The proxy: one road for every request, in this order.
 //!
 //! 1. **listener** — `server` accepts the connection and hands each request here.
-//! 2. **inbound policy** — `Host` must be loopback or in `allowed_hosts`; a browser's cross-site
-//!    request (`Sec-Fetch-Site`, or an `Origin` not in `allowed_origins`) is refused → `403`.
+//! 2. **inbound policy** — not an open proxy (`CONNECT`, foreign absolute-form targets → `403`);
+//!    `Host` must be loopback or in `allowed_hosts`; a browser's cross-site request
+//!    (`Sec-Fetch-Site`, or an `Origin` not in `allowed_origins`) is refused → `403`; the
+//!    `inbound_token`, when set, must be presented → `401`.
 //! 3. **path check** — dot segments, encoded slashes and bad escapes → `400 invalid_path`.
 //! 4. **route** — longest explicit prefix on whole segments, else `/{known-host}/…` → else
 //!    `404 no_route`.
@@ -11,18 +13,25 @@
 //! 6. **rewrite** — path after the prefix onto the upstream base; hop-by-hop headers, the client's
 //!    `Authorization` and `Proxy-Authorization` dropped; `Authorization: Bearer …` (sensitive) and,
 //!    toward Azure DevOps, `X-TFS-FedAuthRedirect: Suppress` set; `Host` becomes the upstream's.
-//! 7. **forward** — the body streams upstream as it arrives; connect and response-header timeouts
-//!    apply (`502 upstream_unreachable`, `504 upstream_timeout`), the body itself has none.
+//! 7. **forward** — a body of known length ≤ 1 MiB is read first (replayable); any other streams
+//!    upstream as it arrives; connect and response-header timeouts apply
+//!    (`502 upstream_unreachable`, `504 upstream_timeout`), the body itself has none. When the
+//!    upstream refuses the token of a replayable request (`challenge.rs`: a `401`, a claims
+//!    challenge, Azure DevOps's sign-in answers), the entry replaces it (single-flight) and the
+//!    request is replayed once.
 //! 8. **response** — hop-by-hop headers dropped, a `Location` into the upstream rewritten to the
 //!    proxy's path, the body streamed back.
 //! 9. **metrics/log** — `patless_requests_total{route,status}`, the duration histogram, upstream
 //!    error counters, one debug log line (never a header value).
 
+pub mod body;
+pub mod challenge;
 pub mod error;
 pub mod inbound;
 pub mod path;
 pub mod routing;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +50,56 @@ pub use routing::{RouteTarget, Router};
 
 use crate::egress::EgressConnector;
 use crate::metrics::Metrics;
+use crate::token::{self, CachedToken};
+
+/// How much of an unread request body is read (and dropped) before an early answer.
+const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+/// How long that may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops `body`, up to [`DRAIN_BYTES`] or [`DRAIN_TIME`].
+async fn drain(mut body: Incoming) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Request bodies up to this size are buffered so they can be replayed after a refusal.
+pub const MAX_REPLAY_BYTES: u64 = 1024 * 1024;
+
+/// A request body as forwarded: buffered (and so replayable) or streamed.
+enum RequestBody {
+    Empty,
+    Buffered(Bytes),
+    Streaming(Incoming),
+}
+
+impl RequestBody {
+    /// A copy for a replay, if this body can be replayed.
+    fn replayable(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Buffered(b) => Some(RequestBody::Buffered(b.clone())),
+            RequestBody::Streaming(_) => None,
+        }
+    }
+
+    fn into_body(self) -> ProxyBody {
+        use http_body_util::{Empty, Full};
+        match self {
+            RequestBody::Empty => Empty::new().map_err(BoxError::from).boxed_unsync(),
+            RequestBody::Buffered(b) => Full::new(b).map_err(BoxError::from).boxed_unsync(),
+            RequestBody::Streaming(b) => b.map_err(BoxError::from).boxed_unsync(),
+        }
+    }
+}
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -156,11 +215,38 @@ impl Proxy {
 
     /// Handles one request; never fails (errors become their JSON answers).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        // A client that waits for `100 Continue` has not sent its body: nothing to drain.
+        let waits_for_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let mut unread = (!http_body::Body::is_end_stream(&body)).then_some(body);
+        let mut resp = self.handle_request(parts, &mut unread).await;
+        // An answer given before the request body was read (a refusal, no token): read and drop
+        // the body first (bounded), so a client still sending it reads the answer instead of a
+        // broken pipe, and close the connection, saying so, so a pooling client does not send
+        // its next request into it.
+        if let Some(body) = unread {
+            if !waits_for_continue {
+                drain(body).await;
+            }
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    async fn handle_request(
+        &self,
+        mut parts: http::request::Parts,
+        unread: &mut Option<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         // 2. inbound policy
         if let Err(refused) = self
             .inbound
-            .check_request(req.method(), req.uri(), req.headers())
+            .check_request(&parts.method, &parts.uri, &parts.headers)
         {
             self.metrics
                 .inbound_rejections
@@ -169,15 +255,15 @@ impl Proxy {
             return self.reject(refused, None, started);
         }
         // 3. path check
-        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > self.settings.max_uri_bytes {
             return self.reject(ProxyError::UriTooLong(target_len), None, started);
         }
-        if let Err(why) = path::validate(req.uri().path()) {
+        if let Err(why) = path::validate(parts.uri.path()) {
             return self.reject(ProxyError::InvalidPath(why), None, started);
         }
         // 4. route
-        let Some(routed) = self.router.route(req.uri().path(), req.uri().query()) else {
+        let Some(routed) = self.router.route(parts.uri.path(), parts.uri.query()) else {
             return self.reject(ProxyError::NoRoute, None, started);
         };
         let target = routed.target;
@@ -196,7 +282,7 @@ impl Proxy {
             }
         };
         // 6. rewrite
-        let (mut parts, body) = req.into_parts();
+        let body = unread.take();
         let uri = match Uri::builder()
             .scheme(target.scheme.clone())
             .authority(target.authority.clone())
@@ -212,6 +298,17 @@ impl Proxy {
                 )
             }
         };
+        // An API call: only then is an Azure DevOps HTML answer a sign-in page (challenge.rs).
+        let expects_api = {
+            let accepts = |what: &str| {
+                parts
+                    .headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| v.contains(what)))
+            };
+            !accepts("text/html") && (routed.path_and_query.contains("/_apis") || accepts("json"))
+        };
         strip_hop_by_hop(&mut parts.headers);
         let h = &mut parts.headers;
         h.remove(header::AUTHORIZATION);
@@ -220,22 +317,171 @@ impl Proxy {
         if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
             h.insert(header::HOST, host);
         }
-        h.insert(header::AUTHORIZATION, token.header.clone());
         if target.azure_devops {
             h.insert(TFS_FEDAUTH.clone(), HeaderValue::from_static("Suppress"));
         }
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
-        drop(token);
+        // A body small enough to replay after a refusal (SPEC §5) is read first; any other streams.
+        let body = match body {
+            None => RequestBody::Empty,
+            Some(body) => match http_body::Body::size_hint(&body).exact() {
+                Some(0) => RequestBody::Empty,
+                Some(n) if n <= MAX_REPLAY_BYTES => match body.collect().await {
+                    Ok(collected) => RequestBody::Buffered(collected.to_bytes()),
+                    Err(e) => {
+                        return self.reject(
+                            ProxyError::ClientBody(e.to_string()),
+                            Some(&target),
+                            started,
+                        )
+                    }
+                },
+                _ => RequestBody::Streaming(body),
+            },
+        };
         // 7. forward
+        let replay = body.replayable().map(|b| (parts.clone(), b));
+        let mut resp = match self.forward(parts, &token, body.into_body(), &target).await {
+            Ok(r) => r,
+            Err(e) => return self.reject(e, Some(&target), started),
+        };
+        // 7b. a refusal: replay once with a fresh token when the body allows, else pass the
+        // answer on and replace the token in the background for the requests that follow.
+        let refused = challenge::refusal(
+            resp.status(),
+            resp.headers(),
+            target.azure_devops,
+            expects_api,
+        );
+        match (refused, replay) {
+            (None, _) => token.mark_accepted(),
+            (Some(refusal), replay) => {
+                let (why, claims) = match refusal {
+                    challenge::Refusal::Token(why) => (why, None),
+                    challenge::Refusal::Claims(c) => ("claims challenge", Some(c)),
+                };
+                let Some((parts, body)) = replay else {
+                    tracing::info!(
+                        route = %target.label,
+                        profile = %target.profile,
+                        refusal = why,
+                        "the upstream refused the token of a request too large to replay: \
+                         passing its answer on, replacing the token for the next ones"
+                    );
+                    let entry = Arc::clone(&target.entry);
+                    let rejected = Arc::clone(&token);
+                    tokio::spawn(async move {
+                        let _ = entry.reacquire(&rejected, claims).await;
+                    });
+                    return self.respond(resp, &target, started);
+                };
+                match target.entry.reacquire(&token, claims).await {
+                    Ok(fresh) => {
+                        self.metrics
+                            .upstream_auth_retries
+                            .with_label_values(&[&*target.label])
+                            .inc();
+                        tracing::info!(
+                            route = %target.label,
+                            profile = %target.profile,
+                            refusal = why,
+                            "the upstream refused the token; replaying once with a fresh one"
+                        );
+                        drop(resp);
+                        resp = match self.forward(parts, &fresh, body.into_body(), &target).await {
+                            Ok(r) => r,
+                            Err(e) => return self.reject(e, Some(&target), started),
+                        };
+                        let again = challenge::refusal(
+                            resp.status(),
+                            resp.headers(),
+                            target.azure_devops,
+                            expects_api,
+                        );
+                        if again.is_none() {
+                            fresh.mark_accepted();
+                        }
+                    }
+                    Err(token::NoReplay::RecentlyReplaced) => {}
+                    // The token is known to be refused and no other can be had now: the client
+                    // is told so (and when to retry), as for any request without a valid token.
+                    Err(token::NoReplay::Unavailable(e)) => {
+                        return self.reject(
+                            ProxyError::TokenUnavailable {
+                                message: format!(
+                                    "the upstream refused the token ({why}) and no fresh one can \
+                                     be had: {}",
+                                    e.message
+                                ),
+                                retry_after: e.retry_after,
+                            },
+                            Some(&target),
+                            started,
+                        )
+                    }
+                }
+            }
+        }
+        drop(token);
+        self.respond(resp, &target, started)
+    }
+
+    /// Steps 8 and 9: the upstream's answer, rewritten, streamed back and counted.
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        target: &RouteTarget,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        // 8. response
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(loc) = parts.headers.get(header::LOCATION) {
+            if let Some(new) = rewrite_location(loc, target) {
+                parts.headers.insert(header::LOCATION, new);
+            }
+        }
+        // 9. metrics/log
+        self.observe(&target.label, parts.status, started);
+        tracing::debug!(
+            route = %target.label,
+            status = parts.status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "proxied"
+        );
+        Response::from_parts(
+            parts,
+            body::CountedBody::new(
+                body,
+                self.metrics.upstream_errors.clone(),
+                Arc::clone(&target.label),
+            )
+            .map_err(BoxError::from)
+            .boxed_unsync(),
+        )
+    }
+
+    /// Sends one request upstream with `token`; connect failures and a missing answer become
+    /// their errors, counted in `patless_upstream_errors_total`.
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        token: &CachedToken,
+        body: ProxyBody,
+        target: &RouteTarget,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        parts
+            .headers
+            .insert(header::AUTHORIZATION, token.header.clone());
+        let upstream_req = Request::from_parts(parts, body);
         let result = tokio::time::timeout(
             self.settings.response_header_timeout,
             self.client.request(upstream_req),
         )
         .await;
-        let resp = match result {
-            Ok(Ok(resp)) => resp,
+        match result {
+            Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let kind = if e.is_connect() {
                     "connect"
@@ -252,47 +498,22 @@ impl Proxy {
                     reason = s.to_string();
                     src = s.source();
                 }
-                return self.reject(
-                    ProxyError::UpstreamUnreachable {
-                        authority: target.authority.to_string(),
-                        reason,
-                    },
-                    Some(&target),
-                    started,
-                );
+                Err(ProxyError::UpstreamUnreachable {
+                    authority: target.authority.to_string(),
+                    reason,
+                })
             }
             Err(_) => {
                 self.metrics
                     .upstream_errors
                     .with_label_values(&[&*target.label, "timeout"])
                     .inc();
-                return self.reject(
-                    ProxyError::UpstreamTimeout {
-                        authority: target.authority.to_string(),
-                        secs: self.settings.response_header_timeout.as_secs(),
-                    },
-                    Some(&target),
-                    started,
-                );
-            }
-        };
-        // 8. response
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(loc) = parts.headers.get(header::LOCATION) {
-            if let Some(new) = rewrite_location(loc, &target) {
-                parts.headers.insert(header::LOCATION, new);
+                Err(ProxyError::UpstreamTimeout {
+                    authority: target.authority.to_string(),
+                    secs: self.settings.response_header_timeout.as_secs(),
+                })
             }
         }
-        // 9. metrics/log
-        self.observe(&target.label, parts.status, started);
-        tracing::debug!(
-            route = %target.label,
-            status = parts.status.as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "proxied"
-        );
-        Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
     }
 
     fn observe(&self, route: &str, status: http::StatusCode, started: Instant) {
@@ -322,6 +543,7 @@ impl Proxy {
             | ProxyError::CrossSiteRequest
             | ProxyError::NotAnOpenProxy(_)
             | ProxyError::InboundAuthRequired
+            | ProxyError::ClientBody(_)
             | ProxyError::UriTooLong(_) => {
                 tracing::debug!(request_id = %id, code = err.code(), "refused: {err}")
             }

@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (every profile a route uses has held a valid
-//! token), `/metrics` (Prometheus text).
+//! token, and patless is not shutting down), `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 
@@ -46,8 +46,13 @@ pub fn readiness(app: &App) -> (bool, serde_json::Value) {
     )
 }
 
-/// Handles one admin request.
-pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+/// Handles one admin request. `shutting_down`: SIGTERM/SIGINT arrived, so `/readyz` answers 503
+/// (a load balancer stops sending) while the proxy still serves, until the listeners close.
+pub async fn handle(
+    app: Arc<App>,
+    shutting_down: bool,
+    req: Request<hyper::body::Incoming>,
+) -> Response<ProxyBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -62,7 +67,12 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Respo
             r#"{"status":"ok"}"#.into(),
         ),
         "/readyz" => {
-            let (ready, body) = readiness(&app);
+            let (ready, mut body) = readiness(&app);
+            let ready = ready && !shutting_down;
+            if shutting_down {
+                body["ready"] = serde_json::Value::Bool(false);
+                body["shutting_down"] = serde_json::Value::Bool(true);
+            }
             let status = if ready {
                 StatusCode::OK
             } else {

@@ -1,6 +1,8 @@
-//! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`.
+//! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`, config
+//! reloads in `reload`.
 
 pub mod admin;
+pub mod reload;
 pub mod watchdog;
 
 use std::future::Future;
@@ -73,15 +75,14 @@ impl Listener {
     }
 }
 
-/// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves, then stops accepting and
-/// lets open connections finish for up to `grace`. `limits` bound what clients may send: head size
+/// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves with a grace period,
+/// then stops accepting and lets open connections finish for up to that grace. `limits` bound what clients may send: head size
 /// (→ 431), the time to send a request head (→ closed), how long a kept-alive connection may sit
 /// idle (→ closed), and concurrent connections (one more gets a JSON 503 and is closed).
 pub async fn serve<H, F>(
     listener: Listener,
     handler: H,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    shutdown: impl Future<Output = Duration>,
     limits: Limits,
     name: &'static str,
 ) where
@@ -89,6 +90,8 @@ pub async fn serve<H, F>(
     F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so the ones still open when the grace runs out can be ended.
+    let mut connections = tokio::task::JoinSet::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -106,10 +109,11 @@ pub async fn serve<H, F>(
     ]);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
-    loop {
+    let grace = loop {
+        while connections.try_join_next().is_some() {}
         let accepted = tokio::select! {
             biased;
-            _ = &mut shutdown => break,
+            grace = &mut shutdown => break grace,
             a = accept(&listener) => a,
         };
         let clock = watchdog::ConnClock::new();
@@ -128,7 +132,7 @@ pub async fn serve<H, F>(
                 max = limits.max_connections,
                 "connection limit reached"
             );
-            tokio::spawn(async move { refuse_busy(&mut io).await });
+            connections.spawn(async move { refuse_busy(&mut io).await });
             continue;
         };
         let h = handler.clone();
@@ -153,7 +157,7 @@ pub async fn serve<H, F>(
         let conn = builder.serve_connection(io, svc);
         let conn = graceful.watch(conn);
         let (head, idle) = (limits.header_read_timeout, limits.idle_timeout);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             tokio::select! {
                 r = conn => if let Err(e) = r {
                     tracing::debug!(listener = name, "connection ended: {e}");
@@ -164,11 +168,11 @@ pub async fn serve<H, F>(
             }
             drop(slot);
         });
-    }
+    };
     drop(listener);
     tracing::info!(
         listener = name,
-        grace_s = grace.as_secs(),
+        grace_ms = grace.as_millis() as u64,
         "draining connections"
     );
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -179,6 +183,7 @@ pub async fn serve<H, F>(
             listener = name,
             "grace period over; closing the remaining connections"
         );
+        connections.abort_all();
     }
 }
 

@@ -33,6 +33,13 @@ pub struct CachedToken {
     pub usable_until: Instant,
     /// Expiry as Unix seconds (for metrics and `patless token`).
     pub expires_unix: u64,
+    /// When it was received.
+    pub acquired_at: Instant,
+    /// It was acquired because an upstream rejected its predecessor (see
+    /// [`TokenEntry::reacquire`]).
+    pub forced: bool,
+    /// An upstream has accepted it at least once.
+    accepted: AtomicBool,
 }
 
 impl CachedToken {
@@ -44,6 +51,18 @@ impl CachedToken {
     /// Whether it may still be sent.
     pub fn is_usable(&self) -> bool {
         Instant::now() < self.usable_until
+    }
+
+    /// Notes that an upstream accepted it (written once per token, so the hot path only reads).
+    pub fn mark_accepted(&self) {
+        if !self.accepted.load(Ordering::Relaxed) {
+            self.accepted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an upstream has accepted it.
+    pub fn was_accepted(&self) -> bool {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 
@@ -79,6 +98,22 @@ pub struct CacheKey {
     pub claims: Option<String>,
 }
 
+/// A token acquired by [`TokenEntry::reacquire`] that is refused before any upstream accepted it
+/// is not replaced again within this: an identity the API refuses (no permission, not a member
+/// of the organization) must not turn every request into a token request. A replacement that
+/// was accepted and is refused later (a revocation, a claims challenge) is replaced at once.
+pub const FORCED_REACQUIRE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why [`TokenEntry::reacquire`] gives no fresh token: the original answer is passed on.
+#[derive(Debug, Clone)]
+pub enum NoReplay {
+    /// The rejected token was itself a forced replacement, younger than
+    /// [`FORCED_REACQUIRE_INTERVAL`].
+    RecentlyReplaced,
+    /// The acquisition failed (the token stays invalidated: it is known to be refused).
+    Unavailable(TokenUnavailable),
+}
+
 /// Timing settings of the cache.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
@@ -107,6 +142,10 @@ pub struct TokenEntry {
     started: AtomicBool,
     wake: Notify,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// A forced acquisition asked for by [`TokenEntry::reacquire`]: `Some(claims)`.
+    forced: Mutex<Option<Option<String>>>,
+    /// Counts forced acquisitions asked for; the refresher notes the count it served.
+    wanted: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for TokenEntry {
@@ -211,6 +250,56 @@ impl TokenEntry {
         }
     }
 
+    /// An upstream refused `rejected` (a `401`, or a claims challenge when `claims` is given):
+    /// drop it, have the refresher acquire a replacement — bypassing the cached token, with the
+    /// challenge's claims if any — and wait for it, single-flight like any acquisition. When
+    /// another request already replaced `rejected` (and no claims are asked for), the newer token
+    /// is the answer.
+    pub async fn reacquire(
+        self: &Arc<Self>,
+        rejected: &Arc<CachedToken>,
+        claims: Option<String>,
+    ) -> Result<Arc<CachedToken>, NoReplay> {
+        let current = self.current.load_full();
+        let still_current = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, rejected));
+        if !still_current {
+            // Another request already replaced it, or its replacement is under way.
+            return self.get().await.map_err(NoReplay::Unavailable);
+        }
+        if rejected.forced
+            && !rejected.was_accepted()
+            && rejected.acquired_at.elapsed() < FORCED_REACQUIRE_INTERVAL
+        {
+            tracing::debug!(
+                profile = %self.key.profile,
+                scope = %self.key.scope,
+                "the upstream refused a token acquired after a refusal moments ago: passing its \
+                 answer on rather than asking Entra again"
+            );
+            return Err(NoReplay::RecentlyReplaced);
+        }
+        {
+            // Under the lock the refresher takes the request with, so it sees both or neither.
+            let mut forced = self.forced.lock().unwrap_or_else(|e| e.into_inner());
+            // Only the rejected token is dropped; one that replaced it meanwhile stays.
+            let prev = self.current.compare_and_swap(&current, None);
+            let swapped = match (&*prev, &current) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if !swapped {
+                drop(forced);
+                return self.get().await.map_err(NoReplay::Unavailable);
+            }
+            *forced = Some(claims);
+            self.wanted.fetch_add(1, Ordering::AcqRel);
+        }
+        self.start();
+        // A stored permit: the refresher acquires at its next wait even if it is busy right now.
+        self.wake.notify_one();
+        self.get().await.map_err(NoReplay::Unavailable)
+    }
+
     fn unavailable(&self, err: &CredentialError, retry: Duration) -> TokenUnavailable {
         TokenUnavailable {
             message: format!(
@@ -240,10 +329,17 @@ impl TokenEntry {
         loop {
             self.status.send_modify(|s| s.acquiring = true);
             let started = Instant::now();
+            let (served, forced) = {
+                let mut f = self.forced.lock().unwrap_or_else(|e| e.into_inner());
+                (self.wanted.load(Ordering::Acquire), f.take())
+            };
+            let claims = match &forced {
+                Some(Some(challenge)) => Some(challenge.as_str()),
+                _ => self.key.claims.as_deref(),
+            };
             let result = match tokio::time::timeout(
                 self.settings.acquire_timeout,
-                self.credential
-                    .acquire(&self.key.scope, self.key.claims.as_deref()),
+                self.credential.acquire(&self.key.scope, claims),
             )
             .await
             {
@@ -287,6 +383,9 @@ impl TokenEntry {
                                 expires_at: now + lifetime,
                                 usable_until: now + lifetime - schedule::skew_margin(lifetime),
                                 expires_unix,
+                                acquired_at: now,
+                                forced: forced.is_some(),
+                                accepted: AtomicBool::new(false),
                             })));
                             self.metrics
                                 .token_expiry
@@ -297,6 +396,8 @@ impl TokenEntry {
                                 scope = %self.key.scope,
                                 lifetime_s = lifetime.as_secs(),
                                 refresh_in_s = (refresh_at - now).as_secs(),
+                                after_refusal = forced.is_some(),
+                                with_claims = matches!(forced, Some(Some(_))),
                                 "token acquired"
                             );
                             self.status.send_modify(|s| {
@@ -325,13 +426,17 @@ impl TokenEntry {
                 }
             };
             match sleep_until {
-                // Healthy: sleep until refresh time, or until a request finds the token unusable.
-                Some(at) => {
+                // Healthy: sleep until refresh time, or until a request finds the token unusable or
+                // an upstream refused it (a wake that finds neither is ignored).
+                Some(at) => loop {
+                    if self.wanted.load(Ordering::Acquire) != served || self.usable().is_none() {
+                        break;
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
+                        _ = tokio::time::sleep_until(at) => break,
                         _ = self.wake.notified() => {}
                     }
-                }
+                },
                 // Backing off: hold off Entra, whatever the requests do (no storm).
                 None => {
                     let at = self
@@ -457,6 +562,8 @@ impl TokenCache {
                 started: AtomicBool::new(false),
                 wake: Notify::new(),
                 task: Mutex::new(None),
+                forced: Mutex::new(None),
+                wanted: std::sync::atomic::AtomicU64::new(0),
             })
         });
         Some(Arc::clone(entry))
@@ -468,6 +575,44 @@ impl TokenCache {
             .lock()
             .map(|e| e.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Takes over the entries of `old` that `keep` picks — the same objects, so their tokens and
+    /// running refreshers carry on (a config reload that left their profiles unchanged; those
+    /// profiles' credentials in this cache must be `old`'s too). Returns the keys taken over;
+    /// until [`TokenCache::release`], both caches hold them.
+    pub fn adopt(&self, old: &TokenCache, keep: impl Fn(&CacheKey) -> bool) -> Vec<CacheKey> {
+        let mut adopted = Vec::new();
+        let theirs = old.entries();
+        if let Ok(mut ours) = self.entries.lock() {
+            for e in theirs.into_iter().filter(|e| keep(&e.key)) {
+                adopted.push(e.key.clone());
+                ours.insert(e.key.clone(), e);
+            }
+        }
+        adopted
+    }
+
+    /// Forgets the entries of `keys` without stopping them, because another cache adopted
+    /// them: dropping or stopping this cache then leaves their refreshers running.
+    pub fn release(&self, keys: &[CacheKey]) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|k, _| !keys.contains(k));
+        }
+    }
+
+    /// Stops the refresher of every entry this cache holds, now (shutdown, or a replaced
+    /// configuration's entries); returns their keys. A stopped entry's cached token stays
+    /// readable, but nothing renews it.
+    pub fn stop(&self) -> Vec<CacheKey> {
+        let mut stopped = Vec::new();
+        for e in self.entries() {
+            if let Some(task) = e.task.lock().ok().and_then(|mut t| t.take()) {
+                task.abort();
+                stopped.push(e.key.clone());
+            }
+        }
+        stopped
     }
 }
 

@@ -429,6 +429,16 @@ fn issue_refresh_token(u: &mut UserState, family: u64, client_id: &str) -> Strin
     rt
 }
 
+/// `exp` for a token living `lifetime_secs` from now, rounded up to the next whole second: a
+/// token lives at least its `expires_in` (rounding down would cut up to a second off a 3-second
+/// soak token, which patless, told 3 s, would then send expired).
+fn exp_after(lifetime_secs: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    now.as_secs() + lifetime_secs + u64::from(now.subsec_nanos() > 0)
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -496,7 +506,7 @@ pub fn token_claims(audience: &str, lifetime_secs: u64) -> Value {
         "iss": format!("https://sts.windows.net/{TENANT}/"),
         "iat": now - 300,
         "nbf": now - 300,
-        "exp": now + lifetime_secs,
+        "exp": exp_after(lifetime_secs),
         "aio": random_string(40),
         "appid": CLIENT_ID,
         "appidacr": "1",
@@ -520,7 +530,7 @@ pub fn user_token_claims(audience: &str, lifetime_secs: u64, client_id: &str) ->
         "iss": format!("https://sts.windows.net/{TENANT}/"),
         "iat": now - 300,
         "nbf": now - 300,
-        "exp": now + lifetime_secs,
+        "exp": exp_after(lifetime_secs),
         "acr": "1",
         "aio": random_string(40),
         "amr": ["pwd", "mfa"],
@@ -869,11 +879,20 @@ fn client_credentials(
     };
 
     let lifetime = state.lifetime.load(Ordering::SeqCst);
-    let token = mint_token(&audience, lifetime);
+    let mut claims = token_claims(&audience, lifetime);
+    // A claims request (CAE challenge, client capabilities) is echoed into the token, so the
+    // fake upstream can tell a token that satisfies its challenge.
+    if let Some(requested) = form.get("claims") {
+        claims[CLAIMS_REQUEST_CLAIM] = Value::String(requested.clone());
+    }
+    let token = sign_token(&claims);
     lock(&state.issued).push(token.clone());
     let body = success_body(state, lifetime, token);
     json_response(StatusCode::OK, &body)
 }
+
+/// The token claim where the fake copies a client-credentials request's `claims` parameter.
+pub const CLAIMS_REQUEST_CLAIM: &str = "test_claims_request";
 
 /// `token_type`, `expires_in`, `ext_expires_in`, `access_token` (+ `refresh_in` when set).
 fn success_body(state: &State, lifetime: u64, token: String) -> Value {

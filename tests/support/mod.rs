@@ -7,6 +7,7 @@ pub mod capture;
 pub mod certs;
 pub mod entra;
 pub mod fake_cli;
+pub mod faults;
 pub mod msi;
 pub mod patless;
 pub mod pipelines;

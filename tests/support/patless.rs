@@ -1,11 +1,14 @@
 //! Starts patless in process, the way `main` does, on listeners bound to `127.0.0.1:0`.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use patless::config::{load_from_str, ConfigSource, Format};
 use patless::env::MapEnv;
+use patless::server::reload::{ReloadHandle, Reloader};
 use patless::server::Listener;
-use patless::{App, Listeners};
+use patless::{App, Listeners, RunOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,6 +28,7 @@ pub struct Patless {
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    reload: Option<ReloadHandle>,
 }
 
 impl Patless {
@@ -33,16 +37,46 @@ impl Patless {
         Self::start_with_env(toml, MapEnv::default()).await
     }
 
-    /// Starts patless with `toml` and the environment `env`.
+    /// Starts patless with `toml` and the environment `env`. Unless `toml` sets
+    /// `server.shutdown_delay`, it is 0 here (not 5 s): stopping a test's patless is immediate.
     pub async fn start_with_env(toml: &str, env: MapEnv) -> Patless {
-        let loaded = load_from_str(toml, Format::Toml, ConfigSource::Embedded, &env)
+        let mut loaded = load_from_str(toml, Format::Toml, ConfigSource::Embedded, &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        if loaded.raw.server.shutdown_delay.is_none() {
+            loaded.config.server.shutdown_delay = Duration::ZERO;
+        }
         let app = App::new(
             loaded.config,
             std::sync::Arc::new(env),
             prometheus::Registry::new(),
         )
         .expect("app builds");
+        Self::launch(app, None).await
+    }
+
+    /// Starts patless from the config file `path` (as `--config path` would), read with `env`,
+    /// able to reload: through [`Patless::reloader`], and on file changes (polled every
+    /// `watch_interval`) when the file sets `watch_config = true`.
+    pub async fn start_file(path: &Path, env: MapEnv, watch_interval: Duration) -> Patless {
+        let loaded = patless::config::load(Some(path), &env)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let source = loaded.source.clone();
+        let app = App::new(
+            loaded.config,
+            std::sync::Arc::new(env),
+            prometheus::Registry::new(),
+        )
+        .expect("app builds");
+        let (handle, requests) = patless::server::reload::channel();
+        let mut reloader = Reloader::new(Some(path.to_path_buf()), source, requests);
+        reloader.watch_interval = watch_interval;
+        let mut p = Self::launch(app, Some(reloader)).await;
+        p.reload = Some(handle);
+        p
+    }
+
+    /// Binds both listeners on `127.0.0.1:0` and spawns `run_with`.
+    async fn launch(app: App, reload: Option<Reloader>) -> Patless {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = proxy.local_addr().expect("addr");
@@ -52,14 +86,42 @@ impl Patless {
             admin: Some(Listener::Tcp(admin)),
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(patless::run(listeners, app, async move {
-            let _ = rx.await;
-        }));
+        let options = RunOptions {
+            shutdown: async move {
+                let _ = rx.await;
+            },
+            hurry: None,
+            reload,
+        };
+        let task = tokio::spawn(patless::run_with(listeners, app, options));
         Patless {
             addr,
             admin: admin_addr,
             stop: Some(tx),
             task: Some(task),
+            reload: None,
+        }
+    }
+
+    /// The reload trigger of a patless started with [`Patless::start_file`].
+    pub fn reloader(&self) -> &ReloadHandle {
+        self.reload
+            .as_ref()
+            .expect("started with Patless::start_file")
+    }
+
+    /// Waits up to `within` for `run` to return on its own (after a shutdown began).
+    pub async fn wait_stopped(&mut self, within: Duration) -> bool {
+        match self.task.as_mut() {
+            Some(t) => match tokio::time::timeout(within, t).await {
+                Ok(r) => {
+                    r.expect("run task");
+                    self.task = None;
+                    true
+                }
+                Err(_) => false,
+            },
+            None => true,
         }
     }
 
@@ -124,6 +186,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 host_routes = false
 shutdown_grace = "5s"
+shutdown_delay = "0s"
 {server_extra}
 
 [entra]
@@ -144,4 +207,234 @@ client_secret = "{CLIENT_SECRET}"
     }
     s.push_str(extra);
     s
+}
+
+/// Two ports that were free a moment ago (bind `127.0.0.1:0` twice, read the ports, let them go):
+/// for the real binary, which binds what its config names.
+pub fn free_ports() -> [u16; 2] {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    [
+        a.local_addr().expect("addr").port(),
+        b.local_addr().expect("addr").port(),
+    ]
+}
+
+/// `text` (from [`config`]) listening on these ports instead of `127.0.0.1:0`.
+pub fn on_ports(text: &str, proxy: u16, admin: u16) -> String {
+    let out = text
+        .replacen(
+            "\nlisten = \"127.0.0.1:0\"\n",
+            &format!("\nlisten = \"127.0.0.1:{proxy}\"\n"),
+            1,
+        )
+        .replacen(
+            "\nadmin_listen = \"127.0.0.1:0\"\n",
+            &format!("\nadmin_listen = \"127.0.0.1:{admin}\"\n"),
+            1,
+        );
+    assert!(out.contains(&format!(":{proxy}\"")), "{out}");
+    assert!(out.contains(&format!(":{admin}\"")), "{out}");
+    out
+}
+
+/// The real `patless serve --config FILE`, in a scrubbed environment, its log in a file; killed
+/// (by its own handle) if the test ends before it exits.
+pub struct PatlessProcess {
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+    /// Proxy address.
+    pub addr: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+}
+
+impl PatlessProcess {
+    /// Spawns it with `config` in `dir` (HOME, XDG dirs and the log live there too), listening
+    /// on `proxy` and `admin` (the ports `config` names).
+    pub fn spawn(dir: &Path, config: &Path, proxy: u16, admin: u16) -> PatlessProcess {
+        let log = dir.join("serve.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_patless"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", dir.join("xdg"))
+            .env("XDG_STATE_HOME", dir.join("state"))
+            .env("PATLESS_LOG", "info")
+            .env("NO_COLOR", "1")
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn patless");
+        PatlessProcess {
+            child: Some(child),
+            log,
+            addr: SocketAddr::from(([127, 0, 0, 1], proxy)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (`"HUP"`, `"TERM"`, …) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} {pid} failed");
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// Waits up to `within` for it to exit; its exit code, `None` if it did not exit in time.
+    pub async fn wait(&mut self, within: Duration) -> Option<Option<i32>> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait().expect("try_wait") {
+                    self.child = None;
+                    return Some(status.code());
+                }
+            } else {
+                return None;
+            }
+            if started.elapsed() > within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the proxy.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+}
+
+impl Drop for PatlessProcess {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `url` (a fresh connection each time) until it answers `want`, for up to `within`.
+pub async fn poll_status(url: &str, want: u16, within: Duration) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        let client = super::http_client();
+        if let Ok(resp) = client.get(url).send().await {
+            if resp.status().as_u16() == want {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The value of the metric line that starts with `series` (`name{labels}`), 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// An upstream that holds every request until [`Gate::open`] lets it through, then answers
+/// `200 {"from": NAME}`: a request in flight, for as long as a test needs one.
+pub struct Gate {
+    addr: SocketAddr,
+    name: &'static str,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    _server: super::AbortOnDrop,
+}
+
+impl Gate {
+    /// Starts it on `127.0.0.1:0`.
+    pub async fn start(name: &'static str) -> Gate {
+        use std::sync::atomic::Ordering;
+        let listener = super::bind_loopback().await;
+        let addr = listener.local_addr().expect("addr");
+        let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let (a, p) = (arrived.clone(), permits.clone());
+        let server = super::serve(listener, move |_req| {
+            let (a, p) = (a.clone(), p.clone());
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                if let Ok(permit) = p.acquire().await {
+                    permit.forget();
+                }
+                hyper::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(super::full(format!(r#"{{"from":"{name}"}}"#)))
+                    .expect("response")
+            }
+        });
+        Gate {
+            addr,
+            name,
+            arrived,
+            permits,
+            _server: server,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its name, as it answers.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Requests that reached it.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits up to 5 s for `n` requests to have arrived.
+    pub async fn wait_arrived(&self, n: usize) {
+        for _ in 0..500 {
+            if self.arrived() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} requests never reached the gate {}", n, self.name);
+    }
+
+    /// Lets `n` held (or future) requests through.
+    pub fn open(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
 }

@@ -11,6 +11,11 @@
 //!   `/echo/relative`.
 //! - `/status/{code}`: empty answer with that status.
 //! - anything else: 200 JSON echo of method, path, headers and body length, with `x-upstream: fake`.
+//!
+//! Policy refusals, for replay tests: [`FakeUpstream::revoke`] refuses given tokens (as a 401, or
+//! the way Azure DevOps does without `X-TFS-FedAuthRedirect: Suppress`: [`RevokedAnswer`]), and
+//! [`FakeUpstream::require_claims`] answers a CAE claims challenge to every token whose claims
+//! request (the fake Entra's `test_claims_request` claim) does not hold the challenge's claims.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,6 +50,34 @@ pub struct RecordedRequest {
     pub token_valid: bool,
     /// Why the token was refused, when it was.
     pub token_error: Option<String>,
+    /// A valid token refused by policy (revoked, claims challenge), and how.
+    pub refused: Option<String>,
+}
+
+/// What arrived, counted (always, recording or not).
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Requests with a valid, unexpired token of the right audience.
+    pub valid: std::sync::atomic::AtomicU64,
+    /// Requests without one (never expected from patless).
+    pub invalid: std::sync::atomic::AtomicU64,
+    /// Valid tokens refused by policy (revoked, claims challenge).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Why invalid tokens were invalid (the first 20).
+    pub invalid_reasons: Mutex<Vec<String>>,
+}
+
+/// How a revoked token is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokedAnswer {
+    /// `401` with `WWW-Authenticate`.
+    Unauthorized,
+    /// Azure DevOps's `203 Non-Authoritative Information` sign-in page.
+    AdoNonAuthoritative,
+    /// A `200 text/html` sign-in page.
+    AdoHtml,
+    /// A `302` to `…/_signin`.
+    AdoSignInRedirect,
 }
 
 struct State {
@@ -52,6 +85,17 @@ struct State {
     audience: String,
     key: DecodingKey,
     requests: Mutex<Vec<RecordedRequest>>,
+    revoked: Mutex<Vec<String>>,
+    revoked_answer: Mutex<RevokedAnswer>,
+    refuse_all: Mutex<bool>,
+    /// Soak mode: counts instead of records (memory stays flat over long runs).
+    recording: std::sync::atomic::AtomicBool,
+    counts: Counts,
+    /// Revoke a presented token with this probability, if first seen at least this long ago.
+    random_revocation: Mutex<Option<(f64, std::time::Duration)>>,
+    first_seen: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// A claims challenge (JSON) every token must satisfy.
+    required_claims: Mutex<Option<Value>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,6 +119,14 @@ impl FakeUpstream {
             audience: expected_audience.to_string(),
             key: DecodingKey::from_rsa_pem(super::TEST_PUB_PEM.as_bytes()).expect("test RSA pub"),
             requests: Mutex::new(Vec::new()),
+            revoked: Mutex::new(Vec::new()),
+            revoked_answer: Mutex::new(RevokedAnswer::Unauthorized),
+            refuse_all: Mutex::new(false),
+            recording: std::sync::atomic::AtomicBool::new(true),
+            counts: Counts::default(),
+            random_revocation: Mutex::new(None),
+            first_seen: Mutex::new(std::collections::HashMap::new()),
+            required_claims: Mutex::new(None),
         });
         let handler_state = state.clone();
         let server = super::serve(listener, move |req| handle(handler_state.clone(), req));
@@ -107,17 +159,139 @@ impl FakeUpstream {
             .count()
     }
 
-    /// Requests that arrived with a valid token.
+    /// Requests that arrived with a valid token and were served (not refused by policy).
     pub fn accepted(&self) -> usize {
         lock(&self.state.requests)
             .iter()
-            .filter(|r| r.token_valid)
+            .filter(|r| r.token_valid && r.refused.is_none())
             .count()
+    }
+
+    /// Refuses `token` from now on (a revoked session, a disabled app), answering as
+    /// [`FakeUpstream::set_revoked_answer`] says.
+    pub fn revoke(&self, token: &str) {
+        lock(&self.state.revoked).push(token.to_string());
+    }
+
+    /// Stops recording requests (counting only), for long runs.
+    pub fn stop_recording(&self) {
+        self.state
+            .recording
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The counts of what arrived.
+    pub fn counts(&self) -> &Counts {
+        &self.state.counts
+    }
+
+    /// Revokes the presented token with probability `p` (a revoked session, at random), but only
+    /// a token first presented at least `min_age` ago: a replacement just acquired is served, so
+    /// a replay succeeds.
+    pub fn revoke_at_random(&self, p: f64, min_age: std::time::Duration) {
+        *lock(&self.state.random_revocation) = Some((p, min_age));
+    }
+
+    /// Refuses every token from now on, however fresh (an identity the API does not accept).
+    pub fn refuse_every_token(&self) {
+        *lock(&self.state.refuse_all) = true;
+    }
+
+    /// How revoked tokens are answered (default: `401`).
+    pub fn set_revoked_answer(&self, answer: RevokedAnswer) {
+        *lock(&self.state.revoked_answer) = answer;
+    }
+
+    /// From now on, a token is served only when its claims request holds every
+    /// `access_token` claim of `challenge`; others get a `401` claims challenge with it.
+    pub fn require_claims(&self, challenge: Value) {
+        *lock(&self.state.required_claims) = Some(challenge);
     }
 }
 
-/// Checks the request's bearer token; `Err` carries the reason.
-fn verify(state: &State, headers: &HeaderMap) -> Result<(), String> {
+/// Whether `token`'s claims request (JSON in the fake Entra's claim) holds every `access_token`
+/// claim of `challenge`.
+fn satisfies(token_claims: &Value, challenge: &Value) -> bool {
+    let requested = token_claims
+        .get(super::entra::CLAIMS_REQUEST_CLAIM)
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok());
+    let (Some(requested), Some(wanted)) = (requested, challenge.get("access_token")) else {
+        return false;
+    };
+    wanted.as_object().is_some_and(|w| {
+        w.iter()
+            .all(|(k, v)| requested.get("access_token").and_then(|a| a.get(k)) == Some(v))
+    })
+}
+
+fn refusal_answer(state: &State, token: &str, claims: &Value) -> Option<(String, Response<Body>)> {
+    if let Some(challenge) = lock(&state.required_claims).clone() {
+        if !satisfies(claims, &challenge) {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(challenge.to_string());
+            let mut resp = json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "insufficient_claims", "message": "claims challenge"}),
+            );
+            // Two challenges in two headers, as real services send them.
+            resp.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"fake\""),
+            );
+            resp.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_str(&format!(
+                    "Bearer authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", error=\"insufficient_claims\", claims=\"{b64}\""
+                ))
+                .expect("header"),
+            );
+            return Some(("claims challenge".into(), resp));
+        }
+    }
+    if !*lock(&state.refuse_all) && !lock(&state.revoked).iter().any(|t| t == token) {
+        return None;
+    }
+    let answer = *lock(&state.revoked_answer);
+    let resp = match answer {
+        RevokedAnswer::Unauthorized => {
+            let mut r = json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "invalid_token", "message": "TF400813: revoked"}),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(WWW_AUTHENTICATE),
+            );
+            r
+        }
+        RevokedAnswer::AdoNonAuthoritative | RevokedAnswer::AdoHtml => Response::builder()
+            .status(if answer == RevokedAnswer::AdoHtml {
+                StatusCode::OK
+            } else {
+                StatusCode::NON_AUTHORITATIVE_INFORMATION
+            })
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .header("x-upstream", "fake")
+            .body(full(
+                "<html><head><title>Azure DevOps Services | Sign In</title></head></html>",
+            ))
+            .expect("response"),
+        RevokedAnswer::AdoSignInRedirect => Response::builder()
+            .status(StatusCode::FOUND)
+            .header(
+                header::LOCATION,
+                "https://spsprodweu5.vssps.visualstudio.com/_signin?realm=dev.azure.com",
+            )
+            .header("x-upstream", "fake")
+            .body(empty())
+            .expect("response"),
+    };
+    Some((format!("{answer:?}"), resp))
+}
+
+/// Checks the request's bearer token; `Ok` carries the token and its claims, `Err` the reason.
+fn verify(state: &State, headers: &HeaderMap) -> Result<(String, Value), String> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| "missing Authorization header".to_string())?;
@@ -137,7 +311,7 @@ fn verify(state: &State, headers: &HeaderMap) -> Result<(), String> {
     validation.set_audience(&[state.audience.as_str()]);
     validation.set_required_spec_claims(&["exp", "aud"]);
     jsonwebtoken::decode::<Value>(token.trim(), &state.key, &validation)
-        .map(|_| ())
+        .map(|data| (token.trim().to_string(), data.claims))
         .map_err(|e| format!("invalid token: {e}"))
 }
 
@@ -186,14 +360,46 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = parts.uri.path().to_string();
     let verdict = verify(&state, &parts.headers);
     let (body_len, fnv) = drain(body).await;
-    lock(&state.requests).push(RecordedRequest {
-        method: parts.method.clone(),
-        path_and_query: path_and_query.clone(),
-        headers: parts.headers.clone(),
-        body_len,
-        token_valid: verdict.is_ok(),
-        token_error: verdict.as_ref().err().cloned(),
-    });
+    if let (Ok((token, _)), Some((p, min_age))) = (&verdict, *lock(&state.random_revocation)) {
+        let now = std::time::Instant::now();
+        let first = *lock(&state.first_seen).entry(token.clone()).or_insert(now);
+        if now.duration_since(first) >= min_age && rand::random::<f64>() < p {
+            lock(&state.revoked).push(token.clone());
+        }
+    }
+    let refused = verdict
+        .as_ref()
+        .ok()
+        .and_then(|(token, claims)| refusal_answer(&state, token, claims));
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &state.counts;
+        match (&verdict, &refused) {
+            (Err(why), _) => {
+                let mut reasons = lock(&c.invalid_reasons);
+                if reasons.len() < 20 {
+                    reasons.push(why.clone());
+                }
+                c.invalid.fetch_add(1, Relaxed)
+            }
+            (Ok(_), Some(_)) => c.refused.fetch_add(1, Relaxed),
+            (Ok(_), None) => c.valid.fetch_add(1, Relaxed),
+        };
+    }
+    if state.recording.load(std::sync::atomic::Ordering::Relaxed) {
+        lock(&state.requests).push(RecordedRequest {
+            method: parts.method.clone(),
+            path_and_query: path_and_query.clone(),
+            headers: parts.headers.clone(),
+            body_len,
+            token_valid: verdict.is_ok(),
+            token_error: verdict.as_ref().err().cloned(),
+            refused: refused.as_ref().map(|(why, _)| why.clone()),
+        });
+    }
+    if let Some((_, resp)) = refused {
+        return resp;
+    }
 
     if let Err(reason) = verdict {
         let mut resp = json_response(

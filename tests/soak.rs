@@ -1,0 +1,451 @@
+//! Soak (SPEC §3, §5): hundreds of clients through hundreds of token refresh cycles, with Entra
+//! faulting at random, the upstream revoking tokens at random, and config reloads — and the promise
+//! kept: no request reaches the upstream without a valid, unexpired token, no client request is
+//! lost or corrupted, token requests stay within a bound of the refresh cycles, memory stays flat.
+//!
+//! The short form runs in `cargo test` (about 40 s). The long form, by hand:
+//!
+//! ```sh
+//! PATLESS_SOAK_SECS=600 PATLESS_SOAK_CLIENTS=400 cargo test --release --test soak -- --nocapture
+//! ```
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use patless::env::MapEnv;
+use rand::Rng;
+use support::entra::{FakeEntra, Fault, ADO_AUDIENCE};
+use support::patless::{config, Patless, ADO};
+use support::upstream::FakeUpstream;
+
+/// Token lifetime: refreshed every 1.5 s (half of it), usable for 2.7 s (skew margin 0.3 s).
+const LIFETIME_SECS: u64 = 3;
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    small: AtomicU64,
+    uploads: AtomicU64,
+    streamed_uploads: AtomicU64,
+    downloads: AtomicU64,
+    bytes: AtomicU64,
+    /// Answers a client retries, as a client would: `503 token_unavailable` (Entra out past the
+    /// token's usable time) and the upstream's `401` to a streamed upload (too large to replay).
+    retried_503: AtomicU64,
+    retried_401: AtomicU64,
+    /// Anything else: a broken connection, a wrong body, another status. Must stay 0.
+    lost: AtomicU64,
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn body(n: usize, seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed) as u8)
+        .collect()
+}
+
+fn fnv_hex(data: &[u8]) -> String {
+    format!("{:016x}", support::fnv1a(support::FNV_OFFSET, data))
+}
+
+enum Outcome {
+    Ok(u64),
+    Retry503,
+    Retry401,
+    Lost(String),
+}
+
+/// The request mix, by `kind` in 0..100.
+fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        0..=59 => "small",
+        60..=79 => "upload",
+        80..=91 => "download",
+        _ => "streamed upload",
+    }
+}
+
+/// A client's pre-built streamed upload (over 1 MiB, so not replayable) and its digest.
+struct BigBody {
+    data: bytes::Bytes,
+    fnv: String,
+}
+
+/// Checks an answer's body.
+type Check = Box<dyn Fn(&[u8]) -> bool + Send>;
+
+/// One client request of kind `kind`; its answer checked.
+async fn one(client: &reqwest::Client, base: &str, kind: u32, seed: u64, big: &BigBody) -> Outcome {
+    let (req, expect): (reqwest::RequestBuilder, Check) = match kind_name(kind) {
+        "small" => (
+            client.get(format!("{base}/ado/org/_apis/item/{seed}")),
+            Box::new(move |b: &[u8]| {
+                serde_json::from_slice::<serde_json::Value>(b)
+                    .is_ok_and(|v| v["path"] == format!("/org/_apis/item/{seed}"))
+            }),
+        ),
+        // A small upload: buffered, replayable.
+        "upload" => {
+            let data = body(1_000 + (seed % 16_000) as usize, seed);
+            let (len, fnv) = (data.len(), fnv_hex(&data));
+            (
+                client.post(format!("{base}/ado/upload")).body(data),
+                Box::new(move |b: &[u8]| {
+                    serde_json::from_slice::<serde_json::Value>(b)
+                        .is_ok_and(|v| v["len"] == len && v["fnv"] == fnv.as_str())
+                }),
+            )
+        }
+        // A streamed download, hashed.
+        "download" => {
+            let n = 16 * 1024 + seed % (112 * 1024);
+            let want = support::pattern_fnv(n);
+            (
+                client.get(format!("{base}/ado/download/{n}")),
+                Box::new(move |b: &[u8]| {
+                    b.len() as u64 == n && support::fnv1a(support::FNV_OFFSET, b) == want
+                }),
+            )
+        }
+        _ => {
+            let (len, fnv) = (big.data.len(), big.fnv.clone());
+            (
+                client
+                    .post(format!("{base}/ado/upload"))
+                    .body(big.data.clone()),
+                Box::new(move |b: &[u8]| {
+                    serde_json::from_slice::<serde_json::Value>(b)
+                        .is_ok_and(|v| v["len"] == len && v["fnv"] == fnv.as_str())
+                }),
+            )
+        }
+    };
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Lost(format!("request failed: {e:?}")),
+    };
+    let status = resp.status().as_u16();
+    let from_upstream = resp.headers().contains_key("x-upstream");
+    let retry_after = resp.headers().contains_key("retry-after");
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Outcome::Lost(format!("body broke off ({status}): {e:?}")),
+    };
+    match status {
+        200 if expect(&bytes) => Outcome::Ok(bytes.len() as u64),
+        200 => Outcome::Lost(format!("a 200 with the wrong body ({} bytes)", bytes.len())),
+        503 if retry_after
+            && serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|v| v["error"] == "token_unavailable") =>
+        {
+            Outcome::Retry503
+        }
+        401 if kind_name(kind) == "streamed upload" && from_upstream => Outcome::Retry401,
+        other => Outcome::Lost(format!(
+            "status {other} ({}): {}",
+            kind_name(kind),
+            String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_through_refreshes_faults_revocations_and_reloads() {
+    if let Ok(filter) = std::env::var("PATLESS_SOAK_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let secs = env_number("PATLESS_SOAK_SECS", 40);
+    let clients = env_number("PATLESS_SOAK_CLIENTS", 200);
+    let entra = Arc::new(FakeEntra::start().await);
+    entra.set_lifetime(LIFETIME_SECS);
+    let up = Arc::new(FakeUpstream::start(ADO_AUDIENCE).await);
+    up.stop_recording();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("patless.toml");
+    let template = config(
+        &entra,
+        &[("/ado", &up.url(), ADO)],
+        "allowed_hosts = [\"soak-GENERATION.test\"]\ntoken_wait_timeout = \"5s\"\nmax_connections = 4096",
+        "",
+    );
+    let write_config = {
+        let path = path.clone();
+        move |generation: u64| {
+            let toml = template.replace("GENERATION", &generation.to_string());
+            std::fs::write(&path, toml).expect("write config");
+        }
+    };
+    write_config(0);
+    let p = Patless::start_file(&path, MapEnv::default(), Duration::from_secs(3600)).await;
+    let base = format!("http://{}", p.addr);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+
+    // Entra misbehaves at random: 5xx, 429 with Retry-After, slow answers, broken bodies.
+    let chaos_entra = {
+        let entra = Arc::clone(&entra);
+        tokio::spawn(async move {
+            let mut injected = 0u64;
+            while Instant::now() < deadline {
+                // About one token request in five meets a fault (they come every ~1.5 s).
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let roll: u32 = rand::rng().random_range(0..100);
+                let fault = match roll {
+                    0..=4 => Some(Fault::ServerError),
+                    5..=7 => Some(Fault::Throttled {
+                        retry_after_secs: 1,
+                    }),
+                    8..=11 => Some(Fault::Delay(Duration::from_millis(400))),
+                    12..=13 => Some(Fault::MalformedJson),
+                    14 => Some(Fault::HtmlPage),
+                    _ => None,
+                };
+                if let Some(f) = fault {
+                    entra.push_fault(f);
+                    injected += 1;
+                }
+            }
+            injected
+        })
+    };
+    // The upstream revokes the current token at random moments (a session revoked, a CAE
+    // event), never one issued less than a second ago: a replay's fresh token is served.
+    let chaos_upstream = {
+        let entra = Arc::clone(&entra);
+        let up = Arc::clone(&up);
+        tokio::spawn(async move {
+            let mut revoked = 0u64;
+            let mut last: Option<String> = None;
+            let mut last_at = Instant::now();
+            while Instant::now() < deadline {
+                let wait = rand::rng().random_range(300..1500);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let Some(current) = entra.issued_tokens().last().cloned() else {
+                    continue;
+                };
+                if last.as_ref() == Some(&current) {
+                    continue;
+                }
+                if last.is_some() && last_at.elapsed() < Duration::from_secs(1) {
+                    continue;
+                }
+                // Issued at least a second ago: wait until then.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if entra.issued_tokens().last() != Some(&current) {
+                    continue;
+                }
+                up.revoke(&current);
+                revoked += 1;
+                last = Some(current);
+                last_at = Instant::now();
+            }
+            revoked
+        })
+    };
+    // A few reloads of a changed config (profiles unchanged: their tokens are kept).
+    let reloads = {
+        let handle = p.reloader().clone();
+        let write = write_config.clone();
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            let every = Duration::from_secs((secs / 5).max(2));
+            let mut next = Instant::now() + every;
+            while next + Duration::from_secs(1) < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                done += 1;
+                write(done);
+                handle.reload().await.expect("a valid config reloads");
+                next += every;
+            }
+            done
+        })
+    };
+
+    let tally = Arc::new(Tally::default());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients as usize)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    // One streamed-upload body for every client, built once (hashing is slow in debug builds,
+    // and the clients share two cores with patless and the fakes).
+    let big = {
+        let data = body(1024 * 1024 + 4096 + 1, 42);
+        Arc::new(BigBody {
+            fnv: fnv_hex(&data),
+            data: bytes::Bytes::from(data),
+        })
+    };
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let big = Arc::clone(&big);
+        let client = client.clone();
+        let base = base.clone();
+        let tally = Arc::clone(&tally);
+        tasks.push(tokio::spawn(async move {
+            let mut seed = c * 1_000_003;
+            while Instant::now() < deadline {
+                seed += 1;
+                let kind: u32 = rand::rng().random_range(0..100);
+                // Think time: hundreds of clients, at a rate two cores serve without starving
+                // the clocks (the fakes share this process and its runtime).
+                let think = rand::rng().random_range(50..250);
+                tokio::time::sleep(Duration::from_millis(think)).await;
+                // A client retries 503 (after Retry-After) and a streamed upload's 401, a bounded
+                // number of times; a request that never succeeds is lost.
+                let mut attempt = 0;
+                let first_try = Instant::now();
+                loop {
+                    attempt += 1;
+                    match one(&client, &base, kind, seed, &big).await {
+                        Outcome::Ok(n) => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                            tally.bytes.fetch_add(n, Ordering::Relaxed);
+                            let counter = match kind_name(kind) {
+                                "small" => &tally.small,
+                                "upload" => &tally.uploads,
+                                "download" => &tally.downloads,
+                                _ => &tally.streamed_uploads,
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Outcome::Retry503 if first_try.elapsed() < Duration::from_secs(30) => {
+                            tally.retried_503.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Outcome::Retry401 if first_try.elapsed() < Duration::from_secs(30) => {
+                            tally.retried_401.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Outcome::Lost(why) => {
+                            tally.lost.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("lost: {why}");
+                            break;
+                        }
+                        _ => {
+                            tally.lost.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("lost: still refused after {attempt} attempts");
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // Memory after warm-up, and at the end.
+    let warm_at = started + Duration::from_secs((secs / 4).clamp(3, 30));
+    tokio::time::sleep_until(warm_at.into()).await;
+    let rss_warm = rss_kib();
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let rss_end = rss_kib();
+    let injected = chaos_entra.await.expect("chaos");
+    let revocations = chaos_upstream.await.expect("chaos");
+    let reload_count = reloads.await.expect("reloads");
+    let elapsed = started.elapsed();
+    let m = p.metrics().await;
+    p.stop().await;
+
+    let counts = up.counts();
+    let reasons = counts
+        .invalid_reasons
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let valid = counts.valid.load(Ordering::Relaxed);
+    let invalid = counts.invalid.load(Ordering::Relaxed);
+    let refused = counts.refused.load(Ordering::Relaxed);
+    let token_requests = entra.token_requests() as u64;
+    let token_successes = entra.issued_tokens().len() as u64;
+    let cycles = (elapsed.as_secs_f64() / (LIFETIME_SECS as f64 / 2.0)).ceil() as u64;
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let lost = tally.lost.load(Ordering::Relaxed);
+    let reload_ok = m
+        .lines()
+        .find(|l| l.starts_with("patless_config_reloads_total{result=\"success\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    println!(
+        "soak: {:.1} s, {clients} clients: {ok} requests ok ({} small, {} uploads, {} downloads, \
+         {} streamed uploads; {:.1} MiB), {lost} lost; retried {} × 503, {} × 401",
+        elapsed.as_secs_f64(),
+        tally.small.load(Ordering::Relaxed),
+        tally.uploads.load(Ordering::Relaxed),
+        tally.downloads.load(Ordering::Relaxed),
+        tally.streamed_uploads.load(Ordering::Relaxed),
+        tally.bytes.load(Ordering::Relaxed) as f64 / 1048576.0,
+        tally.retried_503.load(Ordering::Relaxed),
+        tally.retried_401.load(Ordering::Relaxed),
+    );
+    if !reasons.is_empty() {
+        println!("soak: invalid tokens: {reasons:?}");
+    }
+    println!(
+        "soak: upstream saw {valid} valid tokens, {invalid} invalid, {refused} refused \
+         ({revocations} revocations); Entra: {token_requests} token requests, {token_successes} tokens, \
+         {injected} faults injected, ~{cycles} refresh cycles; {reload_count} reloads \
+         ({reload_ok} counted); RSS {rss_warm} KiB after warm-up → {rss_end} KiB at the end"
+    );
+
+    assert_eq!(
+        invalid, 0,
+        "a request reached the upstream without a valid token: {reasons:?}"
+    );
+    assert_eq!(lost, 0, "client requests were lost or corrupted");
+    assert!(ok > clients * 5, "the soak did real work: {ok} requests");
+    assert!(cycles >= 20, "through many refresh cycles: {cycles}");
+    assert_eq!(
+        reload_ok, reload_count,
+        "every reload succeeded and was counted"
+    );
+    assert!(reload_count >= 3);
+    // Tokens: one per refresh cycle, plus one per revocation (each revoked token is replaced
+    // once, however many requests it fails), plus slack for faults that shift the schedule;
+    // failed attempts are bounded by the faults injected (each fault answers one request).
+    let token_bound = cycles + revocations + 10;
+    assert!(
+        token_successes <= token_bound,
+        "{token_successes} tokens for ~{cycles} cycles and {revocations} revocations"
+    );
+    assert!(
+        revocations >= 3 && refused >= revocations,
+        "revocations were exercised"
+    );
+    assert!(
+        token_requests <= token_successes + injected,
+        "{token_requests} token requests: {token_successes} tokens + {injected} faults"
+    );
+    // Memory: flat after warm-up (allocator slack allowed).
+    assert!(
+        rss_end <= rss_warm + 48 * 1024,
+        "RSS grew from {rss_warm} KiB to {rss_end} KiB"
+    );
+}
