@@ -22,6 +22,9 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::config::{Limits, ListenAddr};
 use crate::proxy::ProxyBody;
 
+/// The accept queue asked of the kernel (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// A bound listener.
 #[derive(Debug)]
 pub enum Listener {
@@ -37,7 +40,18 @@ impl Listener {
     /// (0660 by default): who may connect is who may use patless's identities.
     pub async fn bind(addr: &ListenAddr, mode: u32) -> io::Result<Listener> {
         match addr {
-            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
+            ListenAddr::Tcp(a) => {
+                // A deep accept queue, as nginx and haproxy ask for: a burst of new connections
+                // (a build starting hundreds of jobs) waits instead of being dropped.
+                let socket = if a.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(*a)?;
+                Ok(Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
+            }
             ListenAddr::Unix(path) => {
                 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
