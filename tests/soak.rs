@@ -211,9 +211,17 @@ async fn soak_through_refreshes_faults_revocations_and_reloads() {
         let entra = Arc::clone(&entra);
         tokio::spawn(async move {
             let mut injected = 0u64;
+            // A fault is queued only once the previous one was answered and one good answer
+            // followed: faults meet token requests, not the clock, so a refresher backing off
+            // does not come back to a pile of queued faults (which would be an outage the soak
+            // made, not one patless failed to ride out).
+            let mut armed_after = 0usize;
             while Instant::now() < deadline {
                 // About one token request in five meets a fault (they come every ~1.5 s).
                 tokio::time::sleep(Duration::from_millis(1000)).await;
+                if entra.token_requests() < armed_after {
+                    continue;
+                }
                 let roll: u32 = rand::rng().random_range(0..100);
                 let fault = match roll {
                     0..=4 => Some(Fault::ServerError),
@@ -228,6 +236,7 @@ async fn soak_through_refreshes_faults_revocations_and_reloads() {
                 if let Some(f) = fault {
                     entra.push_fault(f);
                     injected += 1;
+                    armed_after = entra.token_requests() + 2;
                 }
             }
             injected
