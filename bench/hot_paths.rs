@@ -4,9 +4,8 @@
 //!   builds it (config → credentials → cache → table), with a stand-in credential.
 //! - `path_validate/*`: `proxy::path::validate` on typical and awkward paths.
 //! - `header_rewrite/*`: the request-header rewrite of step 6 (hop-by-hop strip, credential
-//!   removal, `Host`, `X-TFS-FedAuthRedirect`, `Authorization`). `strip_hop_by_hop` is private to
-//!   `src/proxy/mod.rs`, so this is the same call sequence copied here; if it drifts, make
-//!   `proxy::strip_hop_by_hop` (or a `rewrite_request_headers`) `pub` and call it instead.
+//!   removal, `Host`, `X-TFS-FedAuthRedirect`, `Authorization`): patless's own
+//!   `proxy::strip_hop_by_hop`, then the same inserts as `Proxy::handle`.
 //! - `token_get/warm`: `TokenEntry::get` on an entry holding a usable token (the lock-free read
 //!   every request makes).
 //! - `per_request/*`: two other costs every request pays in `Proxy::handle`: the copy of the
@@ -173,36 +172,10 @@ fn path_validate(c: &mut Criterion) {
 
 // ---- header rewriting: the sequence of `Proxy::handle` step 6 (src/proxy/mod.rs) -------------
 
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static TFS_FEDAUTH: HeaderName = HeaderName::from_static("x-tfs-fedauthredirect");
 static PATLESS_TOKEN: HeaderName = HeaderName::from_static("x-patless-token");
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in listed
-        .iter()
-        .chain(HOP_BY_HOP)
-        .chain([&KEEP_ALIVE, &PROXY_CONNECTION])
-    {
-        headers.remove(name);
-    }
-}
+use patless::proxy::strip_hop_by_hop;
 
 fn rewrite_request(h: &mut HeaderMap, authority: &http::uri::Authority, bearer: &HeaderValue) {
     strip_hop_by_hop(h);

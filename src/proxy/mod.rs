@@ -168,7 +168,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static TFS_FEDAUTH: HeaderName = HeaderName::from_static("x-tfs-fedauthredirect");
 static PATLESS_TOKEN: HeaderName = HeaderName::from_static("x-patless-token");
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1, plus those `Connection` lists), in both
+/// directions (public for the benchmarks in `bench/hot_paths.rs`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in `Connection` are hop-by-hop too.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
