@@ -117,7 +117,7 @@ impl FakeUpstream {
         let state = Arc::new(State {
             base_url: format!("http://{addr}"),
             audience: expected_audience.to_string(),
-            key: DecodingKey::from_rsa_pem(super::TEST_PUB_PEM.as_bytes()).expect("test RSA pub"),
+            key: test_decoding_key(),
             requests: Mutex::new(Vec::new()),
             revoked: Mutex::new(Vec::new()),
             revoked_answer: Mutex::new(RevokedAnswer::Unauthorized),
@@ -292,6 +292,17 @@ fn refusal_answer(state: &State, token: &str, claims: &Value) -> Option<(String,
 
 /// Checks the request's bearer token; `Ok` carries the token and its claims, `Err` the reason.
 fn verify(state: &State, headers: &HeaderMap) -> Result<(String, Value), String> {
+    verify_bearer(headers, &state.key, &state.audience)
+}
+
+/// Verifies `Authorization: Bearer <jwt>` against the fake Entra's signing key: RS256 signature,
+/// `aud == audience`, `exp`/`nbf` with no leeway. Shared by every stand-in that must accept only
+/// tokens patless obtained (the fake upstream, the git and REST stand-ins).
+pub fn verify_bearer(
+    headers: &HeaderMap,
+    key: &DecodingKey,
+    audience: &str,
+) -> Result<(String, Value), String> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| "missing Authorization header".to_string())?;
@@ -308,11 +319,16 @@ fn verify(state: &State, headers: &HeaderMap) -> Result<(String, Value), String>
     validation.leeway = 0;
     validation.validate_exp = true;
     validation.validate_nbf = true;
-    validation.set_audience(&[state.audience.as_str()]);
+    validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["exp", "aud"]);
-    jsonwebtoken::decode::<Value>(token.trim(), &state.key, &validation)
+    jsonwebtoken::decode::<Value>(token.trim(), key, &validation)
         .map(|data| (token.trim().to_string(), data.claims))
         .map_err(|e| format!("invalid token: {e}"))
+}
+
+/// The fake Entra's public key, for [`verify_bearer`].
+pub fn test_decoding_key() -> DecodingKey {
+    DecodingKey::from_rsa_pem(super::TEST_PUB_PEM.as_bytes()).expect("test RSA pub")
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
