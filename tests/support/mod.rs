@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod certs;
+pub mod clients;
 pub mod entra;
 pub mod fake_cli;
 pub mod faults;
