@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, LoadedConfig};
 use crate::env::{Env, ProcessEnv};
+use crate::permissions::{self, Api, Grants};
 use crate::token::CachedToken;
 use crate::{App, Listeners};
 
@@ -358,6 +359,13 @@ pub fn decode_claims(jwt: &str) -> Option<serde_json::Map<String, serde_json::Va
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The roles and scopes a token holds (empty for an opaque token).
+fn grants_of(token: &CachedToken) -> Grants {
+    decode_claims(token.secret().expose())
+        .map(|c| Grants::from_claims(&c))
+        .unwrap_or_default()
+}
+
 /// One line describing what a token holds: audience, tenant, app/user, roles or scopes, expiry.
 pub fn describe_token(token: &CachedToken) -> String {
     let Some(c) = decode_claims(token.secret().expose()) else {
@@ -449,6 +457,11 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
                     route.scope,
                     describe_token(&t)
                 );
+                if let Some(api) = Api::of_route(&route.scope, &route.upstream) {
+                    for line in permissions::report(api, &grants_of(&t)) {
+                        println!("{line}");
+                    }
+                }
                 tokens.insert(key, Some(t));
             }
             Err(e) => {
@@ -491,15 +504,16 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
                 );
                 continue;
             };
-            let host = route.upstream.host_str().unwrap_or_default();
-            let ado = crate::hosts::is_azure_devops(host);
-            let url = if ado && route.upstream.path().len() > 1 {
-                format!(
-                    "{}/_apis/connectionData",
-                    route.upstream.as_str().trim_end_matches('/')
-                )
-            } else {
-                format!("{}/", route.upstream.as_str().trim_end_matches('/'))
+            let api = Api::of_route(&route.scope, &route.upstream);
+            let ado = api == Some(Api::AzureDevOps);
+            let base = route.upstream.as_str().trim_end_matches('/');
+            let at_root = route.upstream.path().len() <= 1;
+            // Probe an endpoint that needs a permission where the API has one (Defender), so a
+            // missing role shows as a 403 here rather than in the user's script.
+            let url = match api.and_then(Api::probe_path) {
+                Some(path) if at_root => format!("{base}{path}"),
+                _ if ado && !at_root => format!("{base}/_apis/connectionData"),
+                _ => format!("{base}/"),
             };
             let mut req = http
                 .get(&url)
@@ -526,6 +540,15 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
                         _ => "OK",
                     };
                     println!("route {} → GET {url}: {status} {verdict}", route.prefix);
+                    if let (403, Some(api)) = (status.as_u16(), api) {
+                        let path = url::Url::parse(&url)
+                            .map(|u| u.path().to_string())
+                            .unwrap_or_default();
+                        println!(
+                            "  {}",
+                            permissions::forbidden_hint(api, &path, &grants_of(token))
+                        );
+                    }
                 }
                 Err(e) => {
                     failed = true;

@@ -12,6 +12,7 @@ pub mod env;
 pub mod hosts;
 pub mod login;
 pub mod metrics;
+pub mod permissions;
 pub mod proxy;
 pub mod secret;
 pub mod server;

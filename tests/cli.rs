@@ -708,6 +708,133 @@ async fn check_with_a_wrong_secret_explains_the_entra_error() {
     assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
 }
 
+const MDE_AUDIENCE: &str = "https://api.securitycenter.microsoft.com";
+const MDE_SCOPE: &str = "https://api.securitycenter.microsoft.com/.default";
+
+/// The line of `check`'s permission report for `path`.
+fn permission_row<'a>(run: &'a Run, path: &str) -> &'a str {
+    run.stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(path))
+        .unwrap_or_else(|| panic!("no permission row for {path}: {run:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_defender_permission_a_403_lacks() {
+    let entra = FakeEntra::start().await;
+    // The app was granted a Defender for Endpoint permission, not the Defender XDR one.
+    entra.set_roles(&["Machine.Read.All"]);
+    let upstream = FakeUpstream::start(DEFENDER_AUDIENCE).await;
+    upstream.require_role("/api/incidents", "Incident.Read.All");
+    let sb = Sandbox::new();
+    let url = upstream.url();
+    let config = write_config(&sb, &entra, &[("/defender", &url, DEFENDER_SCOPE)]);
+    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_no_secret(&run);
+    // Before any probe: what the usual endpoints need, against what the token holds.
+    let incidents = permission_row(&run, "api/incidents");
+    assert!(incidents.contains("Incident.Read.All"), "{incidents}");
+    assert!(incidents.contains("MISSING"), "{incidents}");
+    let hunting = permission_row(&run, "api/advancedhunting");
+    assert!(hunting.contains("AdvancedHunting.Read.All"), "{hunting}");
+    assert!(hunting.contains("MISSING"), "{hunting}");
+    // The probe asks for incidents, gets the 403, and says what is missing and where to grant it.
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].path_and_query, "/api/incidents?$top=1");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let probe = lines
+        .iter()
+        .position(|l| l.contains("route /defender") && l.contains("GET"))
+        .unwrap_or_else(|| panic!("no probe line: {run:?}"));
+    assert!(lines[probe].contains("403"), "{}", lines[probe]);
+    let hint = lines.get(probe + 1).copied().unwrap_or_default();
+    assert!(
+        hint.contains("lacks Incident.Read.All or Incident.ReadWrite.All"),
+        "{hint}"
+    );
+    assert!(hint.contains("roles Machine.Read.All"), "{hint}");
+    assert!(hint.contains("Microsoft Threat Protection"), "{hint}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_when_the_token_holds_the_defender_roles() {
+    let entra = FakeEntra::start().await;
+    entra.set_roles(&["Incident.Read.All", "AdvancedHunting.Read.All"]);
+    let xdr = FakeUpstream::start(DEFENDER_AUDIENCE).await;
+    xdr.require_role("/api/incidents", "Incident.Read.All");
+    let mde = FakeUpstream::start(MDE_AUDIENCE).await;
+    mde.require_role("/api/machines", "Machine.Read.All");
+    let sb = Sandbox::new();
+    let (xdr_url, mde_url) = (xdr.url(), mde.url());
+    let config = write_config(
+        &sb,
+        &entra,
+        &[
+            ("/defender", &xdr_url, DEFENDER_SCOPE),
+            ("/mde", &mde_url, MDE_SCOPE),
+        ],
+    );
+    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    assert_no_secret(&run);
+    assert!(
+        permission_row(&run, "api/incidents").contains("ok, has Incident.Read.All"),
+        "{run:?}"
+    );
+    assert!(
+        permission_row(&run, "api/advancedhunting").contains("ok, has AdvancedHunting.Read.All"),
+        "{run:?}"
+    );
+    assert!(
+        permission_row(&run, "api/machines ").contains("MISSING"),
+        "{run:?}"
+    );
+    assert_eq!(xdr.accepted(), 1, "{:?}", xdr.requests());
+    // Defender for Endpoint refuses: the route fails, and the hint names Machine.Read.All.
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(mde.requests()[0].path_and_query, "/api/machines?$top=1");
+    let all = run.all();
+    assert!(
+        all.contains("lacks Machine.Read.All or Machine.ReadWrite.All"),
+        "{run:?}"
+    );
+    assert!(all.contains("WindowsDefenderATP"), "{run:?}");
+    let xdr_probe = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("route /defender") && l.contains("GET"))
+        .unwrap_or_else(|| panic!("no probe line: {run:?}"));
+    assert!(
+        xdr_probe.contains("200") && xdr_probe.contains("OK"),
+        "{xdr_probe}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_explains_azure_devops_permissions_come_from_membership() {
+    let entra = FakeEntra::start().await;
+    let upstream = FakeUpstream::start(ADO_AUDIENCE).await;
+    upstream.require_role("/contoso/_apis/connectionData", "never-granted");
+    let sb = Sandbox::new();
+    let url = format!("{}/contoso", upstream.url());
+    let config = write_config(&sb, &entra, &[("/ado", &url, ADO_SCOPE)]);
+    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout.contains("Azure DevOps: the token grants"),
+        "{run:?}"
+    );
+    assert!(
+        permission_row(&run, "_git").contains("Code: Read"),
+        "{run:?}"
+    );
+    let all = run.all();
+    assert!(all.contains("403"), "{run:?}");
+    assert!(all.contains("Organization settings → Users"), "{run:?}");
+    assert_no_secret(&run);
+}
+
 // ---------------------------------------------------------------------------------------------
 // --help and serve
 

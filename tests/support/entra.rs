@@ -194,6 +194,8 @@ struct State {
     federated: Mutex<Vec<String>>,
     assertion_verifier: Mutex<Option<AssertionVerifier>>,
     users: Mutex<UserState>,
+    /// `roles` of client-credential tokens; `None` keeps the default `["Machine.Read.All"]`.
+    roles: Mutex<Option<Vec<String>>>,
 }
 
 /// Checks a `client_assertion` (JWT) against what the app has registered; `Err((aadsts, message))`
@@ -242,6 +244,7 @@ impl FakeEntra {
                 rt_order: Vec::new(),
                 next_family: 1,
             }),
+            roles: Mutex::new(None),
         });
         let handler_state = state.clone();
         let server = super::serve(listener, move |req| handle(handler_state.clone(), req));
@@ -295,6 +298,12 @@ impl FakeEntra {
     /// `expires_in` (and `ext_expires_in`) of tokens issued from now on; default 3599.
     pub fn set_lifetime(&self, secs: u64) {
         self.state.lifetime.store(secs, Ordering::SeqCst);
+    }
+
+    /// The application roles (`roles` claim) of the app tokens issued from now on, as if the
+    /// admin had granted exactly these.
+    pub fn set_roles(&self, roles: &[&str]) {
+        *lock(&self.state.roles) = Some(roles.iter().map(|r| r.to_string()).collect());
     }
 
     /// Adds `refresh_in` to successful answers when `Some`.
@@ -880,6 +889,9 @@ fn client_credentials(
 
     let lifetime = state.lifetime.load(Ordering::SeqCst);
     let mut claims = token_claims(&audience, lifetime);
+    if let Some(roles) = lock(&state.roles).clone() {
+        claims["roles"] = json!(roles);
+    }
     // A claims request (CAE challenge, client capabilities) is echoed into the token, so the
     // fake upstream can tell a token that satisfies its challenge.
     if let Some(requested) = form.get("claims") {

@@ -96,6 +96,8 @@ struct State {
     first_seen: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// A claims challenge (JSON) every token must satisfy.
     required_claims: Mutex<Option<Value>>,
+    /// (path prefix, role): a token without the role gets Defender's `403` on those paths.
+    required_roles: Mutex<Vec<(String, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,6 +129,7 @@ impl FakeUpstream {
             random_revocation: Mutex::new(None),
             first_seen: Mutex::new(std::collections::HashMap::new()),
             required_claims: Mutex::new(None),
+            required_roles: Mutex::new(Vec::new()),
         });
         let handler_state = state.clone();
         let server = super::serve(listener, move |req| handle(handler_state.clone(), req));
@@ -202,6 +205,12 @@ impl FakeUpstream {
         *lock(&self.state.revoked_answer) = answer;
     }
 
+    /// Requests whose path starts with `path_prefix` need `role` in the token's `roles`; others
+    /// get the `403` the Defender APIs send when an application permission is missing.
+    pub fn require_role(&self, path_prefix: &str, role: &str) {
+        lock(&self.state.required_roles).push((path_prefix.to_string(), role.to_string()));
+    }
+
     /// From now on, a token is served only when its claims request holds every
     /// `access_token` claim of `challenge`; others get a `401` claims challenge with it.
     pub fn require_claims(&self, challenge: Value) {
@@ -225,7 +234,31 @@ fn satisfies(token_claims: &Value, challenge: &Value) -> bool {
     })
 }
 
-fn refusal_answer(state: &State, token: &str, claims: &Value) -> Option<(String, Response<Body>)> {
+fn refusal_answer(
+    state: &State,
+    path: &str,
+    token: &str,
+    claims: &Value,
+) -> Option<(String, Response<Body>)> {
+    let roles: Vec<&str> = claims
+        .get("roles")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let missing = lock(&state.required_roles)
+        .iter()
+        .find(|(prefix, role)| path.starts_with(prefix.as_str()) && !roles.contains(&role.as_str()))
+        .map(|(_, role)| role.clone());
+    if let Some(role) = missing {
+        let resp = json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": {
+                "code": "Forbidden",
+                "message": format!("The application does not have any of the required application permissions ({role}) to access the resource."),
+            }}),
+        );
+        return Some((format!("missing role {role}"), resp));
+    }
     if let Some(challenge) = lock(&state.required_claims).clone() {
         if !satisfies(claims, &challenge) {
             use base64::Engine as _;
@@ -386,7 +419,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let refused = verdict
         .as_ref()
         .ok()
-        .and_then(|(token, claims)| refusal_answer(&state, token, claims));
+        .and_then(|(token, claims)| refusal_answer(&state, &path, token, claims));
     {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &state.counts;
