@@ -2,6 +2,7 @@
 //! reloads in `reload`.
 
 pub mod admin;
+pub mod identity;
 pub mod reload;
 pub mod watchdog;
 
