@@ -82,7 +82,10 @@ fn error_code(status: u16, headers: &HeaderMap, body: &str) -> String {
     assert!(!body.contains(HEADER), "an error echoes the header: {body}");
     let v = json(body);
     assert_eq!(v["statusCode"], status, "{body}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(v["request_id"].is_string(), "{body}");
     v["error"].as_str().expect("error code").to_string()
 }
@@ -125,7 +128,10 @@ async fn answers_the_app_service_shape_from_the_shared_cache() {
         "{expires_on}"
     );
     let expires_on: u64 = expires_on.parse().expect("epoch seconds");
-    assert!(expires_on > now() + 60, "expires_on {expires_on} is not in the future");
+    assert!(
+        expires_on > now() + 60,
+        "expires_on {expires_on} is not in the future"
+    );
     let token = v["access_token"].as_str().expect("access_token");
     let claims = verify(token, ADO_AUDIENCE);
     let exp = claims["exp"].as_u64().expect("exp");
@@ -137,14 +143,15 @@ async fn answers_the_app_service_shape_from_the_shared_cache() {
 
     // The same resource spelled otherwise (case, trailing '/', or as a scope) is the same entry,
     // and the proxy's route shares it: one token request in all.
-    for spelling in [
-        "499B84AC-1321-427F-AA17-267CA6975798/",
-        ADO_SCOPE,
-    ] {
+    for spelling in ["499B84AC-1321-427F-AA17-267CA6975798/", ADO_SCOPE] {
         let (status, _, body) = get(&p, &query(spelling), Some(HEADER)).await;
         assert_eq!(status, 200, "{spelling}: {body}");
         assert_eq!(json(&body)["access_token"], token, "{spelling}");
-        assert_eq!(json(&body)["resource"], spelling, "resource is echoed as asked");
+        assert_eq!(
+            json(&body)["resource"],
+            spelling,
+            "resource is echoed as asked"
+        );
     }
     let resp = support::http_client()
         .get(p.url("/ado/org/_apis/projects"))
@@ -153,8 +160,15 @@ async fn answers_the_app_service_shape_from_the_shared_cache() {
         .expect("proxied request");
     assert_eq!(resp.status(), 200);
     let rec = upstream.requests().pop().expect("upstream saw it");
-    assert_eq!(rec.headers["authorization"], format!("Bearer {token}").as_str());
-    assert_eq!(entra.token_requests(), 1, "routes and SDKs share one cache entry");
+    assert_eq!(
+        rec.headers["authorization"],
+        format!("Bearer {token}").as_str()
+    );
+    assert_eq!(
+        entra.token_requests(),
+        1,
+        "routes and SDKs share one cache entry"
+    );
 
     let m = p.metrics().await;
     assert_eq!(
@@ -176,13 +190,20 @@ async fn the_header_is_required_and_must_match() {
     for (header, what) in [
         (None, "no header"),
         (Some("wrong"), "a short wrong header"),
-        (Some(wrong_same_length.as_str()), "a wrong header of the same length"),
+        (
+            Some(wrong_same_length.as_str()),
+            "a wrong header of the same length",
+        ),
         (Some(&HEADER[..HEADER.len() - 1]), "a prefix of the header"),
         (Some(""), "an empty header"),
     ] {
         let (status, headers, body) = get(&p, &query(GRAPH), header).await;
         assert_eq!(status, 401, "{what}: {body}");
-        assert_eq!(error_code(status, &headers, &body), "inbound_auth_required", "{what}");
+        assert_eq!(
+            error_code(status, &headers, &body),
+            "inbound_auth_required",
+            "{what}"
+        );
         assert!(!body.contains("access_token"), "{what}: {body}");
     }
     assert_eq!(
@@ -192,7 +213,10 @@ async fn the_header_is_required_and_must_match() {
     );
     let m = p.metrics().await;
     assert_eq!(
-        metric(&m, r#"patless_identity_requests_total{result="inbound_auth_required"}"#),
+        metric(
+            &m,
+            r#"patless_identity_requests_total{result="inbound_auth_required"}"#
+        ),
         5.0,
         "{m}"
     );
@@ -210,7 +234,10 @@ async fn only_the_configured_resources_are_handed_out() {
         assert!(body.contains(ADO_AUDIENCE), "names what is allowed: {body}");
     }
     assert!(
-        entra.requests().iter().all(|r| r.form["scope"] == ADO_SCOPE),
+        entra
+            .requests()
+            .iter()
+            .all(|r| r.form["scope"] == ADO_SCOPE),
         "only the route's token was asked for"
     );
     p.stop().await;
@@ -221,7 +248,11 @@ async fn only_the_configured_resources_are_handed_out() {
     assert_eq!(status, 200, "{body}");
     let v = json(&body);
     verify(v["access_token"].as_str().expect("token"), GRAPH);
-    assert_eq!(asked_for(&entra, GRAPH_SCOPE), 1, "the cache is asked for R/.default");
+    assert_eq!(
+        asked_for(&entra, GRAPH_SCOPE),
+        1,
+        "the cache is asked for R/.default"
+    );
     let (status, _, body) = get(&p, &query(ADO_AUDIENCE), Some(HEADER)).await;
     assert_eq!(status, 403, "a route's resource is not listed: {body}");
     p.stop().await;
@@ -232,7 +263,10 @@ async fn malformed_requests_get_json_errors() {
     let (entra, _upstream, p) = start(ONLY_GRAPH).await;
     for (q, what) in [
         ("api-version=2019-08-01".to_string(), "no resource"),
-        ("resource=&api-version=2019-08-01".to_string(), "an empty resource"),
+        (
+            "resource=&api-version=2019-08-01".to_string(),
+            "an empty resource",
+        ),
         (format!("resource={GRAPH}"), "no api-version"),
         (
             format!("resource={GRAPH}&api-version=2018-02-01"),
@@ -245,7 +279,11 @@ async fn malformed_requests_get_json_errors() {
     ] {
         let (status, headers, body) = get(&p, &q, Some(HEADER)).await;
         assert_eq!(status, 400, "{what}: {body}");
-        assert_eq!(error_code(status, &headers, &body), "invalid_request", "{what}");
+        assert_eq!(
+            error_code(status, &headers, &body),
+            "invalid_request",
+            "{what}"
+        );
     }
     let client = support::http_client();
     let resp = client
@@ -304,7 +342,10 @@ async fn identity_selectors_must_name_this_identity() {
             format!("{base}&principal_id=99999999-9999-9999-9999-999999999999"),
             "principal_id",
         ),
-        (format!("{base}&mi_res_id=%2Fsubscriptions%2Fx"), "mi_res_id"),
+        (
+            format!("{base}&mi_res_id=%2Fsubscriptions%2Fx"),
+            "mi_res_id",
+        ),
     ] {
         let (status, headers, body) = get(&p, &bad, Some(HEADER)).await;
         assert_eq!(status, 400, "{bad}: {body}");
@@ -342,18 +383,20 @@ async fn header_profile_and_resources_follow_a_reload_but_the_listener_does_not(
     let write = |text: &str| std::fs::write(&path, text).expect("write config");
     let first = ie_config(&entra, &upstream.url(), "");
     write(&first);
-    let p = Patless::start_file(&path, patless::env::MapEnv::default(), Duration::from_secs(60))
-        .await;
+    let p = Patless::start_file(
+        &path,
+        patless::env::MapEnv::default(),
+        Duration::from_secs(60),
+    )
+    .await;
     let (status, _, body) = get(&p, &query(ADO_AUDIENCE), Some(HEADER)).await;
     assert_eq!(status, 200, "{body}");
 
     let second_header = "idh-second-Rt5Wq8Zp2Lm6Xc9Vb";
-    write(
-        &first.replace(
-                &format!("header = \"{HEADER}\"\n"),
-                &format!("header = \"{second_header}\"\n{ONLY_GRAPH}"),
-            ),
-    );
+    write(&first.replace(
+        &format!("header = \"{HEADER}\"\n"),
+        &format!("header = \"{second_header}\"\n{ONLY_GRAPH}"),
+    ));
     let report = p.reloader().reload().await.expect("reload");
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     let (status, _, _) = get(&p, &query(GRAPH), Some(HEADER)).await;
@@ -365,12 +408,10 @@ async fn header_profile_and_resources_follow_a_reload_but_the_listener_does_not(
     assert_eq!(status, 403, "the new resources apply");
 
     // A new listen address needs a restart: refused, the rest applies.
-    write(
-        &first.replace(
-            "[identity_endpoint]\nlisten = \"127.0.0.1:0\"",
-            "[identity_endpoint]\nlisten = \"127.0.0.1:17072\"",
-        ),
-    );
+    write(&first.replace(
+        "[identity_endpoint]\nlisten = \"127.0.0.1:0\"",
+        "[identity_endpoint]\nlisten = \"127.0.0.1:17072\"",
+    ));
     let report = p.reloader().reload().await.expect("reload");
     assert_eq!(report.refused, vec!["identity_endpoint.listen".to_string()]);
     let (status, _, body) = get(&p, &query(ADO_AUDIENCE), Some(HEADER)).await;
@@ -446,12 +487,22 @@ fn bad_identity_endpoint_settings_exit_64_naming_each_key() {
         assert!(stderr.contains(needle), "no `{needle}` in:\n{stderr}");
     }
 
-    let short = format!("{BASE}\n[identity_endpoint]\nheader = \"short\"\nlisten = \"127.0.0.1:7070\"\n");
+    let short =
+        format!("{BASE}\n[identity_endpoint]\nheader = \"short\"\nlisten = \"127.0.0.1:7070\"\n");
     let (code, _, stderr) = run_patless(&["config"], &short, &[]);
     assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("identity_endpoint.header: is 5 characters long"), "{stderr}");
-    assert!(stderr.contains("identity_endpoint.listen: 127.0.0.1:7070 is also server.listen"), "{stderr}");
-    assert!(!stderr.contains("\"short\""), "the value is never shown: {stderr}");
+    assert!(
+        stderr.contains("identity_endpoint.header: is 5 characters long"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("identity_endpoint.listen: 127.0.0.1:7070 is also server.listen"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("\"short\""),
+        "the value is never shown: {stderr}"
+    );
 
     // A profile no route uses has no default resources.
     let unused = format!(
@@ -459,9 +510,13 @@ fn bad_identity_endpoint_settings_exit_64_naming_each_key() {
     );
     let (code, _, stderr) = run_patless(&["config"], &unused, &[]);
     assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("identity_endpoint.resources: no route of profile `spare`"), "{stderr}");
+    assert!(
+        stderr.contains("identity_endpoint.resources: no route of profile `spare`"),
+        "{stderr}"
+    );
 
-    let typo = format!("{BASE}\n[identity_endpoint]\nheader = {{ env = \"H\" }}\nresource = [\"x\"]\n");
+    let typo =
+        format!("{BASE}\n[identity_endpoint]\nheader = {{ env = \"H\" }}\nresource = [\"x\"]\n");
     let (code, _, stderr) = run_patless(&["config"], &typo, &[]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("identity_endpoint"), "{stderr}");
@@ -473,19 +528,23 @@ fn bad_identity_endpoint_settings_exit_64_naming_each_key() {
     let (code, _, stderr) = run_patless(&["serve"], &unset, &[("BOT_SECRET", "x")]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(
-        stderr.contains("identity_endpoint.header: environment variable PATLESS_IDENTITY_HEADER is not set"),
+        stderr.contains(
+            "identity_endpoint.header: environment variable PATLESS_IDENTITY_HEADER is not set"
+        ),
         "{stderr}"
     );
 }
 
 #[test]
 fn patless_config_prints_the_table_with_the_header_redacted() {
-    let literal = format!(
-        "{BASE}\n[identity_endpoint]\nheader = \"{HEADER}\"\nprofile = \"bot\"\n"
-    );
+    let literal =
+        format!("{BASE}\n[identity_endpoint]\nheader = \"{HEADER}\"\nprofile = \"bot\"\n");
     let (code, stdout, stderr) = run_patless(&["config"], &literal, &[]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stdout.contains(HEADER) && !stderr.contains(HEADER), "{stdout}");
+    assert!(
+        !stdout.contains(HEADER) && !stderr.contains(HEADER),
+        "{stdout}"
+    );
     let printed: toml::Value = toml::from_str(
         stdout
             .lines()
@@ -505,7 +564,11 @@ fn patless_config_prints_the_table_with_the_header_redacted() {
         .iter()
         .filter_map(|r| r.as_str())
         .collect();
-    assert_eq!(resources, vec![ADO_AUDIENCE], "the default, from the routes");
+    assert_eq!(
+        resources,
+        vec![ADO_AUDIENCE],
+        "the default, from the routes"
+    );
 
     let by_env = format!(
         "{BASE}\n[identity_endpoint]\nheader = {{ env = \"PATLESS_IDENTITY_HEADER\" }}\nprofile = \"bot\"\n"
@@ -522,7 +585,12 @@ async fn neither_the_header_nor_a_token_is_logged() {
     hygiene.forbid("identity header", HEADER);
     let (status, _, ok) = get(&p, &query(ADO_AUDIENCE), Some(HEADER)).await;
     assert_eq!(status, 200, "{ok}");
-    let (_, _, wrong) = get(&p, &query(ADO_AUDIENCE), Some("idh-wrong-but-long-enough-0")).await;
+    let (_, _, wrong) = get(
+        &p,
+        &query(ADO_AUDIENCE),
+        Some("idh-wrong-but-long-enough-0"),
+    )
+    .await;
     let (_, _, forbidden) = get(&p, &query(GRAPH), Some(HEADER)).await;
     hygiene.output("a 401 body", wrong);
     hygiene.output("a 403 body", forbidden);
@@ -580,19 +648,27 @@ async fn run_sdk(p: &Patless, program: &str, args: &[&str], extra_env: &[(&str, 
         .expect("run the SDK");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{program} failed:\n{stderr}\n{stdout}");
+    assert!(
+        out.status.success(),
+        "{program} failed:\n{stderr}\n{stdout}"
+    );
     json(stdout.trim())
 }
 
 /// Both tokens an SDK printed verify for Azure DevOps, and patless answered both requests.
 async fn assert_sdk_tokens(p: &Patless, entra: &FakeEntra, got: &Value) {
     for key in ["system", "by_client_id"] {
-        let token = got[key].as_str().unwrap_or_else(|| panic!("{key} in {got}"));
+        let token = got[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} in {got}"));
         verify(token, ADO_AUDIENCE);
         assert!(entra.issued_tokens().iter().any(|t| t == token), "{key}");
     }
     let expires = got["expires_on"].as_f64().expect("expires_on");
-    assert!(expires > now() as f64, "the SDK parsed expires_on: {expires}");
+    assert!(
+        expires > now() as f64,
+        "the SDK parsed expires_on: {expires}"
+    );
     let m = p.metrics().await;
     assert_eq!(
         metric(&m, r#"patless_identity_requests_total{result="success"}"#),

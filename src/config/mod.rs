@@ -74,7 +74,10 @@ impl IdentityEndpointConfig {
 
     /// The scopes it may ask the token cache for (`R/.default` for each resource).
     pub fn scopes(&self) -> Vec<String> {
-        self.resources.iter().map(|r| format!("{r}/.default")).collect()
+        self.resources
+            .iter()
+            .map(|r| format!("{r}/.default"))
+            .collect()
     }
 }
 
@@ -687,15 +690,15 @@ impl Config {
                 scope: Some(r.scope.clone()),
             })
             .collect();
-        let identity_endpoint = self
-            .identity_endpoint
-            .as_ref()
-            .map(|ie| raw::RawIdentityEndpoint {
-                listen: Some(ie.listen.to_string()),
-                header: Some(redacted_ref(&ie.header)),
-                profile: Some(ie.profile.clone()),
-                resources: Some(ie.resources.clone()),
-            });
+        let identity_endpoint =
+            self.identity_endpoint
+                .as_ref()
+                .map(|ie| raw::RawIdentityEndpoint {
+                    listen: Some(ie.listen.to_string()),
+                    header: Some(redacted_ref(&ie.header)),
+                    profile: Some(ie.profile.clone()),
+                    resources: Some(ie.resources.clone()),
+                });
         RawConfig {
             server,
             entra,

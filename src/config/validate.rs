@@ -226,9 +226,10 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
     }
     // Host routes and the embedded default name `auto`; it exists even when not written down (so
     // does it for an identity endpoint that hands out its tokens).
-    let identity_wants_auto = raw.identity_endpoint.as_ref().is_some_and(|ie| {
-        ie.profile.as_deref().unwrap_or(&default_profile) == "auto"
-    });
+    let identity_wants_auto = raw
+        .identity_endpoint
+        .as_ref()
+        .is_some_and(|ie| ie.profile.as_deref().unwrap_or(&default_profile) == "auto");
     if (host_routes || identity_wants_auto)
         && default_profile == "auto"
         && !raw.profiles.contains_key("auto")
@@ -340,7 +341,15 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
     }
 
     let identity_endpoint = raw.identity_endpoint.as_ref().and_then(|ie| {
-        identity_endpoint(&mut errs, ie, &server, &default_profile, &profiles, raw, &routes)
+        identity_endpoint(
+            &mut errs,
+            ie,
+            &server,
+            &default_profile,
+            &profiles,
+            raw,
+            &routes,
+        )
     });
 
     if errs.0.is_empty() {

@@ -106,7 +106,9 @@ impl IdentityEndpoint {
 /// A request the identity endpoint refuses.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
-    #[error("the identity endpoint serves GET {TOKEN_PATH}?resource=…&api-version={API_VERSION} only")]
+    #[error(
+        "the identity endpoint serves GET {TOKEN_PATH}?resource=…&api-version={API_VERSION} only"
+    )]
     NotFound,
     #[error("the identity endpoint is off in the running configuration ([identity_endpoint] was removed); its listener closes when patless restarts")]
     Off,
@@ -322,16 +324,15 @@ async fn answer(
             )))
         }
     }
-    let asked = match q.resource.as_deref().map(str::trim) {
-        Some(r) if !r.is_empty() => r,
-        _ => {
-            return Err(Refusal::InvalidRequest(
+    let asked =
+        match q.resource.as_deref().map(str::trim) {
+            Some(r) if !r.is_empty() => r,
+            _ => return Err(Refusal::InvalidRequest(
                 "the resource query parameter is missing; expected resource=<the API's resource, \
                  such as 499b84ac-1321-427f-aa17-267ca6975798>"
                     .into(),
-            ))
-        }
-    };
+            )),
+        };
     let Some(resource) = ep.config.allowed(asked) else {
         return Err(Refusal::ResourceNotAllowed {
             asked: asked.chars().take(200).collect(),
@@ -362,7 +363,10 @@ async fn answer(
         &ep.config.profile,
         client_id.as_deref(),
         claim("oid").as_deref(),
-        ep.resource_id.clone().or_else(|| claim("xms_mirid")).as_deref(),
+        ep.resource_id
+            .clone()
+            .or_else(|| claim("xms_mirid"))
+            .as_deref(),
     )?;
     let mut body = serde_json::json!({
         "access_token": token.secret().expose(),

@@ -388,7 +388,10 @@ fn keep_listeners(old: &Config, mut new: Config) -> (Config, Vec<String>) {
             now.listen = was.listen.clone();
         }
         (None, added @ Some(_)) => {
-            let listen = added.as_ref().map(|a| a.listen.to_string()).unwrap_or_default();
+            let listen = added
+                .as_ref()
+                .map(|a| a.listen.to_string())
+                .unwrap_or_default();
             check("identity_endpoint.listen", off(), listen);
             *added = None;
         }
