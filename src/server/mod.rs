@@ -1,5 +1,5 @@
-//! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`, config
-//! reloads in `reload`.
+//! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`, the
+//! identity endpoint for SDKs in `identity`, config reloads in `reload`.
 
 pub mod admin;
 pub mod identity;
