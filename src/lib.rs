@@ -49,6 +49,9 @@ pub enum StartError {
     /// `server.inbound_token` cannot be read.
     #[error("server.inbound_token: {0}")]
     InboundToken(String),
+    /// `identity_endpoint.header` cannot be read or used.
+    #[error(transparent)]
+    IdentityHeader(#[from] server::identity::IdentityHeaderError),
     /// Binding a listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -73,6 +76,8 @@ pub struct App {
     pub proxy: Proxy,
     /// Per profile: where its tokens come from (what `auto` chose), for `check`.
     pub credential_sources: std::collections::BTreeMap<String, credentials::SourceFn>,
+    /// The identity endpoint for SDKs (`[identity_endpoint]`), if configured.
+    pub identity: Option<server::identity::IdentityEndpoint>,
     /// The environment it was built from (a reload reads the config with the same one).
     env: Env,
 }
@@ -191,8 +196,13 @@ impl App {
             metrics.clone(),
         ));
         if let Some(o) = reusable {
-            // Only entries the new config still routes to; the others stop with the old cache.
+            // Only entries the new config still routes to (or hands out at the identity
+            // endpoint); the others stop with the old cache.
             let host_scopes = hosts::all_scopes();
+            let identity_scopes = config
+                .identity_endpoint
+                .as_ref()
+                .map(|ie| (ie.profile.clone(), ie.scopes()));
             changes.adopted = cache.adopt(&o.cache, |key| {
                 changes.kept.contains(&key.profile)
                     && (config
@@ -201,10 +211,28 @@ impl App {
                         .any(|r| r.profile == key.profile && r.scope == key.scope)
                         || (config.server.host_routes
                             && key.profile == config.server.default_profile
-                            && host_scopes.contains(&key.scope.as_str())))
+                            && host_scopes.contains(&key.scope.as_str()))
+                        || identity_scopes.as_ref().is_some_and(|(profile, scopes)| {
+                            key.claims.is_none()
+                                && *profile == key.profile
+                                && scopes.contains(&key.scope)
+                        }))
             });
         }
-        let proxy = match App::assemble(&config, &cache, &ctx, &metrics) {
+        let built = App::assemble(&config, &cache, &ctx, &metrics).and_then(|proxy| {
+            let identity = match &config.identity_endpoint {
+                None => None,
+                Some(ie) => Some(server::identity::IdentityEndpoint::new(
+                    ie.clone(),
+                    config.profiles.get(&ie.profile),
+                    config.server.allowed_hosts.clone(),
+                    config.server.allowed_origins.clone(),
+                    ctx.env.as_ref(),
+                )?),
+            };
+            Ok((proxy, identity))
+        });
+        let (proxy, identity) = match built {
             Ok(p) => p,
             Err(e) => {
                 // The old cache still owns the adopted entries: dropping this one must not stop
@@ -220,6 +248,7 @@ impl App {
                 cache,
                 proxy,
                 credential_sources,
+                identity,
                 env: ctx.env,
             },
             changes,
@@ -281,6 +310,7 @@ impl std::fmt::Debug for App {
             .field("config", &self.config)
             .field("cache", &self.cache)
             .field("proxy", &self.proxy)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -292,6 +322,8 @@ pub struct Listeners {
     pub proxy: Listener,
     /// The admin listener, if on.
     pub admin: Option<Listener>,
+    /// The identity endpoint's listener, if `[identity_endpoint]` is set.
+    pub identity: Option<Listener>,
 }
 
 impl Listeners {
@@ -314,7 +346,15 @@ impl Listeners {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        Ok(Listeners { proxy, admin })
+        let identity = match &config.identity_endpoint {
+            Some(ie) => Some(bind(&ie.listen).await?),
+            None => None,
+        };
+        Ok(Listeners {
+            proxy,
+            admin,
+            identity,
+        })
     }
 }
 
@@ -415,6 +455,24 @@ where
             .await;
         }
     };
+    let identity_task = async {
+        if let Some(l) = listeners.identity {
+            tracing::info!(
+                listen = %l.describe(),
+                "identity endpoint listening (GET {} for SDKs)",
+                server::identity::TOKEN_PATH
+            );
+            let identity_app = Arc::clone(&current);
+            server::serve(
+                l,
+                move |req| server::identity::handle(identity_app.load_full(), req),
+                closed(close_rx.clone()),
+                limits,
+                "identity",
+            )
+            .await;
+        }
+    };
     let reload_task = async {
         if let Some(r) = reload {
             server::reload::serve(Arc::clone(&current), r, begun_rx.clone()).await;
@@ -450,7 +508,7 @@ where
         }
         let _ = close_tx.send(Some(grace));
     };
-    tokio::join!(proxy_task, admin_task, reload_task, signal);
+    tokio::join!(proxy_task, admin_task, identity_task, reload_task, signal);
     // The background tasks: the config watcher ended with the reload task; the refreshers now.
     let stopped = current.load().cache.stop();
     tracing::info!(refreshers = stopped.len(), "stopped");

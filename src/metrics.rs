@@ -29,6 +29,8 @@ pub struct Metrics {
     pub inbound_rejections: IntCounterVec,
     /// `patless_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `patless_identity_requests_total{result}`
+    pub identity_requests: IntCounterVec,
     /// `patless_build_info{version}`
     pub build_info: IntGaugeVec,
 }
@@ -142,6 +144,12 @@ impl Metrics {
                 &registry,
                 "patless_config_reloads_total",
                 "Configuration reloads by result.",
+                &["result"],
+            ),
+            identity_requests: counter(
+                &registry,
+                "patless_identity_requests_total",
+                "Identity endpoint requests by result (success or the error code).",
                 &["result"],
             ),
             build_info,

@@ -534,6 +534,7 @@ async fn serves_on_a_unix_socket_and_replaces_a_stale_one() {
         patless::Listeners {
             proxy: listener,
             admin: None,
+            identity: None,
         },
         app,
         async move {

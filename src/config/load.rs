@@ -222,6 +222,13 @@ pub fn literal_secret_warnings(raw: &RawConfig, path: &Path) -> Vec<String> {
     if literal(&raw.server.inbound_token) {
         keys.push("server.inbound_token".to_string());
     }
+    if literal(
+        &raw.identity_endpoint
+            .as_ref()
+            .and_then(|ie| ie.header.clone()),
+    ) {
+        keys.push("identity_endpoint.header".to_string());
+    }
     // A proxy URL is a secret only when it carries user:password.
     if let Some(crate::config::SecretValue::Literal(url)) = &raw.server.egress_proxy {
         if url.contains('@') {

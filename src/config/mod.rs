@@ -18,7 +18,8 @@ pub use load::{
     find_config_file, literal_secret_warnings, load, load_from_str, ConfigSource, Format,
     LoadedConfig,
 };
-pub use raw::{RawConfig, SecretValue};
+pub use raw::{RawConfig, RawIdentityEndpoint, SecretValue};
+pub(crate) use validate::identity_header_problem;
 
 use crate::env::Environment;
 use crate::secret::Secret;
@@ -37,6 +38,55 @@ pub struct Config {
     pub profiles: BTreeMap<String, Profile>,
     /// Explicit routes, in file order.
     pub routes: Vec<Route>,
+    /// `[identity_endpoint]`, if set.
+    pub identity_endpoint: Option<IdentityEndpointConfig>,
+}
+
+/// The identity endpoint's default listener.
+pub const IDENTITY_ENDPOINT_LISTEN: &str = "127.0.0.1:7072";
+
+/// `[identity_endpoint]`, validated (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityEndpointConfig {
+    /// Where it listens: loopback TCP or a Unix socket.
+    pub listen: ListenAddr,
+    /// The secret clients send as `X-IDENTITY-HEADER`; resolved when the app is built.
+    pub header: SecretSource,
+    /// Whose tokens it hands out.
+    pub profile: String,
+    /// The resources it hands out tokens for, as configured: no trailing `/`, no `/.default`.
+    /// Compared with a request's `resource` case-insensitively, trailing `/` ignored.
+    pub resources: Vec<String>,
+    /// Whether `resources` was written down (else it came from the profile's routes).
+    pub resources_explicit: bool,
+}
+
+impl IdentityEndpointConfig {
+    /// The configured resource a request's `resource` names, if any: trailing `/` and a
+    /// `/.default` suffix ignored, compared case-insensitively.
+    pub fn allowed(&self, asked: &str) -> Option<&str> {
+        let asked = normalise_resource(asked);
+        self.resources
+            .iter()
+            .find(|r| r.eq_ignore_ascii_case(asked))
+            .map(String::as_str)
+    }
+
+    /// The scopes it may ask the token cache for (`R/.default` for each resource).
+    pub fn scopes(&self) -> Vec<String> {
+        self.resources
+            .iter()
+            .map(|r| format!("{r}/.default"))
+            .collect()
+    }
+}
+
+/// A resource as the identity endpoint compares it: surrounding space, a `/.default` suffix
+/// (a scope given where a resource belongs) and trailing `/` removed.
+pub fn normalise_resource(text: &str) -> &str {
+    let t = text.trim();
+    let t = t.strip_suffix("/.default").unwrap_or(t);
+    t.trim_end_matches('/')
 }
 
 /// Where a listener binds.
@@ -302,6 +352,24 @@ pub enum ProfileKind {
 }
 
 impl ProfileKind {
+    /// The client (application) id written in the config, if the kind has one and it is set.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            ProfileKind::ClientSecret { client_id, .. }
+            | ProfileKind::ClientCertificate { client_id, .. }
+            | ProfileKind::DeviceCode { client_id, .. }
+            | ProfileKind::InteractiveBrowser { client_id, .. } => Some(client_id),
+            ProfileKind::ManagedIdentity {
+                id: Some(ManagedIdentityId::ClientId(c)),
+                ..
+            } => Some(c),
+            ProfileKind::WorkloadIdentity { client_id, .. }
+            | ProfileKind::AzurePipelines { client_id, .. }
+            | ProfileKind::Auto { client_id, .. } => client_id.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The kind's name, as in the config.
     pub fn name(&self) -> &'static str {
         match self {
@@ -622,11 +690,21 @@ impl Config {
                 scope: Some(r.scope.clone()),
             })
             .collect();
+        let identity_endpoint =
+            self.identity_endpoint
+                .as_ref()
+                .map(|ie| raw::RawIdentityEndpoint {
+                    listen: Some(ie.listen.to_string()),
+                    header: Some(redacted_ref(&ie.header)),
+                    profile: Some(ie.profile.clone()),
+                    resources: Some(ie.resources.clone()),
+                });
         RawConfig {
             server,
             entra,
             profiles,
             routes,
+            identity_endpoint,
         }
     }
 }

@@ -82,6 +82,23 @@ pub struct RawConfig {
     /// `[[routes]]`
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[identity_endpoint]` (SPEC §8): absent, no identity endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_endpoint: Option<RawIdentityEndpoint>,
+}
+
+/// `[identity_endpoint]`: the App Service managed-identity protocol served to local SDKs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentityEndpoint {
+    /// Listener (default `127.0.0.1:7072`); loopback or `unix:/path` only.
+    pub listen: Option<String>,
+    /// The secret clients send as `X-IDENTITY-HEADER` (required).
+    pub header: Option<SecretValue>,
+    /// Whose tokens it hands out (default `server.default_profile`).
+    pub profile: Option<String>,
+    /// The resources it hands out tokens for (default: those of the profile's routes).
+    pub resources: Option<Vec<String>>,
 }
 
 /// `[server]`
@@ -223,6 +240,9 @@ impl RawConfig {
         c.server.inbound_token = c.server.inbound_token.as_ref().map(SecretValue::redacted);
         // The proxy URL may carry user:password.
         c.server.egress_proxy = c.server.egress_proxy.as_ref().map(SecretValue::redacted);
+        if let Some(ie) = c.identity_endpoint.as_mut() {
+            ie.header = ie.header.as_ref().map(SecretValue::redacted);
+        }
         for p in c.profiles.values_mut() {
             p.client_secret = p.client_secret.as_ref().map(SecretValue::redacted);
             p.certificate_password = p.certificate_password.as_ref().map(SecretValue::redacted);

@@ -224,8 +224,16 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
             profiles.insert(name.clone(), profile);
         }
     }
-    // Host routes and the embedded default name `auto`; it exists even when not written down.
-    if host_routes && default_profile == "auto" && !raw.profiles.contains_key("auto") {
+    // Host routes and the embedded default name `auto`; it exists even when not written down (so
+    // does it for an identity endpoint that hands out its tokens).
+    let identity_wants_auto = raw
+        .identity_endpoint
+        .as_ref()
+        .is_some_and(|ie| ie.profile.as_deref().unwrap_or(&default_profile) == "auto");
+    if (host_routes || identity_wants_auto)
+        && default_profile == "auto"
+        && !raw.profiles.contains_key("auto")
+    {
         profiles.insert(
             "auto".into(),
             Profile {
@@ -332,16 +340,193 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
         }
     }
 
+    let identity_endpoint = raw.identity_endpoint.as_ref().and_then(|ie| {
+        identity_endpoint(
+            &mut errs,
+            ie,
+            &server,
+            &default_profile,
+            &profiles,
+            raw,
+            &routes,
+        )
+    });
+
     if errs.0.is_empty() {
         Ok(Config {
             server,
             entra,
             profiles,
             routes,
+            identity_endpoint,
         })
     } else {
         Err(errs.0)
     }
+}
+
+/// `[identity_endpoint]`: a loopback (or Unix socket) listener apart from the others, a header
+/// secret, a defined profile, and the resources it may hand out tokens for — by default those of
+/// the `/.default` scopes of that profile's routes.
+fn identity_endpoint(
+    errs: &mut Errors,
+    ie: &super::raw::RawIdentityEndpoint,
+    server: &ServerConfig,
+    default_profile: &str,
+    profiles: &BTreeMap<String, Profile>,
+    raw: &RawConfig,
+    routes: &[Route],
+) -> Option<super::IdentityEndpointConfig> {
+    let before = errs.0.len();
+    let text = ie
+        .listen
+        .as_deref()
+        .unwrap_or(super::IDENTITY_ENDPOINT_LISTEN);
+    let listen = listen_addr(errs, "identity_endpoint.listen", text);
+    if let Some(ListenAddr::Tcp(addr)) = &listen {
+        if !addr.ip().is_loopback() {
+            errs.add(
+                "identity_endpoint.listen",
+                format!(
+                    "{addr} is not a loopback address: the identity header and the tokens it hands \
+                     out travel as plain HTTP. Listen on 127.0.0.1 (the pod's or machine's own \
+                     SDKs reach it there) or on unix:/path"
+                ),
+            );
+        }
+    }
+    if let Some(l) = &listen {
+        let port_zero = matches!(l, ListenAddr::Tcp(a) if a.port() == 0);
+        for (key, other) in [
+            ("server.listen", Some(&server.listen)),
+            ("server.admin_listen", server.admin_listen.as_ref()),
+        ] {
+            if !port_zero && other == Some(l) {
+                errs.add(
+                    "identity_endpoint.listen",
+                    format!("{l} is also {key}; expected an address of its own"),
+                );
+            }
+        }
+    }
+    let header = match &ie.header {
+        None => {
+            errs.add(
+                "identity_endpoint.header",
+                "missing; expected the secret SDKs send as X-IDENTITY-HEADER (their \
+                 IDENTITY_HEADER): { env = \"NAME\" }, { file = \"PATH\" } or a literal",
+            );
+            None
+        }
+        Some(SecretValue::Literal(v)) if identity_header_problem(v).is_some() => {
+            let why = identity_header_problem(v).unwrap_or_default();
+            errs.add("identity_endpoint.header", why);
+            None
+        }
+        Some(v) => Some(secret_source(v)),
+    };
+    let profile = ie
+        .profile
+        .clone()
+        .unwrap_or_else(|| default_profile.to_string());
+    let profile_ok = profiles.contains_key(&profile) || raw.profiles.contains_key(&profile);
+    if !profile_ok {
+        let from = if ie.profile.is_some() {
+            ""
+        } else {
+            " (the default: server.default_profile)"
+        };
+        errs.add(
+            "identity_endpoint.profile",
+            format!(
+                "profile `{profile}`{from} is not defined; defined: [{}]",
+                raw.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    let resources: Vec<String> = match &ie.resources {
+        Some(list) => {
+            if list.is_empty() {
+                errs.add(
+                    "identity_endpoint.resources",
+                    "empty: no token could be handed out; list resources such as \
+                     \"499b84ac-1321-427f-aa17-267ca6975798\", or drop the key to use those of \
+                     the profile's routes",
+                );
+            }
+            let mut out: Vec<String> = Vec::new();
+            for (i, r) in list.iter().enumerate() {
+                let n = super::normalise_resource(r);
+                if n.is_empty() || n.chars().any(char::is_whitespace) {
+                    errs.add(
+                        format!("identity_endpoint.resources[{i}]"),
+                        format!(
+                            "`{r}`: expected one resource such as \"https://graph.microsoft.com\" \
+                             or \"499b84ac-1321-427f-aa17-267ca6975798\""
+                        ),
+                    );
+                } else if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+                    out.push(n.to_string());
+                }
+            }
+            out
+        }
+        None => {
+            let mut out: Vec<String> = Vec::new();
+            for r in routes.iter().filter(|r| r.profile == profile) {
+                if let Some(res) = r.scope.strip_suffix("/.default") {
+                    let res = res.trim_end_matches('/');
+                    if !out.iter().any(|o| o.eq_ignore_ascii_case(res)) {
+                        out.push(res.to_string());
+                    }
+                }
+            }
+            if out.is_empty() && profile_ok {
+                errs.add(
+                    "identity_endpoint.resources",
+                    format!(
+                        "no route of profile `{profile}` has a `<resource>/.default` scope to take \
+                         the default from; list the resources SDKs may ask for, such as \
+                         [\"499b84ac-1321-427f-aa17-267ca6975798\"]"
+                    ),
+                );
+            }
+            out
+        }
+    };
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(super::IdentityEndpointConfig {
+        listen: listen?,
+        header: header?,
+        profile,
+        resources,
+        resources_explicit: ie.resources.is_some(),
+    })
+}
+
+/// Why `value` cannot be the identity header secret, if it cannot: it must be a header value
+/// (visible ASCII) and long enough not to be guessed. Never shows the value.
+pub(crate) fn identity_header_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("is empty; expected a random secret of at least 16 characters".into());
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some(
+            "holds spaces or characters that cannot be sent in an HTTP header; expected visible \
+             ASCII (a UUID or a random base64 string)"
+                .into(),
+        );
+    }
+    if value.len() < 16 {
+        return Some(format!(
+            "is {} characters long; expected a random secret of at least 16 (for example \
+             `openssl rand -hex 32`)",
+            value.len()
+        ));
+    }
+    None
 }
 
 /// `server.egress_proxy` and `server.no_proxy`, falling back to `HTTPS_PROXY`/`NO_PROXY`.

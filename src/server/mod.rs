@@ -1,7 +1,8 @@
-//! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`, config
-//! reloads in `reload`.
+//! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`, the
+//! identity endpoint for SDKs in `identity`, config reloads in `reload`.
 
 pub mod admin;
+pub mod identity;
 pub mod reload;
 pub mod watchdog;
 

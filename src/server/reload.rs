@@ -11,8 +11,11 @@
 //!
 //! Listeners are not rebound: a change of `server.listen`, `server.admin_listen`,
 //! `server.unix_socket_mode` or a connection limit (`max_header_bytes`, `header_read_timeout`,
-//! `idle_timeout`, `max_connections`) is refused — logged, with the running value kept — and the
-//! rest of the new config applies. A restart applies those.
+//! `idle_timeout`, `max_connections`) or of `identity_endpoint.listen` (including adding or
+//! removing `[identity_endpoint]`) is refused — logged, with the running value kept — and the
+//! rest of the new config applies. A restart applies those. The identity endpoint's header,
+//! profile and resources do follow a reload; a removed `[identity_endpoint]` hands out no more
+//! tokens at once.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -371,6 +374,36 @@ fn keep_listeners(old: &Config, mut new: Config) -> (Config, Vec<String>) {
         ol.max_connections.to_string(),
         nl.max_connections.to_string(),
     );
+    // The identity endpoint's listener, bound at start or not at all. Its header, profile and
+    // resources follow the reload; a table added is served once patless restarts, and a table
+    // removed stops handing out tokens at once while its listener stays bound until a restart.
+    let off = || "\"\" (off)".to_string();
+    match (&old.identity_endpoint, &mut new.identity_endpoint) {
+        (Some(was), Some(now)) if was.listen != now.listen => {
+            check(
+                "identity_endpoint.listen",
+                was.listen.to_string(),
+                now.listen.to_string(),
+            );
+            now.listen = was.listen.clone();
+        }
+        (None, added @ Some(_)) => {
+            let listen = added
+                .as_ref()
+                .map(|a| a.listen.to_string())
+                .unwrap_or_default();
+            check("identity_endpoint.listen", off(), listen);
+            *added = None;
+        }
+        (Some(was), None) => {
+            check("identity_endpoint.listen", was.listen.to_string(), off());
+            tracing::warn!(
+                "configuration reload: [identity_endpoint] was removed: the identity endpoint \
+                 hands out no more tokens (it answers 404) until patless restarts and closes it"
+            );
+        }
+        _ => {}
+    }
     n.listen = o.listen.clone();
     n.admin_listen = o.admin_listen.clone();
     n.unix_socket_mode = o.unix_socket_mode;

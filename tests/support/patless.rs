@@ -26,6 +26,9 @@ pub struct Patless {
     pub addr: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
+    /// The identity endpoint's address, when the config has `[identity_endpoint]` (bound on
+    /// `127.0.0.1:0` like the others, whatever its `listen` says).
+    pub identity: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     reload: Option<ReloadHandle>,
@@ -75,15 +78,26 @@ impl Patless {
         p
     }
 
-    /// Binds both listeners on `127.0.0.1:0` and spawns `run_with`.
+    /// Binds the listeners on `127.0.0.1:0` (the identity endpoint's only when the config has
+    /// one) and spawns `run_with`.
     async fn launch(app: App, reload: Option<Reloader>) -> Patless {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = proxy.local_addr().expect("addr");
         let admin_addr = admin.local_addr().expect("addr");
+        let identity = match app.config.identity_endpoint {
+            Some(_) => Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind identity endpoint"),
+            ),
+            None => None,
+        };
+        let identity_addr = identity.as_ref().map(|l| l.local_addr().expect("addr"));
         let listeners = Listeners {
             proxy: Listener::Tcp(proxy),
             admin: Some(Listener::Tcp(admin)),
+            identity: identity.map(Listener::Tcp),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let options = RunOptions {
@@ -97,6 +111,7 @@ impl Patless {
         Patless {
             addr,
             admin: admin_addr,
+            identity: identity_addr,
             stop: Some(tx),
             task: Some(task),
             reload: None,
@@ -133,6 +148,12 @@ impl Patless {
     /// `http://127.0.0.1:PORT{path}` on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the identity endpoint (the config must have one).
+    pub fn identity_url(&self, path: &str) -> String {
+        let addr = self.identity.expect("the config has [identity_endpoint]");
+        format!("http://{addr}{path}")
     }
 
     /// The Prometheus text from `/metrics`.
