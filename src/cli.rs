@@ -1,4 +1,5 @@
-//! The command line (SPEC §1): `serve` (the default), `config`, `token`, `check`.
+//! The command line (SPEC §1): `serve` (the default), `config`, `token`, `check`, `login`,
+//! `logout`, and `git-credential` (SPEC §8).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,12 @@ pub enum Command {
         #[arg(long)]
         no_probe: bool,
     },
+    /// git credential helper: answers `get` with a token for the route that names the host.
+    GitCredential {
+        /// What git asks: `get`, `store` or `erase` (the last two do nothing).
+        #[arg(value_enum)]
+        action: crate::git_credential::Action,
+    },
 }
 
 /// `patless token --output`.
@@ -87,7 +94,23 @@ pub enum Output {
 /// Parses the command line and runs it; the return value is the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // git shows a helper's stderr to the user: only warnings and errors there, unless asked.
+    let git_credential = matches!(cli.command, Some(Command::GitCredential { .. }));
+    init_tracing(if git_credential { "warn" } else { "info" });
+    // git's request comes first, before the config: `store` and `erase` need none.
+    let git_request = match &cli.command {
+        Some(Command::GitCredential { action }) => {
+            match crate::git_credential::read_request(std::io::stdin().lock()) {
+                Ok(_) if *action != crate::git_credential::Action::Get => return ExitCode::SUCCESS,
+                Ok(req) => Some(req),
+                Err(e) => {
+                    eprintln!("patless: cannot read git's credential request: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,6 +149,9 @@ pub fn main() -> ExitCode {
                 .await
             }
             Command::Check { profile, no_probe } => check(loaded, env, profile, no_probe).await,
+            Command::GitCredential { .. } => {
+                git_credential_get(loaded, env, git_request.unwrap_or_default()).await
+            }
             Command::Login { profile } => {
                 let mut out = std::io::stdout();
                 match crate::login::login(&loaded.config, &profile, env, &mut out).await {
@@ -159,11 +185,11 @@ pub fn main() -> ExitCode {
     })
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PATLESS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -301,21 +327,10 @@ async fn token(
         Some(crate::config::ProfileKind::AzureCli { subscription, .. }) => subscription.clone(),
         _ => None,
     };
-    let app = match App::new(loaded.config, env, prometheus::Registry::new()) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("patless: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Some(entry) = app.cache.entry(&profile, &scope, None) else {
-        eprintln!("patless: profile `{profile}` has no credential");
-        return ExitCode::FAILURE;
-    };
-    let token = match entry.get().await {
+    let token = match acquire(loaded.config, env, &profile, &scope).await {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("patless: {e}");
+        Err(message) => {
+            eprintln!("patless: {message}");
             return ExitCode::FAILURE;
         }
     };
@@ -348,6 +363,63 @@ async fn token(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// One token for (profile, scope) without `serve`: the profile's credential chain, the token
+/// cache and the token store, as the proxy would use them. What `token` and `git-credential get`
+/// share. The error is a message for stderr (it names no secret).
+async fn acquire(
+    config: crate::config::Config,
+    env: Env,
+    profile: &str,
+    scope: &str,
+) -> Result<Arc<CachedToken>, String> {
+    let app = App::new(config, env, prometheus::Registry::new()).map_err(|e| e.to_string())?;
+    let entry = app
+        .cache
+        .entry(profile, scope, None)
+        .ok_or_else(|| format!("profile `{profile}` has no credential"))?;
+    entry.get().await.map_err(|e| e.to_string())
+}
+
+/// `git-credential get`: the token of the route (or default profile) that answers `req`, in
+/// git's format; nothing, and success, when patless has nothing for it.
+async fn git_credential_get(
+    loaded: LoadedConfig,
+    env: Env,
+    req: crate::git_credential::CredentialRequest,
+) -> ExitCode {
+    let Some(target) = crate::git_credential::select(&loaded.config, &req) else {
+        return ExitCode::SUCCESS;
+    };
+    let whose = match &target.route {
+        Some(prefix) => format!("route `{prefix}`, profile `{}`", target.profile),
+        None => format!("server.default_profile `{}`", target.profile),
+    };
+    if !loaded.config.profiles.contains_key(&target.profile) {
+        eprintln!("patless git-credential: no token for {whose}: the profile is not defined");
+        return ExitCode::FAILURE;
+    }
+    match acquire(loaded.config, env, &target.profile, &target.scope).await {
+        Ok(token) => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            match out
+                .write_all(crate::git_credential::answer(&token).as_bytes())
+                .and_then(|()| out.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("patless git-credential: cannot write the answer: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(message) => {
+            eprintln!("patless git-credential: no token for {whose}: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The claims of a JWT, decoded without verification (for display only).

@@ -9,6 +9,7 @@ pub mod config;
 pub mod credentials;
 pub mod egress;
 pub mod env;
+pub mod git_credential;
 pub mod hosts;
 pub mod login;
 pub mod metrics;

@@ -851,7 +851,7 @@ fn help_lists_the_subcommands() {
         .take_while(|l| l.starts_with("  "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    for c in ["serve", "config", "token", "check"] {
+    for c in ["serve", "config", "token", "check", "git-credential"] {
         assert!(
             commands.contains(&c),
             "`{c}` not in {commands:?}:\n{}",

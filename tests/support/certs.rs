@@ -60,9 +60,28 @@ pub struct Pki {
     pub other: TestCert,
     /// A self-signed EC (P-256) leaf.
     pub ec: TestCert,
+    /// Signs [`Pki::server`].
+    issuer: Issuer<'static, KeyPair>,
+    server: OnceLock<TestCert>,
 }
 
 impl Pki {
+    /// A TLS server certificate (EC P-256) for `localhost` and `127.0.0.1`, signed by `ca`; made
+    /// on first use. Clients trust it with `ca.pem` as their CA file.
+    pub fn server(&self) -> &TestCert {
+        self.server.get_or_init(|| {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("server key");
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                    .expect("server params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "patless test server");
+            let cert = params.signed_by(&key, &self.issuer).expect("server cert");
+            test_cert(cert.der().to_vec(), cert.pem(), &key)
+        })
+    }
+
     /// Key, leaf and CA in one PEM file: the usual bundle.
     pub fn bundle_pem(&self) -> String {
         format!("{}{}{}", self.leaf.key_pem, self.leaf.pem, self.ca.pem)
@@ -99,6 +118,8 @@ pub fn pki() -> &'static Pki {
             leaf,
             other,
             ec,
+            issuer,
+            server: OnceLock::new(),
         }
     })
 }
