@@ -3,6 +3,7 @@
 //! ([`entra::FakeEntra`]) and a fake upstream API that verifies the injected bearer tokens
 //! ([`upstream::FakeUpstream`]).
 
+pub mod ado_rest;
 pub mod capture;
 pub mod certs;
 pub mod clients;
