@@ -58,7 +58,12 @@ async fn run(what: &str, ado: &FakeAdo, mut cmd: Command) -> String {
         .unwrap_or_else(|_| panic!("{what} did not finish within {CLIENT_TIMEOUT:?}"))
         .unwrap_or_else(|e| panic!("{what} could not be started: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Checked before anything is printed, so no failure message can hold it.
+    assert!(
+        !stderr.contains(STALE_PAT) && !stdout.contains(STALE_PAT),
+        "{what} printed the PAT"
+    );
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout: {stdout}\nstderr: {stderr}\nthe stand-in saw (a PAT: {}): \
@@ -72,10 +77,6 @@ async fn run(what: &str, ado: &FakeAdo, mut cmd: Command) -> String {
                 r.method, r.path_and_query, r.credential, r.status
             ))
             .collect::<Vec<_>>()
-    );
-    assert!(
-        !stderr.contains(STALE_PAT) && !stdout.contains(STALE_PAT),
-        "{what} printed the PAT"
     );
     stdout
 }

@@ -541,15 +541,24 @@ fn project(state: &State, org: &str, name: &str) -> Value {
     })
 }
 
+/// An Azure DevOps error answer, kept small until it is one.
+struct Refusal(StatusCode, &'static str, &'static str);
+
+impl Refusal {
+    fn response(&self) -> Response<Body> {
+        ado_error(self.0, self.1, self.2)
+    }
+}
+
 /// The JSON-patch document of a work-item request, checked as Azure DevOps does.
-fn patch_document(record: &AdoRequest, body: &[u8]) -> Result<Vec<Value>, Response<Body>> {
+fn patch_document(record: &AdoRequest, body: &[u8]) -> Result<Vec<Value>, Refusal> {
     let media = record
         .content_type
         .as_deref()
         .and_then(|c| c.split(';').next())
         .map(|c| c.trim().to_ascii_lowercase());
     if media.as_deref() != Some("application/json-patch+json") {
-        return Err(ado_error(
+        return Err(Refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "VssRequestContentTypeNotSupportedException",
             "The request indicated a Content-Type of application/json for method type PATCH/POST \
@@ -559,7 +568,7 @@ fn patch_document(record: &AdoRequest, body: &[u8]) -> Result<Vec<Value>, Respon
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(ops)) if !ops.is_empty() => Ok(ops),
-        _ => Err(ado_error(
+        _ => Err(Refusal(
             StatusCode::BAD_REQUEST,
             "VssPropertyValidationException",
             "You must pass a valid patch document in the body of the request.",
@@ -568,11 +577,11 @@ fn patch_document(record: &AdoRequest, body: &[u8]) -> Result<Vec<Value>, Respon
 }
 
 /// Applies `add`/`replace`/`remove` of `/fields/{name}` to `item`.
-fn apply(item: &mut Value, ops: &[Value]) -> Result<(), Response<Body>> {
+fn apply(item: &mut Value, ops: &[Value]) -> Result<(), Refusal> {
     for op in ops {
         let kind = op["op"].as_str().unwrap_or("");
         let Some(field) = op["path"].as_str().and_then(|p| p.strip_prefix("/fields/")) else {
-            return Err(ado_error(
+            return Err(Refusal(
                 StatusCode::BAD_REQUEST,
                 "WorkItemPatchPathNotSupportedException",
                 "only /fields/ paths are supported here",
@@ -587,7 +596,7 @@ fn apply(item: &mut Value, ops: &[Value]) -> Result<(), Response<Body>> {
                 }
             }
             _ => {
-                return Err(ado_error(
+                return Err(Refusal(
                     StatusCode::BAD_REQUEST,
                     "WorkItemPatchOperationNotSupportedException",
                     "unsupported patch operation",
@@ -608,7 +617,7 @@ fn create_work_item(
 ) -> Response<Body> {
     let ops = match patch_document(record, body) {
         Ok(ops) => ops,
-        Err(resp) => return resp,
+        Err(refusal) => return refusal.response(),
     };
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
     let url = format!("{}/{org}/_apis/wit/workItems/{id}", state.base_url);
@@ -627,8 +636,8 @@ fn create_work_item(
         "_links": {"self": {"href": url}},
         "url": url
     });
-    if let Err(resp) = apply(&mut item, &ops) {
-        return resp;
+    if let Err(refusal) = apply(&mut item, &ops) {
+        return refusal.response();
     }
     lock(&state.work_items).insert(id, item.clone());
     json_response(StatusCode::OK, &item)
@@ -647,15 +656,15 @@ fn work_item_missing(id: u64) -> Response<Body> {
 fn update_work_item(state: &State, id: u64, record: &AdoRequest, body: &[u8]) -> Response<Body> {
     let ops = match patch_document(record, body) {
         Ok(ops) => ops,
-        Err(resp) => return resp,
+        Err(refusal) => return refusal.response(),
     };
     let mut items = lock(&state.work_items);
     let Some(item) = items.get_mut(&id) else {
         return work_item_missing(id);
     };
     let mut updated = item.clone();
-    if let Err(resp) = apply(&mut updated, &ops) {
-        return resp;
+    if let Err(refusal) = apply(&mut updated, &ops) {
+        return refusal.response();
     }
     updated["rev"] = json!(updated["rev"].as_u64().unwrap_or(1) + 1);
     *item = updated.clone();
