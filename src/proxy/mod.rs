@@ -20,12 +20,15 @@
 //!    challenge, Azure DevOps's sign-in answers), the entry replaces it (single-flight) and the
 //!    request is replayed once.
 //! 8. **response** — hop-by-hop headers dropped, a `Location` into the upstream rewritten to the
-//!    proxy's path, the body streamed back.
+//!    proxy's path, the body streamed back. One exception (`discovery.rs`): Azure DevOps'
+//!    resource-area answer (`GET …/_apis/ResourceAreas`, JSON, ≤ 1 MiB) is read and its
+//!    `locationUrl`s pointed at the proxy, so the SDKs that follow them stay behind it.
 //! 9. **metrics/log** — `patless_requests_total{route,status}`, the duration histogram, upstream
 //!    error counters, one debug log line (never a header value).
 
 pub mod body;
 pub mod challenge;
+pub mod discovery;
 pub mod error;
 pub mod inbound;
 pub mod path;
@@ -269,6 +272,26 @@ impl Proxy {
             return self.reject(ProxyError::NoRoute, None, started);
         };
         let target = routed.target;
+        // Azure DevOps' resource-area discovery: its answer is rewritten in step 8, toward the
+        // address the client used (the `Host` it sent, which the inbound policy accepted).
+        let discovery = if target.azure_devops
+            && parts.method == http::Method::GET
+            && discovery::is_resource_areas(
+                routed.path_and_query.split('?').next().unwrap_or_default(),
+            ) {
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+            if host.is_none() {
+                tracing::debug!(route = %target.label, "resource-area request without Host: its answer is passed on unchanged");
+            }
+            host.map(|h| format!("http://{h}"))
+        } else {
+            None
+        };
         // 5. token
         let token = match target.entry.get().await {
             Ok(t) => t,
@@ -316,6 +339,10 @@ impl Proxy {
         h.remove(header::AUTHORIZATION);
         h.remove(&PATLESS_TOKEN);
         h.remove(header::EXPECT);
+        if discovery.is_some() {
+            // An answer to rewrite must come uncompressed.
+            h.remove(header::ACCEPT_ENCODING);
+        }
         if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
             h.insert(header::HOST, host);
         }
@@ -376,7 +403,9 @@ impl Proxy {
                     tokio::spawn(async move {
                         let _ = entry.reacquire(&rejected, claims).await;
                     });
-                    return self.respond(resp, &target, started);
+                    return self
+                        .respond(resp, &target, started, discovery.as_deref())
+                        .await;
                 };
                 match target.entry.reacquire(&token, claims).await {
                     Ok(fresh) => {
@@ -426,15 +455,19 @@ impl Proxy {
             }
         }
         drop(token);
-        self.respond(resp, &target, started)
+        self.respond(resp, &target, started, discovery.as_deref())
+            .await
     }
 
-    /// Steps 8 and 9: the upstream's answer, rewritten, streamed back and counted.
-    fn respond(
+    /// Steps 8 and 9: the upstream's answer, rewritten, streamed back and counted. With
+    /// `discovery` (the proxy's origin, `http://127.0.0.1:7070`), the answer is a resource-area
+    /// list whose `locationUrl`s are pointed at that origin.
+    async fn respond(
         &self,
         resp: Response<Incoming>,
         target: &RouteTarget,
         started: Instant,
+        discovery: Option<&str>,
     ) -> Response<ProxyBody> {
         // 8. response
         let (mut parts, body) = resp.into_parts();
@@ -444,6 +477,20 @@ impl Proxy {
                 parts.headers.insert(header::LOCATION, new);
             }
         }
+        let body = match discovery {
+            None => self.counted(body, target),
+            Some(origin) => {
+                let map = |url: &str| {
+                    self.router
+                        .proxy_path_for(target, url)
+                        .map(|path| format!("{origin}{path}"))
+                };
+                let body =
+                    discovery::rewrite(parts.status, &mut parts.headers, body, map, &target.label)
+                        .await;
+                self.counted(body, target)
+            }
+        };
         // 9. metrics/log
         self.observe(&target.label, parts.status, started);
         tracing::debug!(
@@ -452,16 +499,22 @@ impl Proxy {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "proxied"
         );
-        Response::from_parts(
-            parts,
-            body::CountedBody::new(
-                body,
-                self.metrics.upstream_errors.clone(),
-                Arc::clone(&target.label),
-            )
-            .map_err(BoxError::from)
-            .boxed_unsync(),
+        Response::from_parts(parts, body)
+    }
+
+    /// The response body, its breaking off counted (`body.rs`).
+    fn counted<B>(&self, body: B, target: &RouteTarget) -> ProxyBody
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Into<BoxError>,
+    {
+        body::CountedBody::new(
+            body,
+            self.metrics.upstream_errors.clone(),
+            Arc::clone(&target.label),
         )
+        .map_err(Into::into)
+        .boxed_unsync()
     }
 
     /// Sends one request upstream with `token`; connect failures and a missing answer become

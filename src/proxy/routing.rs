@@ -167,6 +167,63 @@ impl Router {
             },
         })
     }
+
+    /// The proxy path (`/ado/org/`, `/vssps.dev.azure.com/org/`) that reaches the absolute upstream
+    /// URL `url`, if a route serves it: `preferred` (the route the client used) first, then the
+    /// explicit routes, longest prefix first, then a host route for a known host. Scheme and host
+    /// must match exactly (host case-insensitively); the upstream's base path must be a prefix on
+    /// whole segments (case-insensitively, as Azure DevOps' organization names are). Used to keep
+    /// Azure DevOps' resource-area `locationUrl`s behind the proxy (`discovery.rs`).
+    pub fn proxy_path_for(&self, preferred: &RouteTarget, url: &str) -> Option<String> {
+        let uri: http::Uri = url.parse().ok()?;
+        let scheme = uri.scheme()?;
+        let authority = uri.authority()?;
+        // What follows the authority, exactly as written (path, query).
+        let after = &url[url.find("://")? + 3..];
+        let after = after.get(authority.as_str().len()..)?;
+        let onto = |t: &RouteTarget| -> Option<String> {
+            if t.scheme != *scheme
+                || !t
+                    .authority
+                    .as_str()
+                    .eq_ignore_ascii_case(authority.as_str())
+            {
+                return None;
+            }
+            let base = t.base_path.as_bytes();
+            let head = after.as_bytes().get(..base.len())?;
+            if !head.eq_ignore_ascii_case(base) {
+                return None;
+            }
+            let rest = after.get(base.len()..)?;
+            if !(rest.is_empty() || rest.starts_with(['/', '?'])) {
+                return None;
+            }
+            Some(non_empty_path(format!("{}{}", t.prefix, rest)))
+        };
+        if let Some(p) = std::iter::once(preferred)
+            .chain(&self.routes)
+            .find_map(onto)
+        {
+            return Some(p);
+        }
+        if !self.host_routes || *scheme != http::uri::Scheme::HTTPS || authority.port().is_some() {
+            return None;
+        }
+        let host = authority.host().to_ascii_lowercase();
+        let known = hosts::lookup(&host)?;
+        self.host_entries.get(known.scope)?;
+        Some(non_empty_path(format!("/{host}{after}")))
+    }
+}
+
+/// `""` → `"/"`; a path that starts with `?` gets its `/`.
+fn non_empty_path(p: String) -> String {
+    if p.starts_with('/') {
+        p
+    } else {
+        format!("/{p}")
+    }
 }
 
 fn join(base: &str, rest: &str, query: Option<&str>) -> String {
@@ -273,6 +330,68 @@ mod tests {
         let t = r.route("/ado/org", None).expect("explicit");
         assert_eq!(&*t.target.label, "/ado");
         assert_eq!(t.path_and_query, "/org");
+    }
+
+    #[test]
+    fn proxy_paths_for_upstream_urls() {
+        crate::tls::install_crypto_provider();
+        let r = router(&format!(
+            "{}\n[[routes]]\nprefix = \"/contoso\"\nupstream = \"https://dev.azure.com/contoso\"\nprofile = \"auto\"\n",
+            crate::config::EMBEDDED_DEFAULT
+        ));
+        let ado = r
+            .route("/ado/org/_apis/ResourceAreas", None)
+            .expect("route")
+            .target;
+        let at = |url: &str| r.proxy_path_for(&ado, url);
+        // The route the client used wins over another that serves the same upstream.
+        assert_eq!(
+            at("https://dev.azure.com/contoso/").as_deref(),
+            Some("/ado/contoso/")
+        );
+        assert_eq!(at("https://DEV.azure.com/org").as_deref(), Some("/ado/org"));
+        assert_eq!(at("https://dev.azure.com").as_deref(), Some("/ado"));
+        let contoso = r.route("/contoso/_apis", None).expect("route").target;
+        assert_eq!(
+            r.proxy_path_for(&contoso, "https://dev.azure.com/Contoso/")
+                .as_deref(),
+            Some("/contoso/"),
+            "base path on whole segments, case-insensitively"
+        );
+        assert_eq!(
+            r.proxy_path_for(&contoso, "https://dev.azure.com/contosox/")
+                .as_deref(),
+            Some("/ado/contosox/"),
+            "not the /contoso route: another explicit route serves it"
+        );
+        // Known hosts through host routes; anything else is left alone.
+        assert_eq!(
+            at("https://vsrm.dev.azure.com/org/").as_deref(),
+            Some("/vsrm.dev.azure.com/org/")
+        );
+        assert_eq!(
+            at("https://Contoso.VisualStudio.com/").as_deref(),
+            Some("/contoso.visualstudio.com/")
+        );
+        for foreign in [
+            "http://dev.azure.com/org/",
+            "https://dev.azure.com:8443/org/",
+            "https://evil.example/org/",
+            "https://vsrm.dev.azure.com.evil.example/org/",
+            "/org/",
+            "not a url",
+        ] {
+            assert_eq!(at(foreign), None, "{foreign}");
+        }
+        let off = router(&format!(
+            "{}\n",
+            crate::config::EMBEDDED_DEFAULT.replace("host_routes = true", "host_routes = false")
+        ));
+        let ado = off.route("/ado/org", None).expect("route").target;
+        assert_eq!(
+            off.proxy_path_for(&ado, "https://vsrm.dev.azure.com/org/"),
+            None
+        );
     }
 
     #[test]

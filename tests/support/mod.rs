@@ -4,6 +4,7 @@
 //! ([`upstream::FakeUpstream`]).
 
 pub mod ado_git;
+pub mod ado_rest;
 pub mod capture;
 pub mod certs;
 pub mod clients;
