@@ -243,6 +243,7 @@ async fn serve(loaded: LoadedConfig, env: Env, explicit: Option<PathBuf>) -> Exi
         reload: Some(crate::server::reload::Reloader::new(
             explicit, source, requests,
         )),
+        worker_threads: true,
     };
     crate::run_with(listeners, app, options).await;
     ExitCode::SUCCESS

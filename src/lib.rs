@@ -271,7 +271,10 @@ impl App {
             response_header_timeout: config.server.response_header_timeout,
             max_uri_bytes: config.server.limits.max_uri_bytes,
         };
-        let client = proxy::upstream_client(tls::client_config(ca)?, &settings, egress);
+        let tls = tls::client_config(ca)?;
+        let clients = (0..config.server.workers.max(1))
+            .map(|_| proxy::upstream_client(tls.clone(), &settings, egress))
+            .collect();
         let inbound_token = match &config.server.inbound_token {
             None => None,
             Some(source) => Some(
@@ -288,7 +291,7 @@ impl App {
         Ok(Proxy::new(
             router,
             inbound,
-            client,
+            clients,
             settings,
             metrics.clone(),
         ))
@@ -371,6 +374,7 @@ pub async fn run(listeners: Listeners, app: App, shutdown: impl Future<Output = 
             shutdown,
             hurry: None,
             reload: None,
+            worker_threads: false,
         },
     )
     .await
@@ -386,6 +390,9 @@ pub struct RunOptions<S> {
     pub hurry: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Reloads (SIGHUP, `server.watch_config`); `None` runs the config given until the end.
     pub reload: Option<server::reload::Reloader>,
+    /// Serve the proxy listener on `server.workers` threads of its own (what `serve` does);
+    /// `false` serves it on the calling runtime (tests on paused time).
+    pub worker_threads: bool,
 }
 
 impl<S> std::fmt::Debug for RunOptions<S> {
@@ -393,6 +400,7 @@ impl<S> std::fmt::Debug for RunOptions<S> {
         f.debug_struct("RunOptions")
             .field("hurry", &self.hurry.is_some())
             .field("reload", &self.reload)
+            .field("worker_threads", &self.worker_threads)
             .finish()
     }
 }
@@ -408,11 +416,13 @@ where
         shutdown,
         hurry,
         reload,
+        worker_threads,
     } = options;
     for target in app.proxy.router().routes() {
         target.entry.start();
     }
     let limits = app.config.server.limits;
+    let workers = worker_threads.then_some(app.config.server.workers);
     let current = Arc::new(ArcSwap::from_pointee(app));
     let shutting_down = Arc::new(AtomicBool::new(false));
     // `Some(grace)`: stop accepting and drain for up to `grace`.
@@ -425,16 +435,36 @@ where
     };
     tracing::info!(listen = %listeners.proxy.describe(), "proxy listening");
     let proxy_app = Arc::clone(&current);
-    let proxy_task = server::serve(
-        listeners.proxy,
-        move |req| {
-            let app = proxy_app.load_full();
-            async move { app.proxy.handle(req).await }
-        },
-        closed(close_rx.clone()),
-        limits,
-        "proxy",
-    );
+    let proxy_handler = move |req| {
+        let app = proxy_app.load_full();
+        async move { app.proxy.handle(req).await }
+    };
+    let proxy_task = async {
+        match workers {
+            Some(n) => {
+                tracing::info!(workers = n, "proxy served by {n} worker threads");
+                server::serve_on_workers(
+                    listeners.proxy,
+                    proxy_handler,
+                    closed(close_rx.clone()),
+                    limits,
+                    "proxy",
+                    n,
+                )
+                .await
+            }
+            None => {
+                server::serve(
+                    listeners.proxy,
+                    proxy_handler,
+                    closed(close_rx.clone()),
+                    limits,
+                    "proxy",
+                )
+                .await
+            }
+        }
+    };
     let admin_task = async {
         if let Some(l) = listeners.admin {
             tracing::info!(listen = %l.describe(), "admin listening (/healthz /readyz /metrics)");

@@ -143,6 +143,8 @@ pub struct ServerConfig {
     pub unix_socket_mode: u32,
     /// Limits on what a client may send.
     pub limits: Limits,
+    /// Threads serving the proxy listener (`serve`), each with its own upstream pool.
+    pub workers: usize,
     /// The egress proxy in effect (key or environment), if any.
     pub egress_proxy: Option<crate::egress::EgressProxy>,
 }
@@ -545,6 +547,7 @@ impl Config {
             header_read_timeout: Some(duration_text(s.limits.header_read_timeout)),
             idle_timeout: Some(duration_text(s.limits.idle_timeout)),
             max_connections: Some(s.limits.max_connections),
+            workers: Some(s.workers),
             max_uri_bytes: Some(s.limits.max_uri_bytes),
             // The proxy in effect (from the key or HTTPS_PROXY), its password redacted.
             egress_proxy: match (&s.egress_proxy, &raw.server.egress_proxy) {

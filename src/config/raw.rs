@@ -130,6 +130,9 @@ pub struct RawServer {
     pub idle_timeout: Option<RawDuration>,
     /// Most concurrent client connections (default 1024); more get a 503 and are closed.
     pub max_connections: Option<usize>,
+    /// Threads that serve the proxy listener, each with its own event loop and upstream
+    /// keep-alive pool (default: the CPUs patless may use). A restart applies a change.
+    pub workers: Option<usize>,
     /// Longest request target (path + query) in bytes (default 8 KiB); longer → 414.
     pub max_uri_bytes: Option<usize>,
     /// Accept a non-loopback `listen` with no inbound authentication (SPEC §6).

@@ -18,6 +18,9 @@ use crate::env::Environment;
 use crate::hosts;
 use crate::secret::Secret;
 
+/// Most `server.workers`: more threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
 #[derive(Default)]
 struct Errors(Vec<KeyError>);
 
@@ -147,6 +150,17 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
                 max_uri_bytes,
                 header_read_timeout,
                 idle_timeout,
+            }
+        },
+        workers: match raw.server.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) if (1..=MAX_WORKERS).contains(&n) => n,
+            Some(n) => {
+                errs.add(
+                    "server.workers",
+                    format!("{n}: expected a number of threads from 1 to {MAX_WORKERS}"),
+                );
+                1
             }
         },
         state_dir: raw.server.state_dir.clone(),

@@ -145,12 +145,25 @@ pub fn upstream_client(
         .build(https)
 }
 
+thread_local! {
+    /// The worker thread this is (`server::serve_on_workers`); 0 elsewhere.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index`: its requests use that worker's upstream pool.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 /// The proxy's shared state.
 #[derive(Debug)]
 pub struct Proxy {
     router: Router,
     inbound: InboundPolicy,
-    client: UpstreamClient,
+    /// One upstream client (and so one keep-alive pool) per worker thread: a pooled connection's
+    /// task runs on the thread that opened it, and a request sent on it from another thread would
+    /// cross threads twice.
+    clients: Box<[UpstreamClient]>,
     settings: ProxySettings,
     metrics: Metrics,
 }
@@ -196,21 +209,28 @@ fn request_id() -> String {
 }
 
 impl Proxy {
-    /// A proxy over this routing table and client.
+    /// A proxy over this routing table and clients (one per worker thread; at least one).
     pub fn new(
         router: Router,
         inbound: InboundPolicy,
-        client: UpstreamClient,
+        clients: Vec<UpstreamClient>,
         settings: ProxySettings,
         metrics: Metrics,
     ) -> Self {
+        assert!(!clients.is_empty(), "a proxy needs an upstream client");
         Proxy {
             router,
             inbound,
-            client,
+            clients: clients.into_boxed_slice(),
             settings,
             metrics,
         }
+    }
+
+    /// The current worker thread's upstream client.
+    fn client(&self) -> &UpstreamClient {
+        let i = WORKER.with(|w| w.get());
+        &self.clients[i % self.clients.len()]
     }
 
     /// The routing table.
@@ -532,7 +552,7 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, body);
         let result = tokio::time::timeout(
             self.settings.response_header_timeout,
-            self.client.request(upstream_req),
+            self.client().request(upstream_req),
         )
         .await;
         match result {

@@ -94,6 +94,7 @@ impl Listener {
 /// then stops accepting and lets open connections finish for up to that grace. `limits` bound what clients may send: head size
 /// (→ 431), the time to send a request head (→ closed), how long a kept-alive connection may sit
 /// idle (→ closed), and concurrent connections (one more gets a JSON 503 and is closed).
+/// Everything runs on the calling runtime; [`serve_on_workers`] spreads connections over threads.
 pub async fn serve<H, F>(
     listener: Listener,
     handler: H,
@@ -104,36 +105,19 @@ pub async fn serve<H, F>(
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
-    // Every connection's task, so the ones still open when the grace runs out can be ended.
-    let mut connections = tokio::task::JoinSet::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // Head and idle clocks are patless's own (watchdog.rs): hyper's one timer does both.
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
+    let server = ConnServer::new(handler, limits, name);
+    let mut conns = Connections::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let sensitive: Arc<[http::HeaderName]> = Arc::new([
-        http::header::AUTHORIZATION,
-        http::header::PROXY_AUTHORIZATION,
-        http::header::COOKIE,
-        http::HeaderName::from_static("x-patless-token"),
-        http::HeaderName::from_static("x-identity-header"),
-    ]);
-    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     let grace = loop {
-        while connections.try_join_next().is_some() {}
+        conns.reap();
         let accepted = tokio::select! {
             biased;
             grace = &mut shutdown => break grace,
             a = accept(&listener) => a,
         };
-        let clock = watchdog::ConnClock::new();
-        let mut io = match accepted {
-            Ok(io) => TokioIo::new(watchdog::Watched::new(io, Arc::clone(&clock))),
+        let io = match accepted {
+            Ok(io) => io,
             Err(e) => {
                 // EMFILE and friends: say so, pause, keep serving.
                 tracing::warn!(listener = name, "accept failed: {e}");
@@ -141,22 +125,282 @@ pub async fn serve<H, F>(
                 continue;
             }
         };
+        let io: Box<dyn Io> = match io {
+            Accepted::Tcp(s) => Box::new(s),
+            Accepted::Unix(s) => Box::new(s),
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(
-                listener = name,
-                max = limits.max_connections,
-                "connection limit reached"
-            );
-            connections.spawn(async move { refuse_busy(&mut io).await });
+            conns.refuse(io, &limits, name);
             continue;
         };
-        let h = handler.clone();
+        server.start(&mut conns, io, slot, None);
+    };
+    drop(listener);
+    conns.drain(grace, name).await;
+}
+
+/// [`serve`], with the connections spread over `workers` threads of their own, each running a
+/// single-threaded runtime (as nginx runs worker processes): a connection and everything its
+/// requests do — hyper's parsing, the upstream call on that thread's own connection pool, the
+/// timers — stay on one thread, with no work stealing and no cross-thread wake-ups per request.
+/// The calling runtime accepts and hands each connection to the worker with the fewest open
+/// ones; token refreshes, admin and reloads stay on it too. `on_worker` runs first on each worker
+/// thread with its index (the proxy picks that worker's upstream pool with it).
+pub async fn serve_on_workers<H, F>(
+    listener: Listener,
+    handler: H,
+    shutdown: impl Future<Output = Duration>,
+    limits: Limits,
+    name: &'static str,
+    workers: usize,
+) where
+    H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
+{
+    let workers = workers.max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut pool = Vec::with_capacity(workers);
+    for index in 0..workers {
+        match Worker::spawn(index, ConnServer::new(handler.clone(), limits, name)) {
+            Ok(w) => pool.push(w),
+            Err(e) => {
+                // No thread to be had (a tight `ulimit -u`): serve on the threads there are.
+                tracing::warn!(listener = name, "cannot start worker thread {index}: {e}");
+                break;
+            }
+        }
+    }
+    if pool.is_empty() {
+        tracing::warn!(
+            listener = name,
+            "no worker thread could start; serving on the main runtime"
+        );
+        return serve(listener, handler, shutdown, limits, name).await;
+    }
+    tracing::debug!(
+        listener = name,
+        workers = pool.len(),
+        "worker threads started"
+    );
+    let mut refused = Connections::default();
+    tokio::pin!(shutdown);
+    let grace = loop {
+        refused.reap();
+        let accepted = tokio::select! {
+            biased;
+            grace = &mut shutdown => break grace,
+            a = accept(&listener) => a,
+        };
+        let io = match accepted {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(listener = name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            let io: Box<dyn Io> = match io {
+                Accepted::Tcp(s) => Box::new(s),
+                Accepted::Unix(s) => Box::new(s),
+            };
+            refused.refuse(io, &limits, name);
+            continue;
+        };
+        // Off this runtime's reactor, onto the worker's.
+        let stream = match io.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(listener = name, "cannot hand the connection on: {e}");
+                continue;
+            }
+        };
+        let worker = pool
+            .iter()
+            .min_by_key(|w| w.open.load(std::sync::atomic::Ordering::Relaxed))
+            .expect("at least one worker");
+        worker
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if worker.tx.send(WorkerMsg::Conn(stream, slot)).is_err() {
+            worker
+                .open
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(listener = name, "a worker thread has stopped");
+        }
+    };
+    drop(listener);
+    tracing::info!(
+        listener = name,
+        grace_ms = grace.as_millis() as u64,
+        "draining connections"
+    );
+    for w in &pool {
+        let _ = w.tx.send(WorkerMsg::Drain(grace));
+    }
+    for w in pool {
+        let _ = w.done.await;
+        let _ = w.thread.join();
+    }
+    refused.abort();
+}
+
+/// What one accept gave: a stream on the accepting runtime's reactor.
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// A connection between runtimes.
+enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Accepted {
+    fn into_std(self) -> io::Result<StdStream> {
+        Ok(match self {
+            Accepted::Tcp(s) => StdStream::Tcp(s.into_std()?),
+            Accepted::Unix(s) => StdStream::Unix(s.into_std()?),
+        })
+    }
+}
+
+impl StdStream {
+    /// Registers the stream with the current runtime's reactor (it is non-blocking already).
+    fn into_tokio(self) -> io::Result<Box<dyn Io>> {
+        Ok(match self {
+            StdStream::Tcp(s) => Box::new(tokio::net::TcpStream::from_std(s)?),
+            StdStream::Unix(s) => Box::new(tokio::net::UnixStream::from_std(s)?),
+        })
+    }
+}
+
+enum WorkerMsg {
+    Conn(StdStream, tokio::sync::OwnedSemaphorePermit),
+    /// Stop taking connections; let the open ones finish for up to this long.
+    Drain(Duration),
+}
+
+/// One worker thread of [`serve_on_workers`].
+struct Worker {
+    tx: tokio::sync::mpsc::UnboundedSender<WorkerMsg>,
+    /// Connections handed to it and not yet closed.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Resolves when it has drained.
+    done: tokio::sync::oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    fn spawn<H, F>(index: usize, server: ConnServer<H>) -> io::Result<Worker>
+    where
+        H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&open);
+        let name = server.name;
+        let thread = std::thread::Builder::new()
+            .name(format!("patless-{name}-{index}"))
+            .spawn(move || {
+                crate::proxy::set_worker(index);
+                runtime.block_on(async move {
+                    let mut conns = Connections::default();
+                    let grace = loop {
+                        conns.reap();
+                        match rx.recv().await {
+                            Some(WorkerMsg::Conn(stream, slot)) => match stream.into_tokio() {
+                                Ok(io) => {
+                                    server.start(&mut conns, io, slot, Some(Arc::clone(&count)))
+                                }
+                                Err(e) => {
+                                    count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                                    tracing::debug!(
+                                        listener = name,
+                                        "cannot take the connection: {e}"
+                                    );
+                                }
+                            },
+                            Some(WorkerMsg::Drain(grace)) => break grace,
+                            None => break Duration::ZERO,
+                        }
+                    };
+                    drop(rx);
+                    conns.drain_quietly(grace, name).await;
+                });
+                let _ = done_tx.send(());
+            })?;
+        Ok(Worker {
+            tx,
+            open,
+            done,
+            thread,
+        })
+    }
+}
+
+/// How connections are served: hyper's settings and the request handler.
+struct ConnServer<H> {
+    builder: Arc<http1::Builder>,
+    sensitive: Arc<[http::HeaderName]>,
+    handler: H,
+    limits: Limits,
+    name: &'static str,
+}
+
+impl<H, F> ConnServer<H>
+where
+    H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
+{
+    fn new(handler: H, limits: Limits, name: &'static str) -> Self {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // Head and idle clocks are patless's own (watchdog.rs): hyper's one timer does both.
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        ConnServer {
+            builder: Arc::new(builder),
+            sensitive: Arc::new([
+                http::header::AUTHORIZATION,
+                http::header::PROXY_AUTHORIZATION,
+                http::header::COOKIE,
+                http::HeaderName::from_static("x-patless-token"),
+                http::HeaderName::from_static("x-identity-header"),
+            ]),
+            handler,
+            limits,
+            name,
+        }
+    }
+
+    /// Serves one accepted connection on the current runtime, holding `slot` until it closes
+    /// (and counting it down from `open`, when given).
+    fn start(
+        &self,
+        conns: &mut Connections,
+        io: Box<dyn Io>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        open: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    ) {
+        let name = self.name;
+        let clock = watchdog::ConnClock::new();
+        let io = TokioIo::new(watchdog::Watched::new(io, Arc::clone(&clock)));
+        let h = self.handler.clone();
         let req_clock = Arc::clone(&clock);
         // Credentials a client sends (a leftover PAT, the inbound token) and the one patless
         // injects are marked sensitive before anything can trace them.
         let svc = tower::ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::from_shared(Arc::clone(
-                &sensitive,
+                &self.sensitive,
             )))
             .service_fn(move |req| {
                 let in_flight = req_clock.request_started();
@@ -169,10 +413,10 @@ pub async fn serve<H, F>(
                 }
             });
         let svc = TowerToHyperService::new(svc);
-        let conn = builder.serve_connection(io, svc);
-        let conn = graceful.watch(conn);
-        let (head, idle) = (limits.header_read_timeout, limits.idle_timeout);
-        connections.spawn(async move {
+        let conn = self.builder.serve_connection(io, svc);
+        let conn = conns.graceful.watch(conn);
+        let (head, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
+        conns.set.spawn(async move {
             tokio::select! {
                 r = conn => if let Err(e) = r {
                     tracing::debug!(listener = name, "connection ended: {e}");
@@ -182,28 +426,74 @@ pub async fn serve<H, F>(
                 }
             }
             drop(slot);
+            if let Some(open) = open {
+                open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
         });
-    };
-    drop(listener);
-    tracing::info!(
-        listener = name,
-        grace_ms = grace.as_millis() as u64,
-        "draining connections"
-    );
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    }
+}
+
+/// The open connections of one runtime, and their graceful shutdown.
+struct Connections {
+    graceful: GracefulShutdown,
+    // Every connection's task, so the ones still open when the grace runs out can be ended.
+    set: tokio::task::JoinSet<()>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            graceful: GracefulShutdown::new(),
+            set: tokio::task::JoinSet::new(),
+        }
+    }
+}
+
+impl Connections {
+    fn reap(&mut self) {
+        while self.set.try_join_next().is_some() {}
+    }
+
+    /// One connection too many: a JSON 503, then close.
+    fn refuse(&mut self, mut io: Box<dyn Io>, limits: &Limits, name: &'static str) {
         tracing::warn!(
             listener = name,
-            "grace period over; closing the remaining connections"
+            max = limits.max_connections,
+            "connection limit reached"
         );
-        connections.abort_all();
+        self.set.spawn(async move { refuse_busy(&mut io).await });
+    }
+
+    fn abort(mut self) {
+        self.set.abort_all();
+    }
+
+    /// Lets the open connections finish for up to `grace`, then ends the rest.
+    async fn drain(self, grace: Duration, name: &'static str) {
+        tracing::info!(
+            listener = name,
+            grace_ms = grace.as_millis() as u64,
+            "draining connections"
+        );
+        self.drain_quietly(grace, name).await;
+    }
+
+    async fn drain_quietly(mut self, grace: Duration, name: &'static str) {
+        if tokio::time::timeout(grace, self.graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                listener = name,
+                "grace period over; closing the remaining connections"
+            );
+            self.set.abort_all();
+        }
     }
 }
 
 /// The answer to one connection too many: a complete JSON 503, then close.
-async fn refuse_busy(io: &mut TokioIo<watchdog::Watched<Box<dyn Io>>>) {
+async fn refuse_busy(stream: &mut Box<dyn Io>) {
     use tokio::io::AsyncWriteExt;
     let body = r#"{"error":"too_many_connections","message":"patless has server.max_connections open connections; retry shortly"}"#;
     let head = format!(
@@ -211,7 +501,6 @@ async fn refuse_busy(io: &mut TokioIo<watchdog::Watched<Box<dyn Io>>>) {
          connection: close\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    let stream = io.inner_mut().inner_mut();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = stream.write_all(head.as_bytes()).await;
         let _ = stream.write_all(body.as_bytes()).await;
@@ -223,16 +512,16 @@ async fn refuse_busy(io: &mut TokioIo<watchdog::Watched<Box<dyn Io>>>) {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-async fn accept(listener: &Listener) -> io::Result<Box<dyn Io>> {
+async fn accept(listener: &Listener) -> io::Result<Accepted> {
     match listener {
         Listener::Tcp(l) => {
             let (s, _) = l.accept().await?;
             let _ = s.set_nodelay(true);
-            Ok(Box::new(s))
+            Ok(Accepted::Tcp(s))
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
-            Ok(Box::new(s))
+            Ok(Accepted::Unix(s))
         }
     }
 }

@@ -353,6 +353,11 @@ fn keep_listeners(old: &Config, mut new: Config) -> (Config, Vec<String>) {
         format!("{:04o}", o.unix_socket_mode),
         format!("{:04o}", n.unix_socket_mode),
     );
+    check(
+        "server.workers",
+        o.workers.to_string(),
+        n.workers.to_string(),
+    );
     let (ol, nl) = (o.limits, n.limits);
     check(
         "server.max_header_bytes",
@@ -407,6 +412,8 @@ fn keep_listeners(old: &Config, mut new: Config) -> (Config, Vec<String>) {
     n.listen = o.listen.clone();
     n.admin_listen = o.admin_listen.clone();
     n.unix_socket_mode = o.unix_socket_mode;
+    // The worker threads and their upstream pools were made for the running count.
+    n.workers = o.workers;
     n.limits = crate::config::Limits {
         // Checked per request, by the proxy: this one applies.
         max_uri_bytes: nl.max_uri_bytes,

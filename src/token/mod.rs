@@ -142,6 +142,9 @@ pub struct TokenEntry {
     started: AtomicBool,
     wake: Notify,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Where the refresher runs: the runtime the cache was made on, not a proxy worker thread
+    /// whose request happened to need the entry first.
+    runtime: Option<tokio::runtime::Handle>,
     /// A forced acquisition asked for by [`TokenEntry::reacquire`]: `Some(claims)`.
     forced: Mutex<Option<Option<String>>>,
     /// Counts forced acquisitions asked for; the refresher notes the count it served.
@@ -183,7 +186,11 @@ impl TokenEntry {
             return;
         }
         let me = Arc::clone(self);
-        let handle = tokio::spawn(async move { me.refresh_loop().await });
+        let refresh = async move { me.refresh_loop().await };
+        let handle = match &self.runtime {
+            Some(rt) => rt.spawn(refresh),
+            None => tokio::spawn(refresh),
+        };
         if let Ok(mut slot) = self.task.lock() {
             *slot = Some(handle.abort_handle());
         }
@@ -506,6 +513,7 @@ pub struct TokenCache {
     entries: Mutex<HashMap<CacheKey, Arc<TokenEntry>>>,
     settings: CacheSettings,
     metrics: Metrics,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl fmt::Debug for TokenCache {
@@ -528,6 +536,7 @@ impl TokenCache {
             entries: Mutex::new(HashMap::new()),
             settings,
             metrics,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -562,6 +571,7 @@ impl TokenCache {
                 started: AtomicBool::new(false),
                 wake: Notify::new(),
                 task: Mutex::new(None),
+                runtime: self.runtime.clone(),
                 forced: Mutex::new(None),
                 wanted: std::sync::atomic::AtomicU64::new(0),
             })

@@ -43,10 +43,23 @@ impl Patless {
     /// Starts patless with `toml` and the environment `env`. Unless `toml` sets
     /// `server.shutdown_delay`, it is 0 here (not 5 s): stopping a test's patless is immediate.
     pub async fn start_with_env(toml: &str, env: MapEnv) -> Patless {
+        Self::start_inner(toml, env, None).await
+    }
+
+    /// [`Patless::start`], with the proxy served on `workers` threads of its own, as `serve`
+    /// does (those threads run on the real clock, not the test's).
+    pub async fn start_with_workers(toml: &str, workers: usize) -> Patless {
+        Self::start_inner(toml, MapEnv::default(), Some(workers)).await
+    }
+
+    async fn start_inner(toml: &str, env: MapEnv, workers: Option<usize>) -> Patless {
         let mut loaded = load_from_str(toml, Format::Toml, ConfigSource::Embedded, &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         if loaded.raw.server.shutdown_delay.is_none() {
             loaded.config.server.shutdown_delay = Duration::ZERO;
+        }
+        if let Some(n) = workers {
+            loaded.config.server.workers = n;
         }
         let app = App::new(
             loaded.config,
@@ -54,7 +67,7 @@ impl Patless {
             prometheus::Registry::new(),
         )
         .expect("app builds");
-        Self::launch(app, None).await
+        Self::launch(app, None, workers.is_some()).await
     }
 
     /// Starts patless from the config file `path` (as `--config path` would), read with `env`,
@@ -73,14 +86,14 @@ impl Patless {
         let (handle, requests) = patless::server::reload::channel();
         let mut reloader = Reloader::new(Some(path.to_path_buf()), source, requests);
         reloader.watch_interval = watch_interval;
-        let mut p = Self::launch(app, Some(reloader)).await;
+        let mut p = Self::launch(app, Some(reloader), false).await;
         p.reload = Some(handle);
         p
     }
 
     /// Binds the listeners on `127.0.0.1:0` (the identity endpoint's only when the config has
     /// one) and spawns `run_with`.
-    async fn launch(app: App, reload: Option<Reloader>) -> Patless {
+    async fn launch(app: App, reload: Option<Reloader>, worker_threads: bool) -> Patless {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = proxy.local_addr().expect("addr");
@@ -106,6 +119,7 @@ impl Patless {
             },
             hurry: None,
             reload,
+            worker_threads,
         };
         let task = tokio::spawn(patless::run_with(listeners, app, options));
         Patless {
