@@ -78,7 +78,10 @@ async fn run(mut cmd: std::process::Command, input: &str) -> Run {
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         // Dropped at the end of the block: the child sees EOF.
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input.as_bytes()).expect("write stdin");
+            // A child that exits without reading (a usage error) closes the pipe first.
+            if let Err(e) = stdin.write_all(input.as_bytes()) {
+                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+            }
         }
         let out = child.wait_with_output().expect("wait");
         Run {

@@ -111,23 +111,9 @@ pub async fn serve<H, F>(
     tokio::pin!(shutdown);
     let grace = loop {
         conns.reap();
-        let accepted = tokio::select! {
-            biased;
-            grace = &mut shutdown => break grace,
-            a = accept(&listener) => a,
-        };
-        let io = match accepted {
-            Ok(io) => io,
-            Err(e) => {
-                // EMFILE and friends: say so, pause, keep serving.
-                tracing::warn!(listener = name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let io: Box<dyn Io> = match io {
-            Accepted::Tcp(s) => Box::new(s),
-            Accepted::Unix(s) => Box::new(s),
+        let io = match next_accepted(&listener, shutdown.as_mut(), name).await {
+            Ok(io) => io.into_io(),
+            Err(grace) => break grace,
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             conns.refuse(io, &limits, name);
@@ -186,25 +172,12 @@ pub async fn serve_on_workers<H, F>(
     tokio::pin!(shutdown);
     let grace = loop {
         refused.reap();
-        let accepted = tokio::select! {
-            biased;
-            grace = &mut shutdown => break grace,
-            a = accept(&listener) => a,
-        };
-        let io = match accepted {
+        let io = match next_accepted(&listener, shutdown.as_mut(), name).await {
             Ok(io) => io,
-            Err(e) => {
-                tracing::warn!(listener = name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+            Err(grace) => break grace,
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            let io: Box<dyn Io> = match io {
-                Accepted::Tcp(s) => Box::new(s),
-                Accepted::Unix(s) => Box::new(s),
-            };
-            refused.refuse(io, &limits, name);
+            refused.refuse(io.into_io(), &limits, name);
             continue;
         };
         // Off this runtime's reactor, onto the worker's.
@@ -258,6 +231,13 @@ enum StdStream {
 }
 
 impl Accepted {
+    fn into_io(self) -> Box<dyn Io> {
+        match self {
+            Accepted::Tcp(s) => Box::new(s),
+            Accepted::Unix(s) => Box::new(s),
+        }
+    }
+
     fn into_std(self) -> io::Result<StdStream> {
         Ok(match self {
             Accepted::Tcp(s) => StdStream::Tcp(s.into_std()?),
@@ -511,6 +491,29 @@ async fn refuse_busy(stream: &mut Box<dyn Io>) {
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// The next connection, or `Err(grace)` once `shutdown` resolves. A failed accept (EMFILE and
+/// friends) is logged and followed by a short pause: the listener keeps serving.
+async fn next_accepted<S: Future<Output = Duration>>(
+    listener: &Listener,
+    mut shutdown: std::pin::Pin<&mut S>,
+    name: &'static str,
+) -> Result<Accepted, Duration> {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            grace = shutdown.as_mut() => return Err(grace),
+            a = accept(listener) => a,
+        };
+        match accepted {
+            Ok(io) => return Ok(io),
+            Err(e) => {
+                tracing::warn!(listener = name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
 
 async fn accept(listener: &Listener) -> io::Result<Accepted> {
     match listener {
