@@ -367,3 +367,42 @@ async fn a_client_gone_mid_upload_cancels_the_upstream_request() {
     assert!(gone.at.duration_since(hung_up) < NOTICE);
     expect_recovered(&p, &up, &entra).await;
 }
+
+/// The upstream read buffer is bounded (`proxy::UPSTREAM_READ_BUF_MAX`, 64 KiB), and so is an
+/// upstream's response head: a large but sane head (48 KiB of headers) passes whole; one over the
+/// bound is a `502 upstream_unreachable` counted as `protocol`, never a truncated answer, and
+/// the route keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_head_over_64_kib_is_502_and_a_large_one_passes() {
+    let (entra, up, p) = setup("").await;
+    let client = support::http_client();
+    let with_headers = |kib: usize| {
+        let mut reply = Reply::json(200, r#"{"big":true}"#);
+        for i in 0..kib {
+            // 1 KiB per header line.
+            reply = reply.header(&format!("x-bulk-{i:04}"), "v".repeat(1024 - 18));
+        }
+        Action::Reply(reply)
+    };
+    up.push(with_headers(48));
+    let r = client.get(p.url("/up/large")).send().await.expect("req");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-bulk-"))
+            .count(),
+        48
+    );
+    assert_eq!(r.text().await.expect("body"), r#"{"big":true}"#);
+
+    up.push(with_headers(80));
+    let r = client.get(p.url("/up/huge")).send().await.expect("req");
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "upstream_unreachable");
+    assert_eq!(body["route"], "/up");
+    let m = p.metrics().await;
+    assert_eq!(upstream_errors(&m, "protocol"), 1, "{m}");
+    expect_recovered(&p, &up, &entra).await;
+}

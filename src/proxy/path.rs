@@ -31,13 +31,26 @@ pub fn validate(path: &str) -> Result<(), &'static str> {
             _ => i += 1,
         }
     }
-    for segment in path.split('/') {
-        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
-        if decoded == "." || decoded == ".." {
-            return Err("the path has a `.` or `..` segment");
-        }
+    if path.split('/').any(is_dot_segment) {
+        return Err("the path has a `.` or `..` segment");
     }
     Ok(())
+}
+
+/// `.` or `..`, each dot raw or as `%2e` in either case (without allocating: this runs on every
+/// request).
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
 }
 
 #[cfg(test)]
@@ -51,6 +64,10 @@ mod tests {
             "/ado/./x",
             "/ado/%2e%2E/x",
             "/ado/.%2e",
+            "/ado/%2E",
+            "/ado/%2e.",
+            "/..",
+            "/ado/x/..",
             "/ado/a%2fb",
             "/ado/a%5Cb",
             "/ado/a\\b",
@@ -67,6 +84,9 @@ mod tests {
             "/ado/org/_apis/projects",
             "/ado/a%20b/..x",
             "/ado/.well-known",
+            "/ado/...",
+            "/ado/%2e%2e%2e",
+            "/ado/%2ex",
         ] {
             assert!(validate(good).is_ok(), "{good} should pass");
         }

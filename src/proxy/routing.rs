@@ -30,6 +30,32 @@ pub struct RouteTarget {
     pub azure_devops: bool,
     /// The token entry.
     pub entry: Arc<TokenEntry>,
+    /// `Host` toward the upstream, built once.
+    pub host_header: http::HeaderValue,
+    /// This route's metric handles, looked up on first use (explicit routes only: a host
+    /// route's target is built per request).
+    pub metrics: Option<Arc<RouteMetrics>>,
+}
+
+/// A route's handles into `patless_requests_total` and `patless_request_duration_seconds`, so a
+/// request does not hash its labels into the metric families.
+#[derive(Default)]
+pub struct RouteMetrics {
+    /// `{route, status="200"}`.
+    pub ok: std::sync::OnceLock<prometheus::IntCounter>,
+    /// `{route}`.
+    pub duration: std::sync::OnceLock<prometheus::Histogram>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
+
+/// `Host` for an authority (always a valid header value: `Authority` admits a subset).
+fn host_header(authority: &http::uri::Authority) -> http::HeaderValue {
+    http::HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value")
 }
 
 /// The routing table.
@@ -45,9 +71,9 @@ pub struct Router {
 
 /// A routing decision: the target and the path (with query) to send upstream.
 #[derive(Debug)]
-pub struct Routed {
-    /// Where.
-    pub target: RouteTarget,
+pub struct Routed<'a> {
+    /// Where: the table's own target for an explicit route, one built for a host route.
+    pub target: std::borrow::Cow<'a, RouteTarget>,
     /// Upstream path and query.
     pub path_and_query: String,
 }
@@ -96,12 +122,14 @@ impl Router {
                 },
                 profile: r.profile.as_str().into(),
                 scheme,
-                authority,
                 base_path: r.upstream.path().trim_end_matches('/').into(),
                 // A route with Azure DevOps' audience talks to Azure DevOps, whatever its host name (an
                 // on-premises gateway, a loopback stand-in).
                 azure_devops: hosts::is_azure_devops(host) || r.scope == hosts::AZURE_DEVOPS_SCOPE,
                 entry,
+                host_header: host_header(&authority),
+                metrics: Some(Arc::default()),
+                authority,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -128,7 +156,7 @@ impl Router {
     }
 
     /// Routes a validated path (`path`) with its optional query.
-    pub fn route(&self, path: &str, query: Option<&str>) -> Option<Routed> {
+    pub fn route(&self, path: &str, query: Option<&str>) -> Option<Routed<'_>> {
         for t in &self.routes {
             let p: &str = &t.prefix;
             let rest = match path.strip_prefix(p) {
@@ -137,7 +165,7 @@ impl Router {
             };
             return Some(Routed {
                 path_and_query: join(&t.base_path, rest, query),
-                target: t.clone(),
+                target: std::borrow::Cow::Borrowed(t),
             });
         }
         if !self.host_routes {
@@ -155,16 +183,18 @@ impl Router {
         let prefix: Arc<str> = format!("/{host}").into();
         Some(Routed {
             path_and_query: join("", rest, query),
-            target: RouteTarget {
+            target: std::borrow::Cow::Owned(RouteTarget {
                 label: known.label().into(),
                 prefix,
                 profile: self.default_profile.clone(),
                 scheme: http::uri::Scheme::HTTPS,
+                host_header: host_header(&authority),
                 authority,
                 base_path: "".into(),
                 azure_devops: known.azure_devops,
                 entry,
-            },
+                metrics: None,
+            }),
         })
     }
 

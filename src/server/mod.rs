@@ -15,10 +15,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::config::{Limits, ListenAddr};
 use crate::proxy::ProxyBody;
@@ -378,21 +376,18 @@ where
         let req_clock = Arc::clone(&clock);
         // Credentials a client sends (a leftover PAT, the inbound token) and the one patless
         // injects are marked sensitive before anything can trace them.
-        let svc = tower::ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::from_shared(Arc::clone(
-                &self.sensitive,
-            )))
-            .service_fn(move |req| {
-                let in_flight = req_clock.request_started();
-                let fut = h(req);
-                async move {
-                    let resp = fut.await;
-                    Ok::<_, std::convert::Infallible>(
-                        resp.map(|b| watchdog::TrackedBody::new(b, in_flight)),
-                    )
-                }
-            });
-        let svc = TowerToHyperService::new(svc);
+        let sensitive = Arc::clone(&self.sensitive);
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            mark_sensitive(req.headers_mut(), &sensitive);
+            let in_flight = req_clock.request_started();
+            let fut = h(req);
+            async move {
+                let resp = fut.await;
+                Ok::<_, std::convert::Infallible>(
+                    resp.map(|b| watchdog::TrackedBody::new(b, in_flight)),
+                )
+            }
+        });
         let conn = self.builder.serve_connection(io, svc);
         let conn = conns.graceful.watch(conn);
         let (head, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
@@ -410,6 +405,16 @@ where
                 open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
+    }
+}
+
+/// Marks every value of the `names` headers sensitive (`HeaderValue::set_sensitive`), so no
+/// `Debug` or trace prints them: one pass over what the request carries, no lookups.
+fn mark_sensitive(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
+    for (name, value) in headers.iter_mut() {
+        if names.contains(name) {
+            value.set_sensitive(true);
+        }
     }
 }
 
@@ -526,5 +531,36 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
             let (s, _) = l.accept().await?;
             Ok(Accepted::Unix(s))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mark_sensitive;
+    use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
+
+    #[test]
+    fn every_value_of_a_credential_header_is_marked_sensitive() {
+        let mut h = HeaderMap::new();
+        h.append(AUTHORIZATION, HeaderValue::from_static("Basic cGF0"));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer second"));
+        h.append(COOKIE, HeaderValue::from_static("a=b"));
+        h.append("accept", HeaderValue::from_static("*/*"));
+        mark_sensitive(
+            &mut h,
+            &[
+                AUTHORIZATION,
+                COOKIE,
+                HeaderName::from_static("x-patless-token"),
+            ],
+        );
+        assert!(h.get_all(AUTHORIZATION).iter().all(|v| v.is_sensitive()));
+        assert!(h[COOKIE].is_sensitive());
+        assert!(!h["accept"].is_sensitive());
+        let shown = format!("{h:?}");
+        assert!(
+            !shown.contains("cGF0") && !shown.contains("second"),
+            "{shown}"
+        );
     }
 }
