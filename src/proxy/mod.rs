@@ -109,11 +109,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 pub use pool::UpstreamClient;
 
-/// The most an upstream connection's read buffer grows to (hyper's default is ~400 KiB): a
-/// 64 KiB body still arrives in one read, but 256 connections streaming large answers hold
-/// about 20 MiB less (bench/: 79 → 59 MiB peak RSS). It also bounds an upstream's response
-/// head: one larger is a `502 upstream_unreachable` (nginx's default refuses heads over 4–8 KiB).
-pub const UPSTREAM_READ_BUF_MAX: usize = 64 * 1024;
+/// The most an upstream connection's read buffer grows to, and so a bound on an upstream's
+/// response head (one larger is a `502 upstream_unreachable`; hyper checks between reads, so a
+/// head of up to twice this may pass; nginx's default refuses heads over 4–8 KiB). Bodies stream through it in reads of up to this size: a 64 KiB cap (measured with
+/// bench/) held 256 connections of 64 KiB answers at 57 instead of 78 MiB but cut a 1 GiB
+/// download by a quarter; from 128 KiB up the download is as fast as with hyper's ~400 KiB
+/// default and the memory the same.
+pub const UPSTREAM_READ_BUF_MAX: usize = 256 * 1024;
 
 /// Timeouts toward upstreams.
 #[derive(Debug, Clone, Copy)]
