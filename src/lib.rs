@@ -509,6 +509,26 @@ where
             server::reload::serve(Arc::clone(&current), r, begun_rx.clone()).await;
         }
     };
+    // Upstream connections a burst opened are closed once idle, not kept until the next request
+    // meets them (or forever, if none comes).
+    let sweep_task = async {
+        let every = proxy::UPSTREAM_IDLE_TIMEOUT / 4;
+        let sweep = async {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let closed = current.load().proxy.close_idle();
+                if closed > 0 {
+                    tracing::debug!(closed, "closed idle upstream connections");
+                }
+            }
+        };
+        tokio::select! {
+            () = sweep => {}
+            _ = closed(close_rx.clone()) => {}
+        }
+    };
     let signal = async {
         shutdown.await;
         shutting_down.store(true, Ordering::Release);
@@ -539,7 +559,14 @@ where
         }
         let _ = close_tx.send(Some(grace));
     };
-    tokio::join!(proxy_task, admin_task, identity_task, reload_task, signal);
+    tokio::join!(
+        proxy_task,
+        admin_task,
+        identity_task,
+        reload_task,
+        sweep_task,
+        signal
+    );
     // The background tasks: the config watcher ended with the reload task; the refreshers now.
     let stopped = current.load().cache.stop();
     tracing::info!(refreshers = stopped.len(), "stopped");

@@ -655,3 +655,81 @@ async fn an_answer_given_before_the_body_was_read_closes_the_connection_and_says
     assert!(r.headers().get("connection").is_none());
     assert!(up.requests().is_empty());
 }
+
+/// Upstream connections a burst opened are closed once they have been idle for the pool's idle
+/// timeout (60 s), even if no further request comes to meet them.
+#[tokio::test]
+async fn upstream_connections_left_idle_are_closed_without_another_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let entra = FakeEntra::start().await;
+    // An upstream by hand, to count connections: `200 ok` to each request after 100 ms.
+    let listener = support::bind_loopback().await;
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (opened, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (o, c) = (Arc::clone(&opened), Arc::clone(&closed));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            o.fetch_add(1, Ordering::SeqCst);
+            let c = Arc::clone(&c);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let p = Patless::start(&config(&entra, &[("/ado", &url, ADO)], "", "")).await;
+    let client = support::http_client();
+    let get = || client.get(format!("http://{}/ado/x", p.addr)).send();
+    let (a, b) = tokio::join!(get(), get());
+    for resp in [a, b] {
+        let resp = resp.expect("answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.expect("body"), "ok");
+    }
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        2,
+        "two at once: two connections"
+    );
+    // 50 s idle: kept (the pool is swept every 15 s and closes what is idle for 60 s).
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(50)).await;
+    tokio::time::resume();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(closed.load(Ordering::SeqCst), 0, "not idle long enough yet");
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(26)).await;
+    tokio::time::resume();
+    for _ in 0..200 {
+        if closed.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        2,
+        "both closed once idle 60 s"
+    );
+    // And the next request simply opens a new one.
+    let resp = get().await.expect("answer");
+    assert_eq!(resp.text().await.expect("body"), "ok");
+    assert_eq!(opened.load(Ordering::SeqCst), 3);
+    p.stop().await;
+}

@@ -9,7 +9,8 @@
 //! body; a request takes the newest one that hyper says is ready for the next request (its last
 //! answer read to the end), else opens a new one. Closed connections (the upstream hung up, an
 //! answer not read to its end) and ones idle for longer than the idle timeout are dropped when
-//! met. A request sent on a pooled connection that the upstream closed before taking it is sent
+//! met, and by [`UpstreamClient::close_idle`], which the server runs every quarter of the idle
+//! timeout so that a burst's connections do not outlive the traffic. A request sent on a pooled connection that the upstream closed before taking it is sent
 //! on another (hyper hands the unsent request back), as a fresh connection's failure is
 //! reported.
 
@@ -217,6 +218,37 @@ impl UpstreamClient {
         }
     }
 
+    /// Closes the connections idle for the idle timeout or longer and forgets the closed ones;
+    /// returns how many went. A connection still busy with an answer's body stays. Run every so
+    /// often, so that connections a burst opened do not stay open (with their buffers) once
+    /// the traffic stops; [`request`](Self::request) also skips them when it meets them.
+    pub fn close_idle(&self) -> usize {
+        let now = Instant::now();
+        let mut hosts = lock(&self.hosts);
+        let mut closed = 0;
+        for host in hosts.iter_mut() {
+            let before = host.conns.len();
+            host.conns.retain(|c| {
+                let expired = c.sender.is_ready()
+                    && now.saturating_duration_since(c.used) >= self.idle_timeout;
+                !(c.sender.is_closed() || expired)
+            });
+            closed += before - host.conns.len();
+        }
+        hosts.retain(|h| !h.conns.is_empty());
+        closed
+    }
+
+    /// Connections ready for a request, for tests.
+    #[cfg(test)]
+    fn ready(&self) -> usize {
+        lock(&self.hosts)
+            .iter()
+            .flat_map(|h| &h.conns)
+            .filter(|c| c.sender.is_ready())
+            .count()
+    }
+
     /// Connections held (busy or idle), for tests.
     pub fn pooled(&self) -> usize {
         lock(&self.hosts).iter().map(|h| h.conns.len()).sum()
@@ -421,6 +453,51 @@ mod tests {
         })
         .await;
         assert_eq!(c.pooled(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_connections_left_idle_and_keeps_busy_ones() {
+        let (up, url) = upstream(Duration::from_millis(50), false).await;
+        let c = client(Duration::from_secs(60));
+        // A burst of three at once opens three connections.
+        let (a, b, d) = tokio::join!(
+            c.request(get(&url, "/a")),
+            c.request(get(&url, "/b")),
+            c.request(get(&url, "/c")),
+        );
+        for resp in [a, b, d] {
+            assert_eq!(body(resp.expect("answer")).await, "ok");
+        }
+        until("all three are ready again", || c.ready() == 3).await;
+        // An answer whose body is still arriving keeps its connection busy (another upstream,
+        // which sends 2 of the 11 bytes it announced, then waits).
+        let slow = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let slow_url = format!("http://{}", slow.local_addr().expect("addr"));
+        let (rest_tx, rest_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = slow.accept().await.expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nok";
+            s.write_all(head).await.expect("write");
+            let _ = rest_rx.await;
+            s.write_all(b"-the-rest").await.expect("write");
+            let _ = s.read(&mut buf).await;
+        });
+        let busy = c.request(get(&slow_url, "/busy")).await.expect("answer");
+        assert_eq!(c.pooled(), 4);
+        idle_for(Duration::from_secs(30)).await;
+        assert_eq!(c.close_idle(), 0, "nothing has been idle for 60 s");
+        idle_for(Duration::from_secs(31)).await;
+        assert_eq!(c.close_idle(), 3, "the three idle ones go");
+        until("the upstream sees them closed", || {
+            up.closed.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        assert_eq!(c.pooled(), 1, "the busy one stays");
+        rest_tx.send(()).expect("the slow upstream waits");
+        assert_eq!(body(busy).await, "ok-the-rest");
+        assert_eq!(up.opened.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
