@@ -10,9 +10,9 @@
 //! answer read to the end), else opens a new one. Closed connections (the upstream hung up, an
 //! answer not read to its end) and ones idle for longer than the idle timeout are dropped when
 //! met, and by [`UpstreamClient::close_idle`], which the server runs every quarter of the idle
-//! timeout so that a burst's connections do not outlive the traffic. A request sent on a pooled connection that the upstream closed before taking it is sent
-//! on another (hyper hands the unsent request back), as a fresh connection's failure is
-//! reported.
+//! timeout so that a burst's connections do not outlive the traffic. A request sent on a pooled
+//! connection that the upstream closed before taking it is sent on another (hyper hands the
+//! unsent request back), as a fresh connection's failure is reported.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
