@@ -50,6 +50,9 @@ pub enum StartError {
     /// `server.inbound_token` cannot be read.
     #[error("server.inbound_token: {0}")]
     InboundToken(String),
+    /// `server.admin_token` cannot be read.
+    #[error("server.admin_token: {0}")]
+    AdminToken(String),
     /// `identity_endpoint.header` cannot be read or used.
     #[error(transparent)]
     IdentityHeader(#[from] server::identity::IdentityHeaderError),
@@ -79,6 +82,8 @@ pub struct App {
     pub credential_sources: std::collections::BTreeMap<String, credentials::SourceFn>,
     /// The identity endpoint for SDKs (`[identity_endpoint]`), if configured.
     pub identity: Option<server::identity::IdentityEndpoint>,
+    /// The admin listener's policy (`server::admin`).
+    pub admin: server::admin::AdminPolicy,
     /// The environment it was built from (a reload reads the config with the same one).
     env: Env,
 }
@@ -233,7 +238,10 @@ impl App {
             };
             Ok((proxy, identity))
         });
-        let (proxy, identity) = match built {
+        let admin = server::admin::AdminPolicy::new(&config.server, ctx.env.as_ref())
+            .map_err(StartError::AdminToken);
+        let built = built.and_then(|pi| admin.map(|admin| (pi, admin)));
+        let ((proxy, identity), admin) = match built {
             Ok(p) => p,
             Err(e) => {
                 // The old cache still owns the adopted entries: dropping this one must not stop
@@ -250,6 +258,7 @@ impl App {
                 proxy,
                 credential_sources,
                 identity,
+                admin,
                 env: ctx.env,
             },
             changes,

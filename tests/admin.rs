@@ -193,3 +193,131 @@ async fn auto_without_credentials_says_what_it_tried_and_how_to_fix_it() {
         "{m}"
     );
 }
+
+const ADMIN_TOKEN: &str = "admin-token-for-prometheus-0123456789";
+
+/// `GET {path}` on the admin listener with these headers: (status, body).
+async fn admin_get(p: &Patless, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = support::http_client().get(p.admin_url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.expect("admin request");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_refuses_browsers_and_foreign_hosts_and_guards_metrics_with_its_token() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    // No admin_token: loopback callers read everything, browsers and rebinding pages nothing.
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    for path in ["/readyz", "/metrics", "/healthz"] {
+        for (headers, code) in [
+            (vec![("host", "attacker.example")], "host_not_allowed"),
+            (vec![("host", "attacker.example:7071")], "host_not_allowed"),
+            (vec![("host", "[::1]evil.example")], "host_not_allowed"),
+            (vec![("sec-fetch-site", "cross-site")], "cross_site_request"),
+            (
+                vec![("origin", "https://attacker.example")],
+                "cross_site_request",
+            ),
+        ] {
+            let (status, body) = admin_get(&p, path, &headers).await;
+            assert_eq!(status, 403, "{path} {headers:?}: {body}");
+            let json: Value = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(json["error"], code, "{path} {headers:?}");
+            assert!(!body.contains("patless_"), "no metrics in a refusal");
+        }
+    }
+    let (status, body) = admin_get(&p, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("patless_build_info"));
+    // A probe or scraper dialling an address sends it as the Host: accepted.
+    for host in ["10.1.2.3:7071", "[fd00::5]:7071", "127.0.0.1"] {
+        let (status, _) = admin_get(&p, "/healthz", &[("host", host)]).await;
+        assert_eq!(status, 200, "{host}");
+    }
+    p.stop().await;
+
+    // With admin_token: /metrics and /readyz's details need it; /healthz and /readyz's status
+    // do not (orchestrator probes).
+    let p = Patless::start_with_env(
+        &config(
+            &entra,
+            &[("/ado", &up.url(), ADO)],
+            "admin_token = { env = \"PATLESS_TEST_ADMIN\" }",
+            "",
+        ),
+        MapEnv::new([("PATLESS_TEST_ADMIN", ADMIN_TOKEN)]),
+    )
+    .await;
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    for wrong in [
+        vec![],
+        vec![("authorization", "Bearer wrong")],
+        vec![(
+            "authorization",
+            "Bearer admin-token-for-prometheus-012345678",
+        )],
+        vec![("x-patless-token", ADMIN_TOKEN)],
+    ] {
+        let (status, body) = admin_get(&p, "/metrics", &wrong).await;
+        assert_eq!(status, 401, "{wrong:?}: {body}");
+        let json: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(json["error"], "inbound_auth_required");
+        assert!(!body.contains(ADMIN_TOKEN));
+    }
+    let (status, body) = admin_get(&p, "/metrics", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("patless_build_info"));
+    assert!(!body.contains(ADMIN_TOKEN), "the token is no metric");
+    let (status, _) = admin_get(&p, "/healthz", &[]).await;
+    assert_eq!(status, 200);
+    let mut ready = None;
+    for _ in 0..100 {
+        let (status, body) = admin_get(&p, "/readyz", &[]).await;
+        if status == 200 {
+            ready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body: Value = serde_json::from_str(&ready.expect("ready")).expect("JSON");
+    assert_eq!(body, serde_json::json!({"ready": true}), "only the status");
+    let (status, body) = admin_get(&p, "/readyz", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        body["routes"][0]["profile"], "bot",
+        "the details, with the token"
+    );
+    p.stop().await;
+}
+
+#[test]
+fn a_non_loopback_admin_listen_needs_a_token_or_an_explicit_opt_in() {
+    use patless::config::{load_from_str, ConfigSource, Format};
+    let env = MapEnv::default();
+    let load = |server: &str| {
+        load_from_str(
+            &format!("[server]\n{server}\n"),
+            Format::Toml,
+            ConfigSource::Embedded,
+            &env,
+        )
+    };
+    let err = load("admin_listen = \"0.0.0.0:7071\"").expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("server.admin_listen")
+            && text.contains("admin_token")
+            && text.contains("allow_unauthenticated_admin"),
+        "{text}"
+    );
+    assert!(load("admin_listen = \"[::]:7071\"").is_err());
+    assert!(load("admin_listen = \"0.0.0.0:7071\"\nadmin_token = { env = \"T\" }").is_ok());
+    assert!(load("admin_listen = \"0.0.0.0:7071\"\nallow_unauthenticated_admin = true").is_ok());
+    assert!(load("admin_listen = \"127.0.0.1:7071\"").is_ok());
+    assert!(load("admin_listen = \"unix:/run/patless/admin.sock\"").is_ok());
+}

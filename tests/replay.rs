@@ -196,36 +196,112 @@ async fn large_and_streaming_bodies_pass_the_refusal_through_and_the_token_is_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn azure_devops_sign_in_answers_count_as_refusals() {
+async fn azure_devops_sign_in_redirect_is_replayed_its_2xx_sign_in_pages_are_not() {
     let entra = FakeEntra::start().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let client = support::http_client();
-    for answer in [
-        RevokedAnswer::AdoNonAuthoritative,
-        RevokedAnswer::AdoHtml,
-        RevokedAnswer::AdoSignInRedirect,
-    ] {
+    // The redirect to Azure DevOps's own sign-in host refuses the token before anything is done:
+    // the request is replayed with a fresh token.
+    up.set_revoked_answer(RevokedAnswer::AdoSignInRedirect);
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let r = client
+        .get(p.url("/ado/org/_apis/projects"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let before = entra.token_requests();
+    up.revoke(&current_token(&entra));
+    let r = client
+        .get(p.url("/ado/org/_apis/projects"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200, "replayed with a fresh token");
+    assert_eq!(entra.token_requests(), before + 1);
+    assert_eq!(retries(&p.metrics().await, "/ado"), 1);
+    p.stop().await;
+
+    // A 2xx sign-in page refuses the token too, but a 2xx is an answer the upstream may have acted
+    // on: never replayed, whatever the method. The answer is passed on and the token replaced for
+    // the requests that follow.
+    for answer in [RevokedAnswer::AdoNonAuthoritative, RevokedAnswer::AdoHtml] {
         up.set_revoked_answer(answer);
         let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+        let warm = client.get(p.url("/ado/warm")).send().await.expect("req");
+        assert_eq!(warm.status(), 200, "{answer:?}");
+        let before = entra.token_requests();
+        up.revoke(&current_token(&entra));
+        let posts_before = up
+            .requests()
+            .iter()
+            .filter(|r| r.method == http::Method::POST)
+            .count();
         let r = client
-            .get(p.url("/ado/org/_apis/projects"))
+            .post(p.url("/ado/org/_apis/wit/workitems"))
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .body(r#"{"title":"once"}"#)
             .send()
             .await
             .expect("req");
-        assert_eq!(r.status(), 200, "{answer:?}");
-        let before = entra.token_requests();
-        up.revoke(&current_token(&entra));
+        let want = if answer == RevokedAnswer::AdoHtml {
+            200
+        } else {
+            203
+        };
+        assert_eq!(r.status(), want, "{answer:?}: the sign-in page, passed on");
+        assert!(
+            r.text().await.expect("body").contains("Sign In"),
+            "{answer:?}"
+        );
+        let posts = up
+            .requests()
+            .iter()
+            .filter(|r| r.method == http::Method::POST)
+            .count();
+        assert_eq!(posts, posts_before + 1, "{answer:?}: the POST arrived once");
+        assert_eq!(retries(&p.metrics().await, "/ado"), 0, "{answer:?}");
+        token_requests_reach(&entra, before + 1).await;
         let r = client
             .get(p.url("/ado/org/_apis/projects"))
             .header("accept", "application/json")
             .send()
             .await
             .expect("req");
-        assert_eq!(r.status(), 200, "{answer:?}: replayed with a fresh token");
+        assert_eq!(
+            r.status(),
+            200,
+            "{answer:?}: the next request has a fresh token"
+        );
         assert_eq!(entra.token_requests(), before + 1, "{answer:?}");
-        assert_eq!(retries(&p.metrics().await, "/ado"), 1, "{answer:?}");
         p.stop().await;
     }
+
+    // A redirect to `/_signin` on any other host is an answer like any other: passed on, the
+    // request not replayed, the token kept.
+    up.set_revoked_answer(RevokedAnswer::ForeignSignInRedirect);
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let warm = client.get(p.url("/ado/warm")).send().await.expect("req");
+    assert_eq!(warm.status(), 200);
+    let before = entra.token_requests();
+    up.revoke(&current_token(&entra));
+    let seen = up.requests().len();
+    let r = client
+        .post(p.url("/ado/org/_apis/wit/workitems"))
+        .header("accept", "application/json")
+        .body(r#"{"title":"once"}"#)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 302);
+    assert_eq!(up.requests().len(), seen + 1, "sent once");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(entra.token_requests(), before, "the token is kept");
+    assert_eq!(retries(&p.metrics().await, "/ado"), 0);
+    p.stop().await;
+
     // A web page (HTML asked for, no _apis) is an answer, not a refusal.
     up.set_revoked_answer(RevokedAnswer::AdoHtml);
     let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;

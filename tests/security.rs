@@ -412,3 +412,148 @@ async fn idle_keep_alive_and_head_clocks_are_separate_and_spare_requests_in_flig
     assert_eq!(read_response(&mut s).await, 200);
     assert_eq!(up.accepted(), 4, "three GETs and the slow upload");
 }
+
+/// Sends `GET {path}` with `Host: {host}` (none when `None`) and returns (status, the `Location`
+/// header if any, the JSON body if any).
+async fn get_location(
+    addr: std::net::SocketAddr,
+    path: &str,
+    host: Option<&str>,
+) -> (u16, Option<String>, Option<Value>) {
+    let head = match host {
+        Some(h) => format!("GET {path} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n"),
+        None => format!("GET {path} HTTP/1.0\r\n\r\n"),
+    };
+    let (status, json, text) = raw(addr, &head).await;
+    let location = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        });
+    (status, location, json)
+}
+
+fn redirect_to(location: &str) -> String {
+    format!(
+        "/redirect-to?to={}",
+        url::form_urlencoded::byte_serialize(location.as_bytes()).collect::<String>()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_redirect_never_sends_the_client_off_the_proxy() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    // A route on `/`: its prefix adds nothing in front of the upstream's path.
+    let base = format!("{}/org", up.url());
+    let p = Patless::start(&config(&entra, &[("/", &base, ADO)], "", "")).await;
+    let host = p.addr.to_string();
+    let on_proxy = |path: &str| format!("http://{host}{path}");
+    let cases = [
+        // An empty segment in the upstream's path becomes `//host` once the base is cut off.
+        (
+            "/org//127.0.0.1:19090/steal".to_string(),
+            on_proxy("//127.0.0.1:19090/steal"),
+        ),
+        (
+            format!("{}/org//evil.example/x", up.url()),
+            on_proxy("//evil.example/x"),
+        ),
+        // Browsers read `/\host` as `//host`.
+        (
+            "/org/\\evil.example/x".to_string(),
+            on_proxy("/\\evil.example/x"),
+        ),
+        // What stays a path stays a path.
+        ("/org/x/y?z=1".to_string(), "/x/y?z=1".to_string()),
+        ("/org".to_string(), "/".to_string()),
+        ("/org?q=1".to_string(), "/?q=1".to_string()),
+        // Another host's URL is the upstream's own redirect, passed on as it is.
+        (
+            "https://elsewhere.example/x".to_string(),
+            "https://elsewhere.example/x".to_string(),
+        ),
+    ];
+    for (sent, want) in &cases {
+        let (status, location, _) = get_location(p.addr, &redirect_to(sent), Some(&host)).await;
+        assert_eq!(status, 302, "{sent}");
+        assert_eq!(location.as_deref(), Some(want.as_str()), "{sent}");
+    }
+    // A reflected `//host/…` that is no path under the upstream's base, and a redirect that needs
+    // anchoring when the client sent no Host: refused, never passed on.
+    for (sent, host) in [
+        ("//evil.example/steal/", Some(host.as_str())),
+        ("/\\evil.example/steal/", Some(host.as_str())),
+        ("/org//127.0.0.1:19090/steal", None),
+    ] {
+        let (status, location, json) = get_location(p.addr, &redirect_to(sent), host).await;
+        assert_eq!(status, 502, "{sent} {host:?}");
+        assert_eq!(location, None, "{sent}");
+        assert_eq!(json.expect("JSON")["error"], "unsafe_redirect", "{sent}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bracketed_host_is_an_ipv6_literal_and_a_port_or_it_is_refused() {
+    const HEADER: &str = "idh-security-test-0123456789abcdef";
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(
+        &entra,
+        &[("/ado", &up.url(), ADO)],
+        "",
+        &format!(
+            "\n[identity_endpoint]\nlisten = \"127.0.0.1:0\"\nheader = \"{HEADER}\"\nprofile = \"bot\"\n"
+        ),
+    ))
+    .await;
+    let identity = p.identity.expect("identity endpoint");
+    let token_path =
+        "/msi/token?resource=499b84ac-1321-427f-aa17-267ca6975798&api-version=2019-08-01";
+    for host in [
+        "[::1]evil.com",
+        "[::1]@evil.com",
+        "[::1].evil.com:80",
+        "[localhost]evil",
+        "[::1",
+        "[::1]:7070@evil.example",
+        "localhost@evil.example",
+    ] {
+        let (status, json, text) = raw(p.addr, &get("/ado/x", "").replace("127.0.0.1", host)).await;
+        assert_eq!(status, 403, "proxy, Host {host}: {text}");
+        assert_eq!(json.expect("JSON")["error"], "host_not_allowed", "{host}");
+        let head = format!(
+            "GET {token_path} HTTP/1.1\r\nHost: {host}\r\nX-IDENTITY-HEADER: {HEADER}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, _, text) = raw(identity, &head).await;
+        assert_eq!(status, 403, "identity endpoint, Host {host}: {text}");
+        assert!(!text.contains("access_token"), "no token for Host {host}");
+    }
+    assert!(up.requests().is_empty(), "the upstream saw nothing");
+    // The loopback literal itself still works, with or without a port.
+    for host in ["[::1]", "[::1]:7070"] {
+        let (status, _, text) = raw(p.addr, &get("/ado/x", "").replace("127.0.0.1", host)).await;
+        assert_eq!(status, 200, "Host {host}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_is_refused_and_never_forwarded() {
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let (status, json, text) = raw(
+        p.addr,
+        "TRACE /ado/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405, "{text}");
+    assert_eq!(json.expect("JSON")["error"], "method_not_allowed");
+    assert!(text.to_ascii_lowercase().contains("\r\nallow: "), "{text}");
+    assert!(up.requests().is_empty(), "the upstream saw nothing");
+}

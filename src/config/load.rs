@@ -176,6 +176,7 @@ fn env_value(key: &str, text: &str) -> Value {
     const BOOLEAN_KEYS: &[&str] = &[
         "host_routes",
         "allow_unauthenticated_clients",
+        "allow_unauthenticated_admin",
         "watch_config",
     ];
     let last = key.rsplit('.').next().unwrap_or(key);
@@ -221,6 +222,9 @@ pub fn literal_secret_warnings(raw: &RawConfig, path: &Path) -> Vec<String> {
     let mut keys = Vec::new();
     if literal(&raw.server.inbound_token) {
         keys.push("server.inbound_token".to_string());
+    }
+    if literal(&raw.server.admin_token) {
+        keys.push("server.admin_token".to_string());
     }
     if literal(
         &raw.identity_endpoint

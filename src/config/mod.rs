@@ -139,6 +139,8 @@ pub struct ServerConfig {
     pub state_dir: Option<PathBuf>,
     /// The shared secret clients must send, if any.
     pub inbound_token: Option<SecretSource>,
+    /// The secret the admin listener requires for `/metrics` and `/readyz`'s details, if any.
+    pub admin_token: Option<SecretSource>,
     /// Mode of a `unix:` listener's socket file.
     pub unix_socket_mode: u32,
     /// Limits on what a client may send.
@@ -533,6 +535,8 @@ impl Config {
             allowed_hosts: s.allowed_hosts.clone(),
             allowed_origins: s.allowed_origins.clone(),
             allow_unauthenticated_clients: raw.server.allow_unauthenticated_clients,
+            admin_token: s.admin_token.as_ref().map(redacted_ref),
+            allow_unauthenticated_admin: raw.server.allow_unauthenticated_admin,
             default_profile: Some(s.default_profile.clone()),
             shutdown_grace: Some(duration_text(s.shutdown_grace)),
             shutdown_delay: Some(duration_text(s.shutdown_delay)),

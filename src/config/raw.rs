@@ -135,8 +135,13 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// Longest request target (path + query) in bytes (default 8 KiB); longer → 414.
     pub max_uri_bytes: Option<usize>,
-    /// Accept a non-loopback `listen` with no inbound authentication (SPEC §6).
+    /// Accept a non-loopback `listen` with no inbound authentication (docs/security.md).
     pub allow_unauthenticated_clients: Option<bool>,
+    /// A secret the admin listener requires for `/metrics` (and `/readyz`'s details), sent as
+    /// `Authorization: Bearer …`; needed for a non-loopback `admin_listen`.
+    pub admin_token: Option<SecretValue>,
+    /// Accept a non-loopback `admin_listen` with no `admin_token`.
+    pub allow_unauthenticated_admin: Option<bool>,
     /// Profile for host routes.
     pub default_profile: Option<String>,
     /// Where `device_code`/`interactive_browser` refresh tokens are stored.
@@ -241,6 +246,7 @@ impl RawConfig {
     pub fn redacted(&self) -> RawConfig {
         let mut c = self.clone();
         c.server.inbound_token = c.server.inbound_token.as_ref().map(SecretValue::redacted);
+        c.server.admin_token = c.server.admin_token.as_ref().map(SecretValue::redacted);
         // The proxy URL may carry user:password.
         c.server.egress_proxy = c.server.egress_proxy.as_ref().map(SecretValue::redacted);
         if let Some(ie) = c.identity_endpoint.as_mut() {

@@ -66,6 +66,23 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
         "" => None,
         text => listen_addr(&mut errs, "server.admin_listen", text),
     };
+    if let Some(ListenAddr::Tcp(addr)) = &admin_listen {
+        if !addr.ip().is_loopback()
+            && raw.server.admin_token.is_none()
+            && raw.server.allow_unauthenticated_admin != Some(true)
+        {
+            errs.add(
+                "server.admin_listen",
+                format!(
+                    "{addr} is not a loopback address: anyone who reaches it could read /metrics \
+                     and /readyz (routes, profiles, scopes, errors). Set admin_token (Prometheus \
+                     then sends it as a bearer token; /healthz and /readyz stay open for probes), \
+                     listen on 127.0.0.1, or set allow_unauthenticated_admin = true if a network \
+                     policy already restricts who connects"
+                ),
+            );
+        }
+    }
     let default_profile = raw
         .server
         .default_profile
@@ -85,6 +102,7 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
         allowed_origins: raw.server.allowed_origins.clone(),
         default_profile: default_profile.clone(),
         inbound_token: raw.server.inbound_token.as_ref().map(secret_source),
+        admin_token: raw.server.admin_token.as_ref().map(secret_source),
         unix_socket_mode: match raw.server.unix_socket_mode.as_deref() {
             None => 0o660,
             Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {

@@ -10,10 +10,46 @@ use http::{header, HeaderMap, StatusCode};
 /// Why the upstream refused the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// The token is refused: replace it.
+    /// The token is refused before anything was done (a `401`, the Azure DevOps sign-in redirect):
+    /// replace it, and the request may be replayed.
     Token(&'static str),
-    /// A claims challenge: acquire a token with these claims (JSON).
+    /// A claims challenge (a `401`): acquire a token with these claims (JSON); replayable.
     Claims(String),
+    /// Azure DevOps's sign-in page as a `2xx` (a `203`, or HTML where an API answer was expected):
+    /// the token is refused, but a `2xx` is an answer the upstream may have acted on, so the
+    /// request is never replayed; its answer is passed on and the token replaced for the next.
+    SignInPage(&'static str),
+}
+
+impl Refusal {
+    /// Whether the upstream cannot have acted on the request, so that sending it again is safe.
+    pub fn replayable(&self) -> bool {
+        !matches!(self, Refusal::SignInPage(_))
+    }
+
+    /// What it was, for logs.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Refusal::Token(why) | Refusal::SignInPage(why) => why,
+            Refusal::Claims(_) => "claims challenge",
+        }
+    }
+}
+
+/// Azure DevOps's own sign-in hosts (`app.vssps.visualstudio.com`,
+/// `spsprodweu5.vssps.visualstudio.com`): a redirect there, to `/_signin`, is its answer to a
+/// token it refused before doing anything.
+fn is_azure_devops_sign_in(location: &str) -> bool {
+    let Ok(uri) = location.parse::<http::Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    let sign_in_host = host == "vssps.visualstudio.com"
+        || host.ends_with(".vssps.visualstudio.com")
+        || host == "vssps.dev.azure.com";
+    uri.scheme() == Some(&http::uri::Scheme::HTTPS)
+        && sign_in_host
+        && uri.path().to_ascii_lowercase().starts_with("/_signin")
 }
 
 /// The refusal in an upstream answer, if it is one. `azure_devops` turns on Azure DevOps's
@@ -36,13 +72,13 @@ pub fn refusal(
         return None;
     }
     if status == StatusCode::NON_AUTHORITATIVE_INFORMATION {
-        return Some(Refusal::Token("Azure DevOps 203 sign-in page"));
+        return Some(Refusal::SignInPage("Azure DevOps 203 sign-in page"));
     }
     if status.is_redirection()
         && headers
             .get(header::LOCATION)
             .and_then(|l| l.to_str().ok())
-            .is_some_and(|l| l.to_ascii_lowercase().contains("/_signin"))
+            .is_some_and(is_azure_devops_sign_in)
     {
         return Some(Refusal::Token("Azure DevOps redirect to sign-in"));
     }
@@ -51,7 +87,7 @@ pub fn refusal(
         .and_then(|c| c.to_str().ok())
         .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/html"));
     if status == StatusCode::OK && html && expects_api {
-        return Some(Refusal::Token("Azure DevOps HTML sign-in page"));
+        return Some(Refusal::SignInPage("Azure DevOps HTML sign-in page"));
     }
     None
 }
@@ -270,7 +306,33 @@ mod tests {
                 "https://spsprodweu5.vssps.visualstudio.com/_signin?realm=dev.azure.com",
             ),
         );
-        assert!(refusal(StatusCode::FOUND, &signin, true, false).is_some());
+        assert_eq!(
+            refusal(StatusCode::FOUND, &signin, true, false),
+            Some(Refusal::Token("Azure DevOps redirect to sign-in"))
+        );
+        // `/_signin` on any other host (or over plain HTTP) is a redirect like any other.
+        for other in [
+            "https://evil.example/_signin?realm=dev.azure.com",
+            "https://vssps.visualstudio.com.evil.example/_signin",
+            "http://app.vssps.visualstudio.com/_signin",
+            "/_signin?realm=dev.azure.com",
+            "https://dev.azure.com/org/_signin",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::LOCATION, HeaderValue::from_static(other));
+            assert_eq!(refusal(StatusCode::FOUND, &h, true, false), None, "{other}");
+        }
+        // A 2xx sign-in page refuses the token but is never replayed.
+        for (status, h) in [
+            (StatusCode::NON_AUTHORITATIVE_INFORMATION, &none),
+            (StatusCode::OK, &html),
+        ] {
+            let r = refusal(status, h, true, true).expect("a refusal");
+            assert!(!r.replayable(), "{status}");
+        }
+        assert!(refusal(StatusCode::UNAUTHORIZED, &none, true, true)
+            .expect("a refusal")
+            .replayable());
         let mut elsewhere = HeaderMap::new();
         elsewhere.insert(
             header::LOCATION,

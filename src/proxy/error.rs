@@ -27,9 +27,23 @@ pub enum ProxyError {
     #[error("this proxy requires its inbound token: send it as `Proxy-Authorization: Bearer <token>` or `X-Patless-Token: <token>`")]
     InboundAuthRequired,
     /// `CONNECT`, or an absolute-form target naming another host.
+    /// The admin listener's `/metrics` without `server.admin_token`.
+    #[error("this admin endpoint requires server.admin_token: send it as `Authorization: Bearer <token>` (Prometheus: `authorization` in the scrape config)")]
+    AdminAuthRequired,
     #[error("patless is not an open proxy: {0}")]
     NotAnOpenProxy(String),
     /// The request target is longer than `server.max_uri_bytes`.
+    /// A method patless never forwards (`TRACE`).
+    #[error("{0} is never forwarded: it would echo the request, credentials included")]
+    MethodNotAllowed(&'static str),
+    /// The upstream's redirect would send the client off the proxy's origin.
+    #[error("the upstream {authority} answered with a redirect that would leave patless's address ({why}); it is not passed on")]
+    UnsafeRedirect {
+        /// The upstream.
+        authority: String,
+        /// What was wrong with it.
+        why: &'static str,
+    },
     #[error("the request target is {0} bytes, more than server.max_uri_bytes allows")]
     UriTooLong(usize),
     /// The client's request body could not be read (it broke off, or did not match its length).
@@ -68,8 +82,12 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::InvalidPath(_) => "invalid_path",
             ProxyError::HostNotAllowed | ProxyError::NotAnOpenProxy(_) => "host_not_allowed",
-            ProxyError::InboundAuthRequired => "inbound_auth_required",
+            ProxyError::InboundAuthRequired | ProxyError::AdminAuthRequired => {
+                "inbound_auth_required"
+            }
             ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::UnsafeRedirect { .. } => "unsafe_redirect",
             ProxyError::ClientBody(_) => "invalid_body",
             ProxyError::CrossSiteRequest => "cross_site_request",
             ProxyError::TokenUnavailable { .. } => "token_unavailable",
@@ -86,8 +104,12 @@ impl ProxyError {
             ProxyError::HostNotAllowed
             | ProxyError::CrossSiteRequest
             | ProxyError::NotAnOpenProxy(_) => StatusCode::FORBIDDEN,
-            ProxyError::InboundAuthRequired => StatusCode::UNAUTHORIZED,
+            ProxyError::InboundAuthRequired | ProxyError::AdminAuthRequired => {
+                StatusCode::UNAUTHORIZED
+            }
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UnsafeRedirect { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
@@ -123,6 +145,18 @@ impl ProxyError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("x-patless-request-id", v);
+        }
+        if let ProxyError::AdminAuthRequired = &self {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"patless-admin\""),
+            );
+        }
+        if let ProxyError::MethodNotAllowed(_) = &self {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
         }
         if let ProxyError::TokenUnavailable { retry_after, .. } = &self {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;

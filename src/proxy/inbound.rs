@@ -22,14 +22,40 @@ pub struct InboundPolicy {
     pub allowed_origins: Vec<String>,
 }
 
-fn host_without_port(host: &str) -> &str {
+/// A `Host` value split into its name and port, or `None` when it is not a plain `name[:port]`
+/// or `[ipv6-literal][:port]`: a bracketed literal must be a valid IPv6 address followed by
+/// nothing but `:port` (`[::1]evil.example`, `[::1]@evil.example` and `[::1` are not hosts), and
+/// a name holds only the characters a DNS name or IPv4 address can.
+pub(crate) fn parse_host(host: &str) -> Option<(&str, Option<&str>)> {
+    let port_ok = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
     if let Some(rest) = host.strip_prefix('[') {
-        // [::1]:7070
-        return rest.split(']').next().unwrap_or(rest);
+        let (literal, after) = rest.split_once(']')?;
+        literal.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').filter(|p| port_ok(p))?),
+        };
+        return Some((&host[..literal.len() + 2], port));
     }
-    host.rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h)
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port).filter(|p| port_ok(p))?.into()),
+        None => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    name_ok.then_some((name, port))
+}
+
+/// Whether `host` (a `Host` value, any case) is a loopback name or one of `allowed` (lower-case,
+/// with or without port).
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.to_ascii_lowercase();
+    let Some((name, _)) = parse_host(&host) else {
+        return false;
+    };
+    hosts::is_loopback(name) || allowed.iter().any(|a| *a == host || a == name)
 }
 
 impl std::fmt::Debug for InboundPolicy {
@@ -40,6 +66,17 @@ impl std::fmt::Debug for InboundPolicy {
             .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
+}
+
+/// Whether `presented` is `expected`, compared as SHA-256 digests in constant time: the time taken
+/// says nothing about either value, not even its length.
+pub(crate) fn secret_eq(presented: &[u8], expected: &[u8]) -> bool {
+    let digest = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        digest(presented).as_ref(),
+        digest(expected).as_ref(),
+    )
+    .is_ok()
 }
 
 /// The inbound token a request carries, if any.
@@ -66,6 +103,10 @@ impl InboundPolicy {
         if method == Method::CONNECT {
             return Err(ProxyError::NotAnOpenProxy("CONNECT is refused".into()));
         }
+        // TRACE echoes the request, credentials included, back to whoever sent it.
+        if method == Method::TRACE {
+            return Err(ProxyError::MethodNotAllowed("TRACE"));
+        }
         if let Some(authority) = uri.authority() {
             let host = authority.host().to_ascii_lowercase();
             let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -86,17 +127,18 @@ impl InboundPolicy {
     /// `Ok` or the refusal (`host_not_allowed`, `cross_site_request`, `inbound_auth_required`).
     pub fn check(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
         if let Some(host) = headers.get(header::HOST) {
-            let host = host
-                .to_str()
-                .map_err(|_| ProxyError::HostNotAllowed)?
-                .to_ascii_lowercase();
-            let name = host_without_port(&host);
-            let allowed = hosts::is_loopback(name)
-                || self.allowed_hosts.iter().any(|a| a == &host || a == name);
-            if !allowed {
+            let host = host.to_str().map_err(|_| ProxyError::HostNotAllowed)?;
+            if !host_allowed(host, &self.allowed_hosts) {
                 return Err(ProxyError::HostNotAllowed);
             }
         }
+        self.check_browser(headers)?;
+        self.check_token(headers)
+    }
+
+    /// `Ok`, or `cross_site_request` for a request a browser marks as cross-site or sends from an
+    /// `Origin` not in `allowed_origins`.
+    pub fn check_browser(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
         if let Some(site) = headers.get("sec-fetch-site") {
             if matches!(site.as_bytes(), b"cross-site" | b"same-site") {
                 return Err(ProxyError::CrossSiteRequest);
@@ -112,13 +154,16 @@ impl InboundPolicy {
                 return Err(ProxyError::CrossSiteRequest);
             }
         }
+        Ok(())
+    }
+
+    /// `Ok`, or `inbound_auth_required` when the inbound token is set and not presented.
+    fn check_token(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
         if let Some(expected) = &self.token {
+            // Digests, so that neither the comparison's time nor an early return on a length
+            // mismatch tells a client anything about the token.
             let presented = presented_token(headers).unwrap_or_default();
-            let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
-                presented,
-                expected.expose().as_bytes(),
-            )
-            .is_ok();
+            let matches = secret_eq(presented, expected.expose().as_bytes());
             if !matches {
                 return Err(ProxyError::InboundAuthRequired);
             }
@@ -150,6 +195,8 @@ mod tests {
             "localhost",
             "LOCALHOST:1",
             "[::1]:7070",
+            "[::1]",
+            "[0:0:0:0:0:0:0:1]:1",
             "patless.tools.svc",
             "patless.tools.svc:7070",
         ] {
@@ -160,6 +207,24 @@ mod tests {
             "evil.example:7070",
             "127.0.0.1.evil.example",
             "10.0.0.1:7070",
+            // Bracketed values: an IPv6 literal and nothing after `]` but `:port`.
+            "[::1]evil.com",
+            "[::1]@evil.com",
+            "[::1].evil.com:80",
+            "[localhost]evil",
+            "[localhost]",
+            "[::1",
+            "[::1]:",
+            "[::1]:x",
+            "[::1]:7070:1",
+            "[::2]:7070",
+            // Names with what no DNS name holds.
+            "localhost@evil.example",
+            "127.0.0.1/evil.example",
+            "localhost:",
+            "localhost:70700000",
+            ":7070",
+            "",
         ] {
             assert!(
                 matches!(
@@ -173,6 +238,25 @@ mod tests {
             p.check(&HeaderMap::new()).is_ok(),
             "no Host (HTTP/1.0 tools)"
         );
+    }
+
+    #[test]
+    fn the_inbound_token_must_match_whatever_its_length() {
+        let p = InboundPolicy {
+            token: Some(Secret::new("s3cret-inbound".to_string())),
+            ..Default::default()
+        };
+        assert!(p
+            .check(&headers(&[("x-patless-token", "s3cret-inbound")]))
+            .is_ok());
+        for bad in ["s3cret-inboun", "s3cret-inboundx", "", "S3CRET-INBOUND"] {
+            let mut h = HeaderMap::new();
+            h.insert("x-patless-token", bad.parse().expect("value"));
+            assert!(
+                matches!(p.check(&h), Err(ProxyError::InboundAuthRequired)),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The proxy: one road for every request, in this order.
 //!
 //! 1. **listener** — `server` accepts the connection and hands each request here.
-//! 2. **inbound policy** — not an open proxy (`CONNECT`, foreign absolute-form targets → `403`);
+//! 2. **inbound policy** — not an open proxy (`CONNECT`, foreign absolute-form targets → `403`;
+//!    `TRACE` → `405`);
 //!    `Host` must be loopback or in `allowed_hosts`; a browser's cross-site request
 //!    (`Sec-Fetch-Site`, or an `Origin` not in `allowed_origins`) is refused → `403`; the
 //!    `inbound_token`, when set, must be presented → `401`.
@@ -16,11 +17,11 @@
 //! 7. **forward** — a body of known length ≤ 1 MiB is read first (replayable); any other streams
 //!    upstream as it arrives; connect and response-header timeouts apply
 //!    (`502 upstream_unreachable`, `504 upstream_timeout`), the body itself has none. When the
-//!    upstream refuses the token of a replayable request (`challenge.rs`: a `401`, a claims
-//!    challenge, Azure DevOps's sign-in answers), the entry replaces it (single-flight) and the
-//!    request is replayed once.
+//!    upstream refuses the token (`challenge.rs`), the entry replaces it (single-flight); the
+//!    request is replayed once only when its body was kept and the upstream cannot have acted on
+//!    it (a `401`, a claims challenge, Azure DevOps's sign-in redirect), never after a `2xx`.
 //! 8. **response** — hop-by-hop headers dropped, a `Location` into the upstream rewritten to the
-//!    proxy's path, the body streamed back. One exception (`discovery.rs`): Azure DevOps'
+//!    proxy's path (never to one starting `//` or `/\`), the body streamed back. One exception (`discovery.rs`): Azure DevOps'
 //!    resource-area answer (`GET …/_apis/ResourceAreas`, JSON, ≤ 1 MiB) is read and its
 //!    `locationUrl`s pointed at the proxy, so the SDKs that follow them stay behind it.
 //! 9. **metrics/log** — `patless_requests_total{route,status}`, the duration histogram, upstream
@@ -229,7 +230,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn request_id() -> String {
+/// A fresh request id: 16 hex digits.
+pub fn request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
@@ -394,7 +396,8 @@ impl Proxy {
             // An answer to rewrite must come uncompressed.
             h.remove(header::ACCEPT_ENCODING);
         }
-        h.insert(header::HOST, target.host_header.clone());
+        // The client's `Host` (checked by the inbound policy) anchors redirects (step 8).
+        let client_host = h.insert(header::HOST, target.host_header.clone());
         if target.azure_devops {
             h.insert(TFS_FEDAUTH.clone(), HeaderValue::from_static("Suppress"));
         }
@@ -435,17 +438,22 @@ impl Proxy {
         match (refused, replay) {
             (None, _) => token.mark_accepted(),
             (Some(refusal), replay) => {
-                let (why, claims) = match refusal {
-                    challenge::Refusal::Token(why) => (why, None),
-                    challenge::Refusal::Claims(c) => ("claims challenge", Some(c)),
+                let why = refusal.describe();
+                // Replayed only when the upstream cannot have acted on it (a 401, the sign-in
+                // redirect), never after a 2xx, and only with a body that was kept.
+                let replay = replay.filter(|_| refusal.replayable());
+                let claims = match refusal {
+                    challenge::Refusal::Claims(c) => Some(c),
+                    _ => None,
                 };
                 let Some((parts, body)) = replay else {
                     tracing::info!(
                         route = %target.label,
                         profile = %target.profile,
                         refusal = why,
-                        "the upstream refused the token of a request too large to replay: \
-                         passing its answer on, replacing the token for the next ones"
+                        "the upstream refused the token of a request that is not replayed (its \
+                         body was streamed, or the answer is one it may have acted on): passing \
+                         its answer on, replacing the token for the next ones"
                     );
                     let entry = Arc::clone(&target.entry);
                     let rejected = Arc::clone(&token);
@@ -453,7 +461,13 @@ impl Proxy {
                         let _ = entry.reacquire(&rejected, claims).await;
                     });
                     return self
-                        .respond(resp, target, started, discovery.as_deref())
+                        .respond(
+                            resp,
+                            target,
+                            started,
+                            discovery.as_deref(),
+                            client_host.as_ref(),
+                        )
                         .await;
                 };
                 match target.entry.reacquire(&token, claims).await {
@@ -504,8 +518,14 @@ impl Proxy {
             }
         }
         drop(token);
-        self.respond(resp, target, started, discovery.as_deref())
-            .await
+        self.respond(
+            resp,
+            target,
+            started,
+            discovery.as_deref(),
+            client_host.as_ref(),
+        )
+        .await
     }
 
     /// Steps 8 and 9: the upstream's answer, rewritten, streamed back and counted. With
@@ -517,13 +537,18 @@ impl Proxy {
         target: &RouteTarget,
         started: Instant,
         discovery: Option<&str>,
+        client_host: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
         // 8. response
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(loc) = parts.headers.get(header::LOCATION) {
-            if let Some(new) = rewrite_location(loc, target) {
-                parts.headers.insert(header::LOCATION, new);
+            match rewrite_location(loc, target, client_host) {
+                Ok(None) => {}
+                Ok(Some(new)) => {
+                    parts.headers.insert(header::LOCATION, new);
+                }
+                Err(e) => return self.reject(e, Some(target), started),
             }
         }
         let body = match discovery {
@@ -673,6 +698,7 @@ impl Proxy {
             | ProxyError::NotAnOpenProxy(_)
             | ProxyError::InboundAuthRequired
             | ProxyError::ClientBody(_)
+            | ProxyError::MethodNotAllowed(_)
             | ProxyError::UriTooLong(_) => {
                 tracing::debug!(request_id = %id, code = err.code(), "refused: {err}")
             }
@@ -686,10 +712,55 @@ impl Proxy {
 }
 
 /// `https://dev.azure.com/org/x` (or `/org/x`) from the route's upstream → `/ado/org/x`: a path
-/// on the proxy, which the client resolves against the address it used.
-fn rewrite_location(loc: &HeaderValue, target: &RouteTarget) -> Option<HeaderValue> {
+/// on the proxy, which the client resolves against the address it used. `Ok(None)`: not into the
+/// upstream, passed on as it is.
+///
+/// Nothing passed on starts with `//` or `/\`, which a client reads as another host:
+/// - the upstream's own `//…` or `/\…` is taken as the path it was (an upstream that reflects the
+///   request's path) and rewritten like any path into the upstream, or refused
+///   (`502 unsafe_redirect`) when it is not one;
+/// - a rewritten path that would start so (a route on `/` and an upstream path with an empty
+///   segment) becomes an absolute URL on the proxy's own origin, `http://{host}//evil.example/x`,
+///   from the `Host` the client sent (which the inbound policy accepted), or is refused without one.
+fn rewrite_location(
+    loc: &HeaderValue,
+    target: &RouteTarget,
+    host: Option<&HeaderValue>,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let unsafe_redirect = |why| ProxyError::UnsafeRedirect {
+        authority: target.authority.to_string(),
+        why,
+    };
+    let Some(rest) = location_in_upstream(loc, target) else {
+        if leaves_origin(loc.as_bytes()) {
+            return Err(unsafe_redirect(
+                "a reference to another host (//host or /\\host) that is no path of the route",
+            ));
+        }
+        return Ok(None);
+    };
+    let rewritten = match (&*target.prefix, rest) {
+        ("", "") => "/".to_string(),
+        ("", rest) if rest.starts_with('?') => format!("/{rest}"),
+        (prefix, rest) => format!("{prefix}{rest}"),
+    };
+    let value = if leaves_origin(rewritten.as_bytes()) {
+        let host = host.and_then(|h| h.to_str().ok()).ok_or_else(|| {
+            unsafe_redirect("a path that starts with // or /\\, and no Host to anchor it to")
+        })?;
+        format!("http://{host}{rewritten}")
+    } else {
+        rewritten
+    };
+    Ok(HeaderValue::from_str(&value).ok())
+}
+
+/// The part of a `Location` after the route's upstream base (`""`, or from a `/` or `?`), if it
+/// points into the upstream.
+fn location_in_upstream<'a>(loc: &'a HeaderValue, target: &RouteTarget) -> Option<&'a str> {
     let text = loc.to_str().ok()?;
-    let path = if text.starts_with('/') && !text.starts_with("//") {
+    // `//x` and `/\x` too: the path the upstream was sent, reflected.
+    let path = if text.starts_with('/') {
         text
     } else {
         let uri: Uri = text.parse().ok()?;
@@ -707,10 +778,16 @@ fn rewrite_location(loc: &HeaderValue, target: &RouteTarget) -> Option<HeaderVal
         }
     };
     let rest = path.strip_prefix(&*target.base_path)?;
-    if !(rest.is_empty() || rest.starts_with(['/', '?'])) {
-        return None;
-    }
-    HeaderValue::from_str(&format!("{}{}", target.prefix, rest)).ok()
+    (rest.is_empty() || rest.starts_with(['/', '?'])).then_some(rest)
+}
+
+/// Whether a relative reference leaves the origin it is resolved against: `//host/…`, and `/\host/…`,
+/// which browsers read the same way (tabs, which browsers strip from URLs, do not hide either).
+fn leaves_origin(reference: &[u8]) -> bool {
+    let mut bytes = reference
+        .iter()
+        .filter(|b| !matches!(b, b'\t' | b'\r' | b'\n'));
+    bytes.next() == Some(&b'/') && matches!(bytes.next(), Some(b'/' | b'\\'))
 }
 
 #[cfg(test)]

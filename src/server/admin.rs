@@ -1,14 +1,93 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (every profile a route uses has held a valid
 //! token, and patless is not shutting down), `/metrics` (Prometheus text).
+//!
+//! It applies the proxy's browser policy (docs/security.md), so a DNS-rebinding page cannot read
+//! it: the `Host` must be a loopback name, an `allowed_hosts` entry or an IP literal (a probe or a
+//! scraper that dials the pod's address sends that; a rebinding page always sends its own name),
+//! and a request a browser marks as cross-site is refused. With `server.admin_token` set,
+//! `/metrics` and `/readyz`'s details need it as `Authorization: Bearer …`; `/healthz` and
+//! `/readyz`'s status answer without it, for orchestrator probes.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::proxy::ProxyBody;
+use crate::config::ServerConfig;
+use crate::env::Environment;
+use crate::proxy::inbound::{host_allowed, parse_host, secret_eq};
+use crate::proxy::{InboundPolicy, ProxyBody, ProxyError};
+use crate::secret::Secret;
 use crate::App;
+
+/// Who may use the admin listener.
+#[derive(Clone, Default)]
+pub struct AdminPolicy {
+    /// The proxy's `allowed_hosts` and `allowed_origins`, without its inbound token.
+    browser: InboundPolicy,
+    /// `server.admin_token`, if set.
+    token: Option<Secret>,
+}
+
+impl std::fmt::Debug for AdminPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminPolicy")
+            .field("browser", &self.browser)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl AdminPolicy {
+    /// The policy for `server`, with `admin_token` read from where it says.
+    pub fn new(server: &ServerConfig, env: &dyn Environment) -> Result<AdminPolicy, String> {
+        Ok(AdminPolicy {
+            browser: InboundPolicy {
+                token: None,
+                allowed_hosts: server.allowed_hosts.clone(),
+                allowed_origins: server.allowed_origins.clone(),
+            },
+            token: server
+                .admin_token
+                .as_ref()
+                .map(|t| t.resolve(env))
+                .transpose()?,
+        })
+    }
+
+    /// `Ok`, or `host_not_allowed` / `cross_site_request`.
+    fn check(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        if let Some(host) = headers.get(header::HOST) {
+            let host = host.to_str().map_err(|_| ProxyError::HostNotAllowed)?;
+            let ip_literal = parse_host(host).is_some_and(|(name, _)| {
+                name.starts_with('[') || name.parse::<std::net::Ipv4Addr>().is_ok()
+            });
+            if !ip_literal && !host_allowed(host, &self.browser.allowed_hosts) {
+                return Err(ProxyError::HostNotAllowed);
+            }
+        }
+        self.browser.check_browser(headers)
+    }
+
+    /// Whether the request may see `/metrics` and `/readyz`'s details.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .and_then(|v| {
+                let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
+                scheme
+                    .eq_ignore_ascii_case(b"bearer")
+                    .then(|| rest.trim_ascii())
+            })
+            .unwrap_or_default();
+        secret_eq(presented, expected.expose().as_bytes())
+    }
+}
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
     let mut r = Response::new(
@@ -60,6 +139,14 @@ pub async fn handle(
             r#"{"error":"method_not_allowed"}"#.into(),
         );
     }
+    if let Err(refused) = app.admin.check(req.headers()) {
+        app.metrics
+            .inbound_rejections
+            .with_label_values(&[refused.code()])
+            .inc();
+        return refused.into_response(None, None, &crate::proxy::request_id());
+    }
+    let authorized = app.admin.authorized(req.headers());
     match req.uri().path() {
         "/healthz" => reply(
             StatusCode::OK,
@@ -73,12 +160,23 @@ pub async fn handle(
                 body["ready"] = serde_json::Value::Bool(false);
                 body["shutting_down"] = serde_json::Value::Bool(true);
             }
+            if !authorized {
+                // The status for probes; routes, profiles and errors only with the token.
+                body = serde_json::json!({ "ready": ready });
+            }
             let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
             reply(status, "application/json", body.to_string())
+        }
+        "/metrics" if !authorized => {
+            app.metrics
+                .inbound_rejections
+                .with_label_values(&["inbound_auth_required"])
+                .inc();
+            ProxyError::AdminAuthRequired.into_response(None, None, &crate::proxy::request_id())
         }
         "/metrics" => reply(
             StatusCode::OK,

@@ -29,8 +29,8 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub enum Listener {
     /// TCP.
     Tcp(TcpListener),
-    /// Unix domain socket.
-    Unix(UnixListener),
+    /// Unix domain socket, and the path it is reached at.
+    Unix(UnixListener, std::path::PathBuf),
 }
 
 impl Listener {
@@ -52,7 +52,7 @@ impl Listener {
                 Ok(Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
             }
             ListenAddr::Unix(path) => {
-                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                use std::os::unix::fs::FileTypeExt;
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     if meta.file_type().is_socket() {
                         // Stale only if nothing answers on it: never steal a live patless's socket.
@@ -65,9 +65,8 @@ impl Listener {
                         std::fs::remove_file(path)?;
                     }
                 }
-                let listener = UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-                Ok(Listener::Unix(listener))
+                let listener = bind_unix_private(path, mode)?;
+                Ok(Listener::Unix(listener, path.clone()))
             }
         }
     }
@@ -79,13 +78,33 @@ impl Listener {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into()),
-            Listener::Unix(l) => l
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
-                .unwrap_or_else(|| "unix:?".into()),
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
         }
     }
+}
+
+/// Binds a Unix socket at `path` with `mode` and no moment in between with another: the socket
+/// is made in a new directory only the owner can enter (so the umask's mode, which `bind` gives
+/// it, cannot be used by anyone else), given `mode`, then renamed into place.
+fn bind_unix_private(path: &std::path::Path, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    // Short, so the temporary path is no longer than most real ones (sockets' paths are capped
+    // at about 107 bytes).
+    let private = parent.join(format!(".pl{:06x}", rand::random::<u32>() & 0xff_ffff));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let inner = private.join("s");
+    let bound = UnixListener::bind(&inner).and_then(|listener| {
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&inner, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves with a grace period,
@@ -527,7 +546,7 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
             let _ = s.set_nodelay(true);
             Ok(Accepted::Tcp(s))
         }
-        Listener::Unix(l) => {
+        Listener::Unix(l, _) => {
             let (s, _) = l.accept().await?;
             Ok(Accepted::Unix(s))
         }
@@ -538,6 +557,46 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
 mod tests {
     use super::mark_sensitive;
     use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
+
+    /// The socket file never exists with another mode than the configured one, not even between
+    /// `bind` and `chmod`: a watcher that looks at the path as fast as it can, over many binds,
+    /// sees the configured mode or nothing. (Binding in place, it saw the umask's 0755 at once.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_unix_socket_appears_with_its_mode_and_no_other() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("patless.sock");
+        let addr = crate::config::ListenAddr::Unix(path.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (path, stop) = (path.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        if meta.file_type().is_socket() {
+                            seen.insert(meta.permissions().mode() & 0o777);
+                        }
+                    }
+                }
+                seen
+            })
+        };
+        for _ in 0..300 {
+            let listener = super::Listener::bind(&addr, 0o600).await.expect("bind");
+            assert_eq!(listener.describe(), format!("unix:{}", path.display()));
+            drop(listener);
+            std::fs::remove_file(&path).expect("remove");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let seen = watcher.join().expect("watcher");
+        let modes: Vec<String> = seen.iter().map(|m| format!("{m:o}")).collect();
+        assert!(seen.iter().all(|m| *m == 0o600), "modes seen: {modes:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        assert!(left.is_empty(), "nothing left behind: {left:?}");
+    }
 
     #[test]
     fn every_value_of_a_credential_header_is_marked_sensitive() {

@@ -9,6 +9,8 @@
 //! - `POST|PUT /upload`: reads the body frame by frame, answers `{"len": n, "fnv": "<16 hex>"}`.
 //! - `/redirect`: 302 to `{url}/echo/after-redirect?x=1`; `/redirect-relative`: 302 to
 //!   `/echo/relative`.
+//! - `…/redirect-to?to=<location>` (under any path): 302 to exactly `location`, for the
+//!   `Location` rewrite's hostile cases.
 //! - `/status/{code}`: empty answer with that status.
 //! - anything else: 200 JSON echo of method, path, headers and body length, with `x-upstream: fake`.
 //!
@@ -76,8 +78,10 @@ pub enum RevokedAnswer {
     AdoNonAuthoritative,
     /// A `200 text/html` sign-in page.
     AdoHtml,
-    /// A `302` to `…/_signin`.
+    /// A `302` to `…/_signin` on Azure DevOps's sign-in host.
     AdoSignInRedirect,
+    /// A `302` to `…/_signin` on some other host: not Azure DevOps refusing a token.
+    ForeignSignInRedirect,
 }
 
 struct State {
@@ -310,15 +314,21 @@ fn refusal_answer(
                 "<html><head><title>Azure DevOps Services | Sign In</title></head></html>",
             ))
             .expect("response"),
-        RevokedAnswer::AdoSignInRedirect => Response::builder()
-            .status(StatusCode::FOUND)
-            .header(
-                header::LOCATION,
-                "https://spsprodweu5.vssps.visualstudio.com/_signin?realm=dev.azure.com",
-            )
-            .header("x-upstream", "fake")
-            .body(empty())
-            .expect("response"),
+        RevokedAnswer::AdoSignInRedirect | RevokedAnswer::ForeignSignInRedirect => {
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header(
+                    header::LOCATION,
+                    if answer == RevokedAnswer::AdoSignInRedirect {
+                        "https://spsprodweu5.vssps.visualstudio.com/_signin?realm=dev.azure.com"
+                    } else {
+                        "https://evil.example/_signin?realm=dev.azure.com"
+                    },
+                )
+                .header("x-upstream", "fake")
+                .body(empty())
+                .expect("response")
+        }
     };
     Some((format!("{answer:?}"), resp))
 }
@@ -492,6 +502,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     if path == "/redirect-relative" {
         return redirect("/echo/relative");
+    }
+    if path.ends_with("/redirect-to") {
+        let to = url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "to")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        return redirect(&to);
     }
     if let Some(code) = path.strip_prefix("/status/") {
         return match code
