@@ -196,7 +196,7 @@ impl TokenEntry {
         }
     }
 
-    fn usable(&self) -> Option<Arc<CachedToken>> {
+    pub fn usable(&self) -> Option<Arc<CachedToken>> {
         let guard = self.current.load();
         match guard.as_ref() {
             Some(t) if t.is_usable() => Some(Arc::clone(t)),
