@@ -196,6 +196,8 @@ impl TokenEntry {
         }
     }
 
+    /// The cached token if it may still be sent, read without a lock (the request path's fast
+    /// path); `None` means [`TokenEntry::get`] must wait for an acquisition.
     pub fn usable(&self) -> Option<Arc<CachedToken>> {
         let guard = self.current.load();
         match guard.as_ref() {
