@@ -11,6 +11,7 @@ pub mod egress;
 pub mod env;
 pub mod git_credential;
 pub mod hosts;
+pub mod layer;
 pub mod login;
 pub mod metrics;
 pub mod permissions;
