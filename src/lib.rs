@@ -4,6 +4,10 @@
 //! they bound themselves and an [`App`] built from a validated config. [`run_with`] adds config
 //! reloads (SIGHUP, `server.watch_config`) and a way to hurry the shutdown.
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod cli;
 pub mod config;
 pub mod credentials;
