@@ -66,6 +66,9 @@ pub enum ProxyError {
         reason: String,
     },
     /// The upstream did not send headers in time.
+    /// A fault inside patless (a panic while handling the request).
+    #[error("patless failed while handling this request; it keeps serving, and the log has the details (search it for the request id)")]
+    Internal,
     #[error("the upstream {authority} did not answer within {secs}s")]
     UpstreamTimeout {
         /// host[:port]
@@ -93,6 +96,7 @@ impl ProxyError {
             ProxyError::TokenUnavailable { .. } => "token_unavailable",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::Internal => "internal_error",
         }
     }
 
@@ -114,12 +118,42 @@ impl ProxyError {
             ProxyError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The JSON answer: `{"error","message","route","profile","request_id"}`.
+    /// Whether the client's request is at fault (logged at debug, not as a warning).
+    pub fn is_clients_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::NoRoute
+                | ProxyError::InvalidPath(_)
+                | ProxyError::HostNotAllowed
+                | ProxyError::CrossSiteRequest
+                | ProxyError::NotAnOpenProxy(_)
+                | ProxyError::InboundAuthRequired
+                | ProxyError::AdminAuthRequired
+                | ProxyError::ClientBody(_)
+                | ProxyError::MethodNotAllowed(_)
+                | ProxyError::UriTooLong(_)
+        )
+    }
+
+    /// The contract's JSON answer (see [`ProxyError::to_response`]).
     pub fn into_response(
         self,
+        route: Option<&str>,
+        profile: Option<&str>,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        self.to_response(route, profile, request_id)
+    }
+
+    /// The contract's JSON answer: `error`, `message`, `route`, `profile`, `request_id`, with the
+    /// status of the error table, `Cache-Control: no-store` and `x-patless-request-id`.
+    pub fn to_response(
+        &self,
         route: Option<&str>,
         profile: Option<&str>,
         request_id: &str,
@@ -129,7 +163,7 @@ impl ProxyError {
             "message": self.to_string(),
             "route": route,
             "profile": profile,
-            "request_id": request_id,
+            "request_id": (!request_id.is_empty()).then_some(request_id),
         });
         let mut resp = Response::new(
             Full::new(Bytes::from(body.to_string()))
@@ -144,24 +178,38 @@ impl ProxyError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert("x-patless-request-id", v);
+            if !request_id.is_empty() {
+                h.insert("x-patless-request-id", v);
+            }
         }
-        if let ProxyError::AdminAuthRequired = &self {
+        if let ProxyError::AdminAuthRequired = self {
             h.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"patless-admin\""),
             );
         }
-        if let ProxyError::MethodNotAllowed(_) = &self {
+        if let ProxyError::MethodNotAllowed(_) = self {
             h.insert(
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
         }
-        if let ProxyError::TokenUnavailable { retry_after, .. } = &self {
+        if let ProxyError::TokenUnavailable { retry_after, .. } = self {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
+}
+
+/// The message of the innermost cause of `e` (what actually failed, without the layers that
+/// wrapped it).
+pub fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        reason = s.to_string();
+        src = s.source();
+    }
+    reason
 }

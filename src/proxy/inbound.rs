@@ -5,11 +5,87 @@
 //! (`Proxy-Authorization: Bearer …` or `X-Patless-Token: …`), compared in constant time. `CONNECT`
 //! and absolute-form targets naming another host are refused: patless is not an open proxy.
 
-use http::{header, HeaderMap, Method, Uri};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use super::ProxyError;
+use bytes::Bytes;
+use futures_util::future::{ready, Either, Ready};
+use http::{header, HeaderMap, Method, Request, Uri};
+use tower::{Layer, Service};
+
+use super::rescue::Rejection;
+use super::{BoxError, ProxyError};
 use crate::hosts;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
+
+/// Step 2 of the road: [`InboundPolicy::check_request`] before anything else; a refusal is
+/// counted in `patless_inbound_rejections_total{reason}`.
+#[derive(Debug, Clone)]
+pub struct InboundLayer {
+    policy: Arc<InboundPolicy>,
+    metrics: Arc<Metrics>,
+}
+
+impl InboundLayer {
+    /// Applying `policy`, counting into `metrics`.
+    pub fn new(policy: Arc<InboundPolicy>, metrics: Arc<Metrics>) -> Self {
+        InboundLayer { policy, metrics }
+    }
+}
+
+impl<S> Layer<S> for InboundLayer {
+    type Service = Inbound<S>;
+
+    fn layer(&self, inner: S) -> Inbound<S> {
+        Inbound {
+            inner,
+            policy: Arc::clone(&self.policy),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// The service of [`InboundLayer`].
+#[derive(Debug, Clone)]
+pub struct Inbound<S> {
+    inner: S,
+    policy: Arc<InboundPolicy>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> Service<Request<B>> for Inbound<S>
+where
+    S: Service<Request<B>, Error = Rejection>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = Rejection;
+    type Future = Either<Ready<Result<S::Response, Rejection>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self
+            .policy
+            .check_request(req.method(), req.uri(), req.headers())
+        {
+            Ok(()) => Either::Right(self.inner.call(req)),
+            Err(refused) => {
+                self.metrics
+                    .inbound_rejections
+                    .with_label_values(&[refused.code()])
+                    .inc();
+                Either::Left(ready(Err(
+                    Rejection::new(refused).with_unread(req.into_body())
+                )))
+            }
+        }
+    }
+}
 
 /// The configured policy.
 #[derive(Clone, Default)]
@@ -257,6 +333,41 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_layer_refuses_before_the_inner_service_and_counts_the_refusal() {
+        use tower::ServiceExt;
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+        let called = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&called);
+        let svc = InboundLayer::new(Arc::new(InboundPolicy::default()), Arc::clone(&metrics))
+            .layer(tower::service_fn(
+                move |_req: Request<http_body_util::Empty<Bytes>>| {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async { Ok::<_, Rejection>(http::Response::new(())) }
+                },
+            ));
+        let req = |host: &str| {
+            Request::builder()
+                .uri("/ado/x")
+                .header("host", host)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request")
+        };
+        let refused = svc.clone().oneshot(req("evil.example")).await;
+        assert!(matches!(
+            refused,
+            Err(Rejection {
+                error: ProxyError::HostNotAllowed,
+                ..
+            })
+        ));
+        assert!(svc.oneshot(req("127.0.0.1:7070")).await.is_ok());
+        assert_eq!(called.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(metrics
+            .render()
+            .contains(r#"patless_inbound_rejections_total{reason="host_not_allowed"} 1"#));
     }
 
     #[test]

@@ -2,6 +2,16 @@
 //! slashes or backslashes, NUL and bad escapes are refused, so a routed path never escapes its
 //! prefix and the upstream sees exactly what was matched.
 
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::{ready, Either, Ready};
+use http::Request;
+use tower::{Layer, Service};
+
+use super::rescue::Rejection;
+use super::{BoxError, ProxyError};
+
 /// Why a path was refused (the `invalid_path` message).
 pub fn validate(path: &str) -> Result<(), &'static str> {
     if !path.starts_with('/') {
@@ -53,9 +63,106 @@ fn is_dot_segment(segment: &str) -> bool {
     matches!(dots, 1 | 2)
 }
 
+/// Step 3 of the road: the request target's length (`414 uri_too_long`) and [`validate`]
+/// (`400 invalid_path`), before routing.
+#[derive(Debug, Clone, Copy)]
+pub struct PathCheckLayer {
+    max_uri_bytes: usize,
+}
+
+impl PathCheckLayer {
+    /// Refusing targets longer than `max_uri_bytes`.
+    pub fn new(max_uri_bytes: usize) -> Self {
+        PathCheckLayer { max_uri_bytes }
+    }
+}
+
+impl<S> Layer<S> for PathCheckLayer {
+    type Service = PathCheck<S>;
+
+    fn layer(&self, inner: S) -> PathCheck<S> {
+        PathCheck {
+            inner,
+            max_uri_bytes: self.max_uri_bytes,
+        }
+    }
+}
+
+/// The service of [`PathCheckLayer`].
+#[derive(Debug, Clone)]
+pub struct PathCheck<S> {
+    inner: S,
+    max_uri_bytes: usize,
+}
+
+impl<S, B> Service<Request<B>> for PathCheck<S>
+where
+    S: Service<Request<B>, Error = Rejection>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = Rejection;
+    type Future = Either<Ready<Result<S::Response, Rejection>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let uri = req.uri();
+        let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        let refused = if target_len > self.max_uri_bytes {
+            Some(ProxyError::UriTooLong(target_len))
+        } else {
+            validate(uri.path()).err().map(ProxyError::InvalidPath)
+        };
+        match refused {
+            None => Either::Right(self.inner.call(req)),
+            Some(e) => Either::Left(ready(Err(Rejection::new(e).with_unread(req.into_body())))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::validate;
+
+    #[tokio::test]
+    async fn the_layer_refuses_long_targets_and_bad_paths_before_the_inner_service() {
+        use tower::ServiceExt;
+        let svc = PathCheckLayer::new(300).layer(tower::service_fn(
+            |_req: Request<http_body_util::Empty<Bytes>>| async {
+                Ok::<_, Rejection>(http::Response::new(()))
+            },
+        ));
+        let req = |uri: &str| {
+            Request::builder()
+                .uri(uri)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request")
+        };
+        assert!(svc
+            .clone()
+            .oneshot(req("/ado/org/_apis/x?y=1"))
+            .await
+            .is_ok());
+        let long = format!("/ado/{}", "a".repeat(400));
+        assert!(matches!(
+            svc.clone().oneshot(req(&long)).await,
+            Err(Rejection {
+                error: ProxyError::UriTooLong(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            svc.oneshot(req("/ado/%2e%2e/x")).await,
+            Err(Rejection {
+                error: ProxyError::InvalidPath(_),
+                ..
+            })
+        ));
+    }
+    use super::*;
 
     #[test]
     fn refuses_escapes() {

@@ -62,7 +62,7 @@ fn host_header(authority: &http::uri::Authority) -> http::HeaderValue {
 #[derive(Debug)]
 pub struct Router {
     /// Longest prefix first.
-    routes: Vec<RouteTarget>,
+    routes: Vec<Arc<RouteTarget>>,
     host_routes: bool,
     default_profile: Arc<str>,
     /// Host-route entries of the default profile, by scope (the table is small and fixed).
@@ -70,10 +70,10 @@ pub struct Router {
 }
 
 /// A routing decision: the target and the path (with query) to send upstream.
-#[derive(Debug)]
-pub struct Routed<'a> {
+#[derive(Debug, Clone)]
+pub struct Routed {
     /// Where: the table's own target for an explicit route, one built for a host route.
-    pub target: std::borrow::Cow<'a, RouteTarget>,
+    pub target: Arc<RouteTarget>,
     /// Upstream path and query.
     pub path_and_query: String,
 }
@@ -113,7 +113,7 @@ impl Router {
                 .entry(&r.profile, &r.scope, None)
                 .ok_or_else(|| err(format!("profile `{}` has no credential", r.profile)))?;
             let host = r.upstream.host_str().unwrap_or_default();
-            routes.push(RouteTarget {
+            routes.push(Arc::new(RouteTarget {
                 label: r.prefix.as_str().into(),
                 prefix: if r.prefix == "/" {
                     "".into()
@@ -130,7 +130,7 @@ impl Router {
                 host_header: host_header(&authority),
                 metrics: Some(Arc::default()),
                 authority,
-            });
+            }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let default_profile: Arc<str> = config.server.default_profile.as_str().into();
@@ -151,12 +151,27 @@ impl Router {
     }
 
     /// Every explicit route's target (for readiness and `check`).
-    pub fn routes(&self) -> &[RouteTarget] {
+    pub fn routes(&self) -> &[Arc<RouteTarget>] {
         &self.routes
     }
 
+    /// A copy for one worker thread: the same routes, tokens and metric handles, in targets of
+    /// its own, so the reference counts a request touches are never shared with another core.
+    pub fn for_worker(&self) -> Router {
+        Router {
+            routes: self
+                .routes
+                .iter()
+                .map(|t| Arc::new(RouteTarget::clone(t)))
+                .collect(),
+            host_routes: self.host_routes,
+            default_profile: Arc::clone(&self.default_profile),
+            host_entries: self.host_entries.clone(),
+        }
+    }
+
     /// Routes a validated path (`path`) with its optional query.
-    pub fn route(&self, path: &str, query: Option<&str>) -> Option<Routed<'_>> {
+    pub fn route(&self, path: &str, query: Option<&str>) -> Option<Routed> {
         for t in &self.routes {
             let p: &str = &t.prefix;
             let rest = match path.strip_prefix(p) {
@@ -165,7 +180,7 @@ impl Router {
             };
             return Some(Routed {
                 path_and_query: join(&t.base_path, rest, query),
-                target: std::borrow::Cow::Borrowed(t),
+                target: Arc::clone(t),
             });
         }
         if !self.host_routes {
@@ -183,7 +198,7 @@ impl Router {
         let prefix: Arc<str> = format!("/{host}").into();
         Some(Routed {
             path_and_query: join("", rest, query),
-            target: std::borrow::Cow::Owned(RouteTarget {
+            target: Arc::new(RouteTarget {
                 label: known.label().into(),
                 prefix,
                 profile: self.default_profile.clone(),
@@ -232,7 +247,7 @@ impl Router {
             Some(non_empty_path(format!("{}{}", t.prefix, rest)))
         };
         if let Some(p) = std::iter::once(preferred)
-            .chain(&self.routes)
+            .chain(self.routes.iter().map(|t| &**t))
             .find_map(onto)
         {
             return Some(p);

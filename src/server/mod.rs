@@ -19,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::{Limits, ListenAddr};
-use crate::proxy::ProxyBody;
 
 /// The accept queue asked of the kernel (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
@@ -112,7 +111,7 @@ fn bind_unix_private(path: &std::path::Path, mode: u32) -> io::Result<UnixListen
 /// (→ 431), the time to send a request head (→ closed), how long a kept-alive connection may sit
 /// idle (→ closed), and concurrent connections (one more gets a JSON 503 and is closed).
 /// Everything runs on the calling runtime; [`serve_on_workers`] spreads connections over threads.
-pub async fn serve<H, F>(
+pub async fn serve<H, F, RB>(
     listener: Listener,
     handler: H,
     shutdown: impl Future<Output = Duration>,
@@ -120,7 +119,9 @@ pub async fn serve<H, F>(
     name: &'static str,
 ) where
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
+    F: Future<Output = hyper::Response<RB>> + Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<crate::proxy::BoxError>,
 {
     let server = ConnServer::new(handler, limits, name);
     let mut conns = Connections::default();
@@ -149,7 +150,7 @@ pub async fn serve<H, F>(
 /// The calling runtime accepts and hands each connection to the worker with the fewest open
 /// ones; token refreshes, admin and reloads stay on it too. `on_worker` runs first on each worker
 /// thread with its index (the proxy picks that worker's upstream pool with it).
-pub async fn serve_on_workers<H, F>(
+pub async fn serve_on_workers<H, F, RB>(
     listener: Listener,
     handler: H,
     shutdown: impl Future<Output = Duration>,
@@ -158,7 +159,9 @@ pub async fn serve_on_workers<H, F>(
     workers: usize,
 ) where
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
+    F: Future<Output = hyper::Response<RB>> + Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<crate::proxy::BoxError>,
 {
     let workers = workers.max(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -290,10 +293,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn<H, F>(index: usize, server: ConnServer<H>) -> io::Result<Worker>
+    fn spawn<H, F, RB>(index: usize, server: ConnServer<H>) -> io::Result<Worker>
     where
         H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
+        F: Future<Output = hyper::Response<RB>> + Send + 'static,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        RB::Error: Into<crate::proxy::BoxError>,
     {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -351,10 +356,12 @@ struct ConnServer<H> {
     name: &'static str,
 }
 
-impl<H, F> ConnServer<H>
+impl<H, F, RB> ConnServer<H>
 where
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<ProxyBody>> + Send + 'static,
+    F: Future<Output = hyper::Response<RB>> + Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<crate::proxy::BoxError>,
 {
     fn new(handler: H, limits: Limits, name: &'static str) -> Self {
         let mut builder = http1::Builder::new();

@@ -1,0 +1,467 @@
+//! Step 7 of the road: the body, the send, and the one replay a refused token earns.
+//!
+//! A body of known length up to [`MAX_REPLAY_BYTES`] is read first, so it can be sent again; any
+//! other streams upstream as it arrives. When the upstream refuses the token (`challenge.rs`), the
+//! route's entry replaces it (one acquisition, however many requests were refused). The request is
+//! replayed once with the fresh token only when its body was kept and the upstream cannot have
+//! acted on it (a `401`, a claims challenge, Azure DevOps's sign-in redirect), never after a `2xx`;
+//! otherwise the answer is passed on and the token replaced in the background for the requests
+//! that follow. Connect failures and a missing answer become `502 upstream_unreachable` and
+//! `504 upstream_timeout`, counted in `patless_upstream_errors_total{route,kind}`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+
+use super::challenge::{self, Refusal};
+use super::pool::UpstreamError;
+use super::rescue::Rejection;
+use super::routing::{RouteTarget, Routed};
+use super::{BoxError, ProxyBody, ProxyError};
+use crate::metrics::Metrics;
+use crate::token::{self, CachedToken};
+
+/// Request bodies up to this size are buffered so they can be replayed after a refusal.
+pub const MAX_REPLAY_BYTES: u64 = 1024 * 1024;
+
+/// Sends each request and replays it once when the upstream refuses its token.
+#[derive(Debug, Clone)]
+pub struct ReplayLayer {
+    metrics: Arc<Metrics>,
+    response_header_timeout: Duration,
+}
+
+impl ReplayLayer {
+    /// Counting into `metrics`; `response_header_timeout` is what the timeout below allows (for
+    /// the `504`'s message).
+    pub fn new(metrics: Arc<Metrics>, response_header_timeout: Duration) -> Self {
+        ReplayLayer {
+            metrics,
+            response_header_timeout,
+        }
+    }
+}
+
+impl<S> Layer<S> for ReplayLayer {
+    type Service = Replay<S>;
+
+    fn layer(&self, inner: S) -> Replay<S> {
+        Replay {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`ReplayLayer`].
+#[derive(Debug, Clone)]
+pub struct Replay<S> {
+    inner: S,
+    layer: ReplayLayer,
+}
+
+/// A request body as forwarded: buffered (and so replayable) or streamed.
+enum RequestBody {
+    Empty,
+    Buffered(Bytes),
+    Streaming(ProxyBody),
+}
+
+impl RequestBody {
+    /// Reads a small body of known length; streams any other.
+    async fn take<B>(body: B) -> Result<RequestBody, String>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + std::fmt::Display,
+    {
+        if body.is_end_stream() {
+            return Ok(RequestBody::Empty);
+        }
+        Ok(match body.size_hint().exact() {
+            Some(0) => RequestBody::Empty,
+            Some(n) if n <= MAX_REPLAY_BYTES => match body.collect().await {
+                Ok(collected) => RequestBody::Buffered(collected.to_bytes()),
+                Err(e) => return Err(e.to_string()),
+            },
+            _ => RequestBody::Streaming(body.map_err(Into::into).boxed_unsync()),
+        })
+    }
+
+    /// A copy for a replay, if this body can be replayed.
+    fn replayable(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Buffered(b) => Some(RequestBody::Buffered(b.clone())),
+            RequestBody::Streaming(_) => None,
+        }
+    }
+
+    fn into_body(self) -> ProxyBody {
+        use http_body_util::{Empty, Full};
+        match self {
+            RequestBody::Empty => Empty::new().map_err(BoxError::from).boxed_unsync(),
+            RequestBody::Buffered(b) => Full::new(b).map_err(BoxError::from).boxed_unsync(),
+            RequestBody::Streaming(b) => b,
+        }
+    }
+}
+
+/// The head of a request kept for a replay (no extensions: the upstream needs none).
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn of(parts: &http::request::Parts) -> Head {
+        Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn with_token(self, token: &CachedToken, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, token.header.clone());
+        req
+    }
+}
+
+type ReplayFuture<T> = Pin<Box<dyn Future<Output = Result<T, Rejection>> + Send>>;
+
+impl<S, B, R> Service<Request<B>> for Replay<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<R>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display,
+    R: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = Rejection;
+    type Future = ReplayFuture<Response<R>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Rejection::new(upstream_failure(&self.layer, None, e)))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(send_with_replay(inner, self.layer.clone(), req))
+    }
+}
+
+/// Whether the request is an API call: only then is an Azure DevOps HTML answer a sign-in page.
+fn expects_api(parts: &http::request::Parts) -> bool {
+    let accepts = |what: &str| {
+        parts
+            .headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains(what)))
+    };
+    let path = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
+    !accepts("text/html") && (path.contains("/_apis") || accepts("json"))
+}
+
+async fn send_with_replay<S, B, R>(
+    mut inner: S,
+    layer: ReplayLayer,
+    req: Request<B>,
+) -> Result<Response<R>, Rejection>
+where
+    S: Service<Request<ProxyBody>, Response = Response<R>, Error = BoxError>,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
+    let (mut parts, body) = req.into_parts();
+    let (Some(target), Some(token)) = (
+        parts.extensions.remove::<Routed>().map(|r| r.target),
+        parts.extensions.remove::<Arc<CachedToken>>(),
+    ) else {
+        return Err(Rejection::new(ProxyError::NoRoute).with_unread(body));
+    };
+    let api = expects_api(&parts);
+    let body = RequestBody::take(body)
+        .await
+        .map_err(|e| Rejection::on_route(ProxyError::ClientBody(e), &target))?;
+    let replay = body.replayable().map(|b| (Head::of(&parts), b));
+    let resp = send(
+        &mut inner,
+        &layer,
+        &target,
+        Request::from_parts(parts, body.into_body()),
+    )
+    .await?;
+    let Some(refusal) = challenge::refusal(resp.status(), resp.headers(), target.azure_devops, api)
+    else {
+        token.mark_accepted();
+        return Ok(resp);
+    };
+    let why = refusal.describe();
+    // Replayed only when the upstream cannot have acted on it, and only with a body that was kept.
+    let replay = replay.filter(|_| refusal.replayable());
+    let claims = match refusal {
+        Refusal::Claims(c) => Some(c),
+        _ => None,
+    };
+    let Some((head, body)) = replay else {
+        tracing::info!(
+            route = %target.label,
+            profile = %target.profile,
+            refusal = why,
+            "the upstream refused the token of a request that is not replayed (its body was \
+             streamed, or the answer is one it may have acted on): passing its answer on, \
+             replacing the token for the next ones"
+        );
+        let entry = Arc::clone(&target.entry);
+        tokio::spawn(async move {
+            let _ = entry.reacquire(&token, claims).await;
+        });
+        return Ok(resp);
+    };
+    let fresh = match target.entry.reacquire(&token, claims).await {
+        Ok(fresh) => fresh,
+        Err(token::NoReplay::RecentlyReplaced) => return Ok(resp),
+        // The token is known to be refused and no other can be had now: the client is told so
+        // (and when to retry), as for any request without a valid token.
+        Err(token::NoReplay::Unavailable(e)) => {
+            let error = ProxyError::TokenUnavailable {
+                message: format!(
+                    "the upstream refused the token ({why}) and no fresh one can be had: {}",
+                    e.message
+                ),
+                retry_after: e.retry_after,
+            };
+            return Err(Rejection::on_route(error, &target));
+        }
+    };
+    layer
+        .metrics
+        .upstream_auth_retries
+        .with_label_values(&[&*target.label])
+        .inc();
+    tracing::info!(
+        route = %target.label,
+        profile = %target.profile,
+        refusal = why,
+        "the upstream refused the token; replaying once with a fresh one"
+    );
+    drop(resp);
+    let resp = send(
+        &mut inner,
+        &layer,
+        &target,
+        head.with_token(&fresh, body.into_body()),
+    )
+    .await?;
+    if challenge::refusal(resp.status(), resp.headers(), target.azure_devops, api).is_none() {
+        fresh.mark_accepted();
+    }
+    Ok(resp)
+}
+
+/// One send on `inner`; its failure as the contract's error.
+async fn send<S, R>(
+    inner: &mut S,
+    layer: &ReplayLayer,
+    target: &Arc<RouteTarget>,
+    req: Request<ProxyBody>,
+) -> Result<Response<R>, Rejection>
+where
+    S: Service<Request<ProxyBody>, Response = Response<R>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    let result = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+        Ok(()) => {
+            // Named as a boxed `Send` future here, where the compiler can see that it is one.
+            let call: Pin<Box<dyn Future<Output = Result<Response<R>, BoxError>> + Send>> =
+                Box::pin(inner.call(req));
+            call.await
+        }
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| Rejection::on_route(upstream_failure(layer, Some(target), e), target))
+}
+
+/// A failed send as `502 upstream_unreachable` or `504 upstream_timeout`, counted.
+fn upstream_failure(layer: &ReplayLayer, target: Option<&RouteTarget>, e: BoxError) -> ProxyError {
+    let authority = target.map_or_else(String::new, |t| t.authority.to_string());
+    let kind = if e.is::<tower::timeout::error::Elapsed>() {
+        "timeout"
+    } else if e
+        .downcast_ref::<UpstreamError>()
+        .is_some_and(UpstreamError::is_connect)
+    {
+        "connect"
+    } else {
+        "protocol"
+    };
+    if let Some(t) = target {
+        layer
+            .metrics
+            .upstream_errors
+            .with_label_values(&[&*t.label, kind])
+            .inc();
+    }
+    if kind == "timeout" {
+        return ProxyError::UpstreamTimeout {
+            authority,
+            secs: layer.response_header_timeout.as_secs(),
+        };
+    }
+    ProxyError::UpstreamUnreachable {
+        authority,
+        reason: super::error::innermost(&*e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::testing;
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+
+    /// A stand-in upstream: refuses every token it has not seen acquired after a refusal with
+    /// `refused`, counts what it received.
+    fn upstream(
+        refused: u16,
+        seen: Arc<AtomicUsize>,
+    ) -> impl Service<
+        Request<ProxyBody>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future = impl Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(move |req: Request<ProxyBody>| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                assert_eq!(&body[..], b"{\"a\":1}", "the body arrives whole every time");
+                let status = if n == 0 { refused } else { 200 };
+                let mut resp = Response::builder().status(status);
+                if status == 200 && refused == 200 {
+                    resp = resp.header(header::CONTENT_TYPE, "text/html");
+                }
+                Ok::<_, BoxError>(resp.body(Full::new(Bytes::new()))?)
+            }
+        })
+    }
+
+    async fn request(
+        path: &str,
+    ) -> (
+        Request<Full<Bytes>>,
+        Arc<testing::Counted>,
+        Arc<crate::token::TokenCache>,
+    ) {
+        let (router, counted, cache) = testing::router_counted().await;
+        let routed = router.route(path, None).expect("route");
+        let token = routed.target.entry.get().await.expect("token");
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(format!("https://dev.azure.com{path}"))
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"a\":1}")))
+            .expect("request");
+        req.extensions_mut().insert(routed);
+        req.extensions_mut().insert(token);
+        (req, counted, cache)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_401_is_replayed_once_with_a_fresh_token() {
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let layer = ReplayLayer::new(Arc::clone(&metrics), Duration::from_secs(100));
+        let (req, counted, _cache) = request("/ado/_apis/wit/workitems").await;
+        let resp = layer
+            .layer(upstream(401, Arc::clone(&seen)))
+            .oneshot(req)
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(seen.load(Ordering::SeqCst), 2, "sent twice");
+        assert_eq!(counted.acquisitions(), 2, "one fresh token");
+        assert!(metrics
+            .render()
+            .contains(r#"patless_upstream_auth_retries_total{route="/ado"} 1"#));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_2xx_sign_in_page_is_passed_on_never_replayed() {
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let layer = ReplayLayer::new(metrics, Duration::from_secs(100));
+        let (req, counted, _cache) = request("/ado/_apis/wit/workitems").await;
+        let resp = layer
+            .layer(upstream(200, Arc::clone(&seen)))
+            .oneshot(req)
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the POST went once");
+        // The token is replaced in the background for the next request.
+        for _ in 0..100 {
+            if counted.acquisitions() == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(counted.acquisitions(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_below_is_a_504_counted_under_the_route() {
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+        let layer = ReplayLayer::new(Arc::clone(&metrics), Duration::from_secs(3));
+        let (req, _counted, _cache) = request("/ado/x").await;
+        let slow = tower::ServiceBuilder::new()
+            .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(3)))
+            .service(tower::service_fn(|_req: Request<ProxyBody>| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, BoxError>(Response::new(Full::new(Bytes::new())))
+            }));
+        let refused = layer.layer(slow).oneshot(req).await;
+        match refused {
+            Err(Rejection {
+                error: ProxyError::UpstreamTimeout { secs: 3, .. },
+                route: Some(_),
+                ..
+            }) => {}
+            other => panic!("expected a 504, got {other:?}"),
+        }
+        assert!(metrics
+            .render()
+            .contains(r#"patless_upstream_errors_total{kind="timeout",route="/ado"} 1"#));
+    }
+}
