@@ -3,9 +3,11 @@
 //! - `route/*`: `Router::route` over a table of explicit routes plus host routes, as `App::new`
 //!   builds it (config → credentials → cache → table), with a stand-in credential.
 //! - `path_validate/*`: `proxy::path::validate` on typical and awkward paths.
-//! - `header_rewrite/*`: the request-header rewrite of step 6 (hop-by-hop strip, credential
-//!   removal, `Host`, `X-TFS-FedAuthRedirect`, `Authorization`): patless's own
-//!   `proxy::strip_hop_by_hop`, then the same inserts as `Proxy::handle`.
+//! - `header_rewrite/layer_*`: the real rewrite layer (`proxy::rewrite::Rewrite`) over an upstream
+//!   that answers at once: request head rewritten (hop-by-hop strip, credential removal, `Host`,
+//!   `X-TFS-FedAuthRedirect`, `Authorization`, upstream URI), the call, and the answer's way back.
+//!   `header_rewrite/headers_*`: its header step alone (`rewrite_request_headers`);
+//!   `header_rewrite/response_strip`: the answer's hop-by-hop strip alone.
 //! - `token_get/warm`: `TokenEntry::get` on an entry holding a usable token (the lock-free read
 //!   every request makes).
 //! - `per_request/*`: two other costs every request pays in `Proxy::handle`: the copy of the
@@ -24,14 +26,19 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use bytes::Bytes;
+use http_body_util::Full;
 use patless::config::{load_from_str, ConfigSource, Format};
 use patless::credentials::{AccessToken, BoxFuture, Credential, CredentialError};
 use patless::env::MapEnv;
 use patless::metrics::Metrics;
 use patless::proxy::path::validate;
-use patless::proxy::Router;
+use patless::proxy::rescue::Rejection;
+use patless::proxy::rewrite::{rewrite_request_headers, RewriteLayer};
+use patless::proxy::{strip_hop_by_hop, Router};
 use patless::secret::Secret;
 use patless::token::{CacheSettings, TokenCache};
+use tower::{Layer, Service};
 
 /// A credential that answers at once with a fixed token of Entra's size.
 #[derive(Debug)]
@@ -170,24 +177,7 @@ fn path_validate(c: &mut Criterion) {
     g.finish();
 }
 
-// ---- header rewriting: the sequence of `Proxy::handle` step 6 (src/proxy/mod.rs) -------------
-
-static TFS_FEDAUTH: HeaderName = HeaderName::from_static("x-tfs-fedauthredirect");
-static PATLESS_TOKEN: HeaderName = HeaderName::from_static("x-patless-token");
-
-use patless::proxy::strip_hop_by_hop;
-
-fn rewrite_request(h: &mut HeaderMap, authority: &http::uri::Authority, bearer: &HeaderValue) {
-    strip_hop_by_hop(h);
-    h.remove(header::AUTHORIZATION);
-    h.remove(&PATLESS_TOKEN);
-    h.remove(header::EXPECT);
-    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-        h.insert(header::HOST, host);
-    }
-    h.insert(TFS_FEDAUTH.clone(), HeaderValue::from_static("Suppress"));
-    h.insert(header::AUTHORIZATION, bearer.clone());
-}
+// ---- header rewriting: the rewrite layer (src/proxy/rewrite.rs) -------------------------------
 
 /// What `wrk` sends: Host only.
 fn wrk_headers() -> HeaderMap {
@@ -226,19 +216,59 @@ fn client_headers() -> HeaderMap {
 }
 
 fn header_rewrite(c: &mut Criterion) {
-    let authority: http::uri::Authority = "dev.azure.com".parse().expect("authority");
-    let mut bearer =
-        HeaderValue::from_str(&format!("Bearer {}", "x".repeat(1200))).expect("bearer");
-    bearer.set_sensitive(true);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let (cache, router) = cache_and_router();
+    let router = Arc::new(router);
+    let routed = router
+        .route("/contoso/_apis/projects", Some("api-version=7.1"))
+        .expect("route");
+    let token = runtime
+        .block_on(routed.target.entry.get())
+        .unwrap_or_else(|e| panic!("warm-up: {e}"));
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+    // The real layer (`proxy::rewrite`) over an upstream that answers at once: the request head
+    // rewritten, the call, and the answer's way back (hop-by-hop strip, route on the answer,
+    // body wrapped for counting).
+    let layer = RewriteLayer::new(Arc::clone(&router), metrics).layer(tower::service_fn(
+        |_req: http::Request<Full<Bytes>>| {
+            std::future::ready(Ok::<_, Rejection>(http::Response::new(Full::new(
+                Bytes::new(),
+            ))))
+        },
+    ));
     let mut g = c.benchmark_group("header_rewrite");
     for (name, make) in [
         ("wrk_1_header", wrk_headers as fn() -> HeaderMap),
         ("client_10_headers", client_headers),
     ] {
-        g.bench_function(name, |b| {
+        let request = || {
+            let mut req = http::Request::builder()
+                .uri("/contoso/_apis/projects?api-version=7.1")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            *req.headers_mut() = make();
+            req.extensions_mut().insert(routed.clone());
+            req.extensions_mut().insert(Arc::clone(&token));
+            req
+        };
+        g.bench_function(format!("layer_{name}"), |b| {
+            b.iter_batched(
+                request,
+                |req| {
+                    let resp = layer.clone().call(black_box(req)).now_or_never();
+                    black_box(resp.expect("ready at once").expect("answer"))
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function(format!("headers_{name}"), |b| {
             b.iter_batched_ref(
                 make,
-                |h| rewrite_request(black_box(h), &authority, &bearer),
+                |h| rewrite_request_headers(black_box(h), &routed.target, &token, false),
                 BatchSize::SmallInput,
             )
         });
@@ -270,6 +300,8 @@ fn header_rewrite(c: &mut Criterion) {
         )
     });
     g.finish();
+    drop(router);
+    cache.stop();
 }
 
 fn token_get(c: &mut Criterion) {
@@ -301,13 +333,21 @@ fn token_get(c: &mut Criterion) {
 
 fn per_request(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_request");
-    // The head as forwarded upstream: client headers rewritten, token set.
-    let authority: http::uri::Authority = "dev.azure.com".parse().expect("authority");
-    let mut bearer =
-        HeaderValue::from_str(&format!("Bearer {}", "x".repeat(1200))).expect("bearer");
-    bearer.set_sensitive(true);
+    // The head as forwarded upstream: client headers rewritten (the real function), token set.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let (cache, router) = cache_and_router();
+    let routed = router
+        .route("/contoso/_apis/projects", None)
+        .expect("route");
+    let token = runtime
+        .block_on(routed.target.entry.get())
+        .unwrap_or_else(|e| panic!("warm-up: {e}"));
     let mut headers = client_headers();
-    rewrite_request(&mut headers, &authority, &bearer);
+    rewrite_request_headers(&mut headers, &routed.target, &token, false);
     let mut req = http::Request::builder()
         .method(http::Method::GET)
         .uri("https://dev.azure.com/contoso/_apis/projects?api-version=7.1")
@@ -334,6 +374,8 @@ fn per_request(c: &mut Criterion) {
         })
     });
     g.finish();
+    drop(router);
+    cache.stop();
 }
 
 criterion_group! {

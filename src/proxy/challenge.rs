@@ -138,25 +138,58 @@ struct Challenge {
     params: Vec<(String, String)>,
 }
 
+/// The end of a token (a scheme or parameter name) starting at `j`.
+fn token_end(b: &[u8], mut j: usize) -> usize {
+    while j < b.len() && !matches!(b[j], b'=' | b',' | b' ' | b'\t' | b'"') {
+        j += 1;
+    }
+    j
+}
+
+/// The first byte at or after `j` that is not a space or tab.
+fn skip_ws(b: &[u8], mut j: usize) -> usize {
+    while j < b.len() && matches!(b[j], b' ' | b'\t') {
+        j += 1;
+    }
+    j
+}
+
+/// Whether a `=` (not `==`, a token68's padding) is at `j`.
+fn is_equals(b: &[u8], j: usize) -> bool {
+    j < b.len() && b[j] == b'=' && !(j + 1 < b.len() && b[j + 1] == b'=')
+}
+
+/// A parameter's value starting at `i` (quoted, with `\` escapes, or up to the next `,`), and
+/// where parsing goes on.
+fn value(text: &str, mut i: usize) -> (String, usize) {
+    let b = text.as_bytes();
+    if i < b.len() && b[i] == b'"' {
+        let mut v = String::new();
+        i += 1;
+        while i < b.len() && b[i] != b'"' {
+            if b[i] == b'\\' && i + 1 < b.len() {
+                i += 1;
+            }
+            let ch_len = text[i..].chars().next().map_or(1, char::len_utf8);
+            v.push_str(&text[i..i + ch_len]);
+            i += ch_len;
+        }
+        return (v, i + 1);
+    }
+    let s = i;
+    while i < b.len() && b[i] != b',' {
+        i += 1;
+    }
+    (text[s..i].trim().to_string(), i)
+}
+
 /// RFC 9110 §11.6.1 challenges: `scheme param=value, param="quoted", other-scheme …`.
 fn parse(text: &str) -> Vec<Challenge> {
     let mut out: Vec<Challenge> = Vec::new();
     let b = text.as_bytes();
     let mut i = 0;
-    let token_end = |mut j: usize| {
-        while j < b.len() && !matches!(b[j], b'=' | b',' | b' ' | b'\t' | b'"') {
-            j += 1;
-        }
-        j
-    };
-    let skip_ws = |mut j: usize| {
-        while j < b.len() && matches!(b[j], b' ' | b'\t') {
-            j += 1;
-        }
-        j
-    };
     while i < b.len() {
-        i = skip_ws(i);
+        i = skip_ws(b, i);
         if i < b.len() && b[i] == b',' {
             i += 1;
             continue;
@@ -165,56 +198,33 @@ fn parse(text: &str) -> Vec<Challenge> {
             break;
         }
         let start = i;
-        i = token_end(i);
+        i = token_end(b, i);
         if i == start {
             // A stray quote or '=': skip it.
             i += 1;
             continue;
         }
         let name = &text[start..i];
-        let after = skip_ws(i);
-        if after < b.len() && b[after] == b'=' && !(after + 1 < b.len() && b[after + 1] == b'=') {
-            // name=value
-            i = skip_ws(after + 1);
-            let value = if i < b.len() && b[i] == b'"' {
-                let mut v = String::new();
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    if b[i] == b'\\' && i + 1 < b.len() {
-                        i += 1;
-                    }
-                    let ch_len = text[i..].chars().next().map_or(1, char::len_utf8);
-                    v.push_str(&text[i..i + ch_len]);
-                    i += ch_len;
-                }
-                i += 1;
-                v
-            } else {
-                let s = i;
-                while i < b.len() && b[i] != b',' {
-                    i += 1;
-                }
-                text[s..i].trim().to_string()
-            };
+        let after = skip_ws(b, i);
+        if is_equals(b, after) {
+            let (v, next) = value(text, skip_ws(b, after + 1));
+            i = next;
             if let Some(c) = out.last_mut() {
-                c.params.push((name.to_string(), value));
+                c.params.push((name.to_string(), v));
             }
-        } else {
-            // A scheme, possibly followed by a token68 (`Basic abc==`), which is skipped.
-            out.push(Challenge {
-                scheme: name.to_string(),
-                params: Vec::new(),
-            });
-            i = after;
-            let t = token_end(i);
-            let next = skip_ws(t);
-            let is_param =
-                next < b.len() && b[next] == b'=' && !(next + 1 < b.len() && b[next + 1] == b'=');
-            if t > i && !is_param {
-                i = t;
-                while i < b.len() && b[i] == b'=' {
-                    i += 1;
-                }
+            continue;
+        }
+        // A scheme, possibly followed by a token68 (`Basic abc==`), which is skipped.
+        out.push(Challenge {
+            scheme: name.to_string(),
+            params: Vec::new(),
+        });
+        i = after;
+        let t = token_end(b, i);
+        if t > i && !is_equals(b, skip_ws(b, t)) {
+            i = t;
+            while i < b.len() && b[i] == b'=' {
+                i += 1;
             }
         }
     }

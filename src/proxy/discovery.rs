@@ -197,6 +197,66 @@ where
     }
 }
 
+/// Why an answer is passed on as it is, if it is.
+fn not_rewritable(status: StatusCode, headers: &HeaderMap) -> Option<&'static str> {
+    if !status.is_success() {
+        Some("not a success")
+    } else if !is_json(headers) {
+        Some("not JSON")
+    } else if is_encoded(headers) {
+        Some("compressed")
+    } else if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_DISCOVERY_BYTES as u64)
+    {
+        Some("larger than the cap")
+    } else {
+        None
+    }
+}
+
+/// Reads the whole body into `out`'s queue; its length, or `None` when it is to be passed on as
+/// it is (trailers, over the cap, an error — all kept in `out`).
+async fn read_whole<B>(out: &mut Prefixed<B>, route: &str) -> Option<usize>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Unpin,
+{
+    let mut read = 0usize;
+    loop {
+        match out.inner.frame().await {
+            None => return Some(read),
+            Some(Ok(frame)) => {
+                let data = frame.data_ref().map(|d| d.len());
+                out.push(frame);
+                let Some(n) = data else {
+                    // Trailers: not a plain JSON answer.
+                    tracing::debug!(
+                        route,
+                        "resource-area answer with trailers passed through unchanged"
+                    );
+                    return None;
+                };
+                read += n;
+                if read > MAX_DISCOVERY_BYTES {
+                    tracing::debug!(
+                        route,
+                        cap = MAX_DISCOVERY_BYTES,
+                        "resource-area answer larger than the cap passed through unchanged"
+                    );
+                    return None;
+                }
+            }
+            Some(Err(e)) => {
+                out.error = Some(e);
+                return None;
+            }
+        }
+    }
+}
+
 /// Reads a resource-area answer (status `status`, headers `headers`) and rewrites its
 /// `locationUrl`s with `map`, fixing `Content-Length`; an answer that does not qualify, or is
 /// larger than [`MAX_DISCOVERY_BYTES`], comes back whole and unchanged (what was read of it
@@ -213,59 +273,13 @@ where
     B::Error: Unpin,
 {
     let mut out = Prefixed::new(body);
-    let why_not = if !status.is_success() {
-        Some("not a success")
-    } else if !is_json(headers) {
-        Some("not JSON")
-    } else if is_encoded(headers) {
-        Some("compressed")
-    } else if headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > MAX_DISCOVERY_BYTES as u64)
-    {
-        Some("larger than the cap")
-    } else {
-        None
-    };
-    if let Some(why) = why_not {
+    if let Some(why) = not_rewritable(status, headers) {
         tracing::debug!(route, why, "resource-area answer passed through unchanged");
         return out;
     }
-    let mut read = 0usize;
-    loop {
-        match out.inner.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                let data = frame.data_ref().map(|d| d.len());
-                out.push(frame);
-                match data {
-                    Some(n) => read += n,
-                    // Trailers: not a plain JSON answer.
-                    None => {
-                        tracing::debug!(
-                            route,
-                            "resource-area answer with trailers passed through unchanged"
-                        );
-                        return out;
-                    }
-                }
-                if read > MAX_DISCOVERY_BYTES {
-                    tracing::debug!(
-                        route,
-                        cap = MAX_DISCOVERY_BYTES,
-                        "resource-area answer larger than the cap passed through unchanged"
-                    );
-                    return out;
-                }
-            }
-            Some(Err(e)) => {
-                out.error = Some(e);
-                return out;
-            }
-        }
-    }
+    let Some(read) = read_whole(&mut out, route).await else {
+        return out;
+    };
     let mut whole = Vec::with_capacity(read);
     for frame in out.queued.drain(..) {
         if let Some(d) = frame.data_ref() {

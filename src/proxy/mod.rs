@@ -253,12 +253,20 @@ pub struct StackParts {
     pub metrics: Arc<Metrics>,
 }
 
-/// The road, top to bottom: the proxy's `Service` for one worker, sending on `forward`.
-pub fn stack<F>(parts: StackParts, forward: F) -> ProxyService
+/// The road, top to bottom: the proxy's `Service` for one worker, sending on `forward` (the
+/// worker's pool in production, `tower::service_fn` in a test).
+pub fn stack<F, B, R>(
+    parts: StackParts,
+    forward: F,
+) -> BoxCloneService<Request<B>, Response<ResponseBody>, Infallible>
 where
-    F: Service<Request<ProxyBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+    F: Service<Request<ProxyBody>, Response = Response<R>> + Clone + Send + 'static,
     F::Error: Into<BoxError>,
     F::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display,
+    R: http_body::Body<Data = Bytes> + Send + 'static,
+    R::Error: std::fmt::Display + Into<BoxError>,
 {
     let StackParts {
         router,
@@ -380,6 +388,134 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    async fn road(
+        forward: impl Service<
+                Request<ProxyBody>,
+                Response = Response<Full<Bytes>>,
+                Error = BoxError,
+                Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>>
+                             + Send
+                             + 'static,
+            > + Clone
+            + Send
+            + 'static,
+    ) -> (
+        BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody>, Infallible>,
+        Arc<Metrics>,
+        Arc<crate::token::TokenCache>,
+    ) {
+        let (router, cache) = testing::router().await;
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+        let parts = StackParts {
+            router: Arc::new(router),
+            inbound: Arc::new(InboundPolicy::default()),
+            settings: ProxySettings {
+                connect_timeout: Duration::from_secs(5),
+                response_header_timeout: Duration::from_secs(100),
+                max_uri_bytes: 8192,
+            },
+            metrics: Arc::clone(&metrics),
+        };
+        (stack(parts, forward), metrics, cache)
+    }
+
+    fn get(uri: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .uri(uri)
+            .header(header::HOST, "127.0.0.1:7070")
+            .header(header::AUTHORIZATION, "Basic OnN0YWxlLXBhdA==")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_whole_road_over_a_stand_in_forward() {
+        let forward = tower::service_fn(|req: Request<ProxyBody>| async move {
+            let auth = req.headers()[header::AUTHORIZATION].clone();
+            assert!(auth.is_sensitive());
+            assert!(
+                !auth.as_bytes().starts_with(b"Basic"),
+                "the PAT never leaves"
+            );
+            assert!(req.headers().contains_key(&REQUEST_ID), "the id goes along");
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .header(header::SET_COOKIE, "s=1")
+                    .body(Full::new(Bytes::from_static(b"ok")))?,
+            )
+        });
+        let (svc, metrics, _cache) = road(forward).await;
+        let resp = svc
+            .clone()
+            .oneshot(get("/ado/_apis/projects"))
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()[header::SET_COOKIE].is_sensitive());
+        assert_eq!(resp.headers()[&REQUEST_ID].len(), 16);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let refused = svc.oneshot(get("/nowhere")).await.expect("answer");
+        assert_eq!(refused.status(), 404);
+        let id = refused.headers()[&REQUEST_ID]
+            .to_str()
+            .expect("id")
+            .to_string();
+        let body = refused
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            json["request_id"],
+            id.as_str(),
+            "the header's id is the body's"
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"patless_requests_total{route="/ado",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"patless_requests_total{route="none",status="404"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_below_is_a_json_500_and_the_stack_keeps_serving() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let forward = tower::service_fn(move |_req: Request<ProxyBody>| {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    panic!("a bug in a layer");
+                }
+                Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }
+        });
+        let (svc, metrics, _cache) = road(forward).await;
+        let resp = svc.clone().oneshot(get("/ado/x")).await.expect("answer");
+        assert_eq!(resp.status(), 500);
+        assert!(resp.headers().contains_key(&REQUEST_ID));
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(json["error"], "internal_error");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("a bug"),
+            "the panic stays in the log"
+        );
+        let resp = svc.oneshot(get("/ado/x")).await.expect("answer");
+        assert_eq!(resp.status(), 200, "still serving");
+        assert!(metrics
+            .render()
+            .contains(r#"patless_requests_total{route="none",status="500"} 1"#));
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_lists_are_removed() {

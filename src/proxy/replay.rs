@@ -231,35 +231,11 @@ where
         _ => None,
     };
     let Some((head, body)) = replay else {
-        tracing::info!(
-            route = %target.label,
-            profile = %target.profile,
-            refusal = why,
-            "the upstream refused the token of a request that is not replayed (its body was \
-             streamed, or the answer is one it may have acted on): passing its answer on, \
-             replacing the token for the next ones"
-        );
-        let entry = Arc::clone(&target.entry);
-        tokio::spawn(async move {
-            let _ = entry.reacquire(&token, claims).await;
-        });
+        replace_in_background(&target, token, claims, why);
         return Ok(resp);
     };
-    let fresh = match target.entry.reacquire(&token, claims).await {
-        Ok(fresh) => fresh,
-        Err(token::NoReplay::RecentlyReplaced) => return Ok(resp),
-        // The token is known to be refused and no other can be had now: the client is told so
-        // (and when to retry), as for any request without a valid token.
-        Err(token::NoReplay::Unavailable(e)) => {
-            let error = ProxyError::TokenUnavailable {
-                message: format!(
-                    "the upstream refused the token ({why}) and no fresh one can be had: {}",
-                    e.message
-                ),
-                retry_after: e.retry_after,
-            };
-            return Err(Rejection::on_route(error, &target));
-        }
+    let Some(fresh) = fresh_token(&target, &token, claims, why).await? else {
+        return Ok(resp);
     };
     layer
         .metrics
@@ -284,6 +260,54 @@ where
         fresh.mark_accepted();
     }
     Ok(resp)
+}
+
+/// A refused token whose request is not replayed: its answer is passed on and the token replaced
+/// for the requests that follow.
+fn replace_in_background(
+    target: &RouteTarget,
+    token: Arc<CachedToken>,
+    claims: Option<String>,
+    why: &'static str,
+) {
+    tracing::info!(
+        route = %target.label,
+        profile = %target.profile,
+        refusal = why,
+        "the upstream refused the token of a request that is not replayed (its body was \
+         streamed, or the answer is one it may have acted on): passing its answer on, \
+         replacing the token for the next ones"
+    );
+    let entry = Arc::clone(&target.entry);
+    tokio::spawn(async move {
+        let _ = entry.reacquire(&token, claims).await;
+    });
+}
+
+/// The token that replaces a refused one; `None` when the refused one was itself a replacement
+/// moments ago (the answer is passed on), a `503` when none can be had.
+async fn fresh_token(
+    target: &Arc<RouteTarget>,
+    token: &Arc<CachedToken>,
+    claims: Option<String>,
+    why: &'static str,
+) -> Result<Option<Arc<CachedToken>>, Rejection> {
+    match target.entry.reacquire(token, claims).await {
+        Ok(fresh) => Ok(Some(fresh)),
+        Err(token::NoReplay::RecentlyReplaced) => Ok(None),
+        // The token is known to be refused and no other can be had now: the client is told so
+        // (and when to retry), as for any request without a valid token.
+        Err(token::NoReplay::Unavailable(e)) => {
+            let error = ProxyError::TokenUnavailable {
+                message: format!(
+                    "the upstream refused the token ({why}) and no fresh one can be had: {}",
+                    e.message
+                ),
+                retry_after: e.retry_after,
+            };
+            Err(Rejection::on_route(error, target))
+        }
+    }
 }
 
 /// One send on `inner`; its failure as the contract's error.
