@@ -251,8 +251,9 @@ fn header_rewrite(c: &mut Criterion) {
                 .body(Full::new(Bytes::new()))
                 .expect("request");
             *req.headers_mut() = make();
-            req.extensions_mut().insert(routed.clone());
-            req.extensions_mut().insert(Arc::clone(&token));
+            let mut routed = routed.clone();
+            routed.token = Some(Arc::clone(&token));
+            req.extensions_mut().insert(routed);
             req
         };
         g.bench_function(format!("layer_{name}"), |b| {

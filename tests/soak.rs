@@ -490,8 +490,9 @@ async fn soak_through_refreshes_faults_revocations_and_reloads() {
         revocations >= 3 && refused >= revocations,
         "revocations were exercised"
     );
+    // (Plus one: a refresh that began as patless stopped is cut off before Entra answers it.)
     assert!(
-        token_requests <= token_successes + injected,
+        token_requests <= token_successes + injected + 1,
         "{token_requests} token requests: {token_successes} tokens + {injected} faults"
     );
     // Memory: what the run left allocated once patless and the fakes are gone. Its pools,

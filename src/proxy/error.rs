@@ -60,7 +60,7 @@ pub enum ProxyError {
     /// Connection to the upstream failed.
     #[error("cannot reach the upstream {authority}: {reason}")]
     UpstreamUnreachable {
-        /// host[:port]
+        /// `host[:port]`
         authority: String,
         /// Why.
         reason: String,
@@ -71,7 +71,7 @@ pub enum ProxyError {
     Internal,
     #[error("the upstream {authority} did not answer within {secs}s")]
     UpstreamTimeout {
-        /// host[:port]
+        /// `host[:port]`
         authority: String,
         /// The timeout.
         secs: u64,

@@ -200,10 +200,12 @@ where
     B::Error: Into<BoxError> + std::fmt::Display,
 {
     let (mut parts, body) = req.into_parts();
-    let (Some(target), Some(token)) = (
-        parts.extensions.remove::<Routed>().map(|r| r.target),
-        parts.extensions.remove::<Arc<CachedToken>>(),
-    ) else {
+    let Some(Routed {
+        target,
+        token: Some(token),
+        ..
+    }) = parts.extensions.remove::<Routed>()
+    else {
         return Err(Rejection::new(ProxyError::NoRoute).with_unread(body));
     };
     let api = expects_api(&parts);
@@ -417,8 +419,9 @@ mod tests {
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from_static(b"{\"a\":1}")))
             .expect("request");
+        let mut routed = routed;
+        routed.token = Some(token);
         req.extensions_mut().insert(routed);
-        req.extensions_mut().insert(token);
         (req, counted, cache)
     }
 

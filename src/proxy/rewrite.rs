@@ -3,7 +3,7 @@
 //!
 //! Toward the upstream: the path after the route's prefix onto the upstream base (the [`Routed`]
 //! extension); hop-by-hop headers, the client's `Authorization`, `X-Patless-Token` and `Expect`
-//! dropped; the route's token (the `Arc<CachedToken>` extension) set as `Authorization` (marked
+//! dropped; the route's token (in the same extension) set as `Authorization` (marked
 //! sensitive); `X-TFS-FedAuthRedirect: Suppress` toward Azure DevOps; `Host` the upstream's.
 //!
 //! Back to the client: hop-by-hop headers dropped; a `Location` into the upstream pointed at the
@@ -148,9 +148,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ext = req.extensions_mut();
-        let token = ext.get::<Arc<CachedToken>>().cloned();
-        let (Some(routed), Some(token)) = (ext.get_mut::<Routed>(), token) else {
+        let routed = req.extensions_mut().get_mut::<Routed>();
+        let Some((routed, Some(token))) = routed.map(|r| {
+            let token = r.token.clone();
+            (r, token)
+        }) else {
             let refused = Rejection::new(ProxyError::NoRoute).with_unread(req.into_body());
             return Either::Left(future::ready(Err(refused)));
         };
@@ -327,8 +329,9 @@ mod tests {
             .header("accept", "application/json")
             .body(Full::new(Bytes::new()))
             .expect("request");
+        let mut routed = routed;
+        routed.token = Some(token);
         req.extensions_mut().insert(routed);
-        req.extensions_mut().insert(token);
         let resp = svc.oneshot(req).await.expect("answer");
         assert_eq!(resp.headers()[header::LOCATION], "/ado/_apis/x");
         assert!(resp.headers().get(header::CONNECTION).is_none());

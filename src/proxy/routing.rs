@@ -22,7 +22,7 @@ pub struct RouteTarget {
     pub profile: Arc<str>,
     /// `https` or `http` (loopback only).
     pub scheme: http::uri::Scheme,
-    /// Upstream host[:port].
+    /// Upstream `host[:port]`.
     pub authority: http::uri::Authority,
     /// Upstream base path (no trailing `/`, may be empty).
     pub base_path: Arc<str>,
@@ -76,6 +76,8 @@ pub struct Routed {
     pub target: Arc<RouteTarget>,
     /// Upstream path and query.
     pub path_and_query: String,
+    /// The route's token, once the token stop has it (`token.rs`).
+    pub token: Option<Arc<crate::token::CachedToken>>,
 }
 
 /// Why a config cannot be routed (an upstream URL that `http::Uri` refuses).
@@ -179,6 +181,7 @@ impl Router {
                 _ => continue,
             };
             return Some(Routed {
+                token: None,
                 path_and_query: join(&t.base_path, rest, query),
                 target: Arc::clone(t),
             });
@@ -197,6 +200,7 @@ impl Router {
         let authority: http::uri::Authority = host.parse().ok()?;
         let prefix: Arc<str> = format!("/{host}").into();
         Some(Routed {
+            token: None,
             path_and_query: join("", rest, query),
             target: Arc::new(RouteTarget {
                 label: known.label().into(),

@@ -1,7 +1,7 @@
 //! Step 5 of the road: the route's token. The route's cache entry gives a usable token without a
 //! lock (no allocation, nothing awaited), or the request waits for the one acquisition in flight
 //! (single-flight, `token/mod.rs`); none to be had → `503 token_unavailable` with `Retry-After`.
-//! The token travels down as an `Arc<CachedToken>` request extension; `rewrite.rs` attaches it.
+//! The token travels down in the request's `Routed` extension; `rewrite.rs` attaches it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,7 +65,7 @@ where
             return Either::Right(Box::pin(std::future::ready(Err(refused))));
         };
         if let Some(token) = entry.usable() {
-            req.extensions_mut().insert::<Arc<CachedToken>>(token);
+            set_token(&mut req, token);
             return Either::Left(self.inner.call(req));
         }
         // Wait for the acquisition in flight; the service that was readied goes with it.
@@ -74,7 +74,7 @@ where
         Either::Right(Box::pin(async move {
             match entry.get().await {
                 Ok(token) => {
-                    req.extensions_mut().insert::<Arc<CachedToken>>(token);
+                    set_token(&mut req, token);
                     inner.call(req).await
                 }
                 Err(e) => {
@@ -92,6 +92,13 @@ where
                 }
             }
         }))
+    }
+}
+
+/// The token goes down in the request's [`Routed`] extension.
+fn set_token<B>(req: &mut Request<B>, token: Arc<CachedToken>) {
+    if let Some(routed) = req.extensions_mut().get_mut::<Routed>() {
+        routed.token = Some(token);
     }
 }
 
@@ -113,7 +120,8 @@ mod tests {
         let routed = router.route("/ado/x", None).expect("route");
         let svc = RouteTokenLayer.layer(tower::service_fn(
             |req: Request<http_body_util::Empty<Bytes>>| async move {
-                let token = req.extensions().get::<Arc<CachedToken>>().expect("token");
+                let routed = req.extensions().get::<Routed>().expect("routed");
+                let token = routed.token.as_ref().expect("token");
                 Ok::<_, Rejection>(http::Response::new(token.header.clone()))
             },
         ));

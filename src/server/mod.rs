@@ -373,13 +373,12 @@ where
             .keep_alive(true);
         ConnServer {
             builder: Arc::new(builder),
-            sensitive: Arc::new([
-                http::header::AUTHORIZATION,
-                http::header::PROXY_AUTHORIZATION,
-                http::header::COOKIE,
-                http::HeaderName::from_static("x-patless-token"),
-                http::HeaderName::from_static("x-identity-header"),
-            ]),
+            // The proxy's stack marks them itself (`proxy::sensitive`), as its first stop.
+            sensitive: if name == "proxy" {
+                Arc::new([])
+            } else {
+                Arc::new(crate::proxy::sensitive::REQUEST.clone())
+            },
             handler,
             limits,
             name,
@@ -404,7 +403,9 @@ where
         // injects are marked sensitive before anything can trace them.
         let sensitive = Arc::clone(&self.sensitive);
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            mark_sensitive(req.headers_mut(), &sensitive);
+            if !sensitive.is_empty() {
+                mark_sensitive(req.headers_mut(), &sensitive);
+            }
             let in_flight = req_clock.request_started();
             let fut = h(req);
             async move {
@@ -437,11 +438,7 @@ where
 /// Marks every value of the `names` headers sensitive (`HeaderValue::set_sensitive`), so no
 /// `Debug` or trace prints them: one pass over what the request carries, no lookups.
 fn mark_sensitive(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
-    for (name, value) in headers.iter_mut() {
-        if names.contains(name) {
-            value.set_sensitive(true);
-        }
-    }
+    crate::proxy::sensitive::mark(headers, names);
 }
 
 /// The open connections of one runtime, and their graceful shutdown.
