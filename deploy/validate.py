@@ -276,9 +276,17 @@ def check_crd(where: str, o: dict, objects: list[dict]) -> None:
         if not eps:
             fail(where, "no podMetricsEndpoints")
         for ep in eps:
-            known = {"port", "portNumber", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings", "honorLabels"}
+            known = {"port", "portNumber", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings", "honorLabels", "authorization"}
             if set(ep) - known:
                 fail(where, f"unexpected endpoint keys {sorted(set(ep) - known)}")
+            # SafeAuthorization: a type (Bearer by default) and a Secret key for the credentials.
+            auth = ep.get("authorization")
+            if auth is not None:
+                creds = auth.get("credentials") or {}
+                if set(auth) - {"type", "credentials"} or auth.get("type", "Bearer") != "Bearer":
+                    fail(where, f"authorization must be {{type: Bearer, credentials: {{name, key}}}}, got {auth}")
+                if not (isinstance(creds, dict) and creds.get("name") and creds.get("key")):
+                    fail(where, "authorization.credentials needs the Secret's name and key")
             if ep.get("path", "/metrics") != "/metrics":
                 fail(where, f"path {ep.get('path')} is not /metrics")
             for d in pods:

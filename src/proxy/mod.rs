@@ -2,11 +2,11 @@
 //! the stops, in this order.
 //!
 //! 1. **listener** — `server` accepts the connection and hands each request to the worker's stack.
-//! 2. **around everything** — client credentials marked sensitive both ways (`sensitive.rs`), a
-//!    request id (`x-patless-request-id`, set and sent back: tower-http), metrics and the debug
-//!    line (`observe.rs`), a panic in any stop below answered `500 internal_error` (tower-http's
-//!    `CatchPanicLayer`), and refusals turned into their JSON answers, an unread body drained
-//!    first (`rescue.rs`).
+//! 2. **around everything** — client credentials marked sensitive both ways (`sensitive.rs`),
+//!    metrics and the debug line (`observe.rs`), a panic in any stop below answered
+//!    `500 internal_error` (tower-http's `CatchPanicLayer`), and refusals turned into their JSON
+//!    answers with a request id (`x-patless-request-id`), an unread body drained first
+//!    (`rescue.rs`).
 //! 3. **inbound policy** (`inbound.rs`) — not an open proxy (`CONNECT`, foreign absolute-form
 //!    targets → `403`; `TRACE` → `405`); `Host` must be loopback or in `allowed_hosts`; a browser's
 //!    cross-site request is refused → `403`; the `inbound_token`, when set, must be presented →
@@ -32,12 +32,14 @@
 //!    response-header timeout (tower's `TimeoutLayer`): `502 upstream_unreachable`,
 //!    `504 upstream_timeout`. The body itself has no time limit.
 //!
-//! tower-http's `SetRequestIdLayer`, `PropagateRequestIdLayer` and `CatchPanicLayer`, and tower's
-//! `TimeoutLayer`, do their jobs as they are. Our own stops are ours because no stock layer
-//! expresses them, or at a measured cost: the sensitive headers (tower-http's pair costs about
-//! 1,300 instructions per request more, `sensitive.rs`), the drain before an early answer and the
-//! contract's JSON (`rescue.rs`), metrics by configured route (`observe.rs`), and the replay, which
-//! must resend a kept body after a token refresh.
+//! tower-http's `CatchPanicLayer` and tower's `TimeoutLayer` do their jobs as they are. Our own
+//! stops are ours because no stock layer expresses them, or at a measured cost (callgrind,
+//! instructions per proxied request): the sensitive headers (tower-http's pair: ~1,300 more,
+//! `sensitive.rs`); request ids only on the answers patless makes (`rescue.rs`), because
+//! tower-http's `SetRequestIdLayer` + `PropagateRequestIdLayer` on every request cost ~3,600 more
+//! (an id, a header each way and an extension map each way); the drain before an early answer
+//! and the contract's JSON (`rescue.rs`); metrics by configured route (`observe.rs`); and the
+//! replay, which must resend a kept body after a token refresh.
 
 pub mod body;
 pub mod challenge;
@@ -65,17 +67,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::timeout::Timeout;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::{CatchPanic, CatchPanicLayer};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestId, PropagateRequestIdLayer, RequestId, SetRequestId,
-    SetRequestIdLayer,
-};
 
 pub use error::ProxyError;
 pub use inbound::InboundPolicy;
@@ -98,29 +96,24 @@ pub type PanicAnswer = fn(Box<dyn std::any::Any + Send + 'static>) -> Response<P
 /// The whole road over `F` (the worker's pool: [`forward::Forward`]), as [`stack`] builds it:
 /// a named type, so a request's future is not boxed as a whole.
 pub type Stack<F> = sensitive::SensitiveHeaders<
-    SetRequestId<
-        PropagateRequestId<
-            observe::Observe<
-                CatchPanic<
-                    rescue::Rescue<
-                        inbound::Inbound<
-                            path::PathCheck<
-                                route::Route<
-                                    token::RouteToken<rewrite::Rewrite<replay::Replay<Timeout<F>>>>,
-                                >,
-                            >,
+    observe::Observe<
+        CatchPanic<
+            rescue::Rescue<
+                inbound::Inbound<
+                    path::PathCheck<
+                        route::Route<
+                            token::RouteToken<rewrite::Rewrite<replay::Replay<Timeout<F>>>>,
                         >,
                     >,
-                    PanicAnswer,
                 >,
             >,
+            PanicAnswer,
         >,
-        NewRequestId,
     >,
 >;
 pub use pool::UpstreamClient;
 
-/// The header that carries each request's id, both ways.
+/// The header that carries the id of an answer patless made itself (a refusal, a panic's `500`).
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-patless-request-id");
 
 /// The most an upstream connection's read buffer grows to, and so a bound on an upstream's
@@ -228,28 +221,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A fresh id per request, 16 hex digits (a client's own `x-patless-request-id` is kept).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NewRequestId;
-
-impl MakeRequestId for NewRequestId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&request_id())
-            .ok()
-            .map(RequestId::new)
-    }
-}
-
-/// A panic below: `500 internal_error`, the process keeps serving (the request id comes on the
-/// `x-patless-request-id` header; the panic's message is logged, never sent).
+/// A panic below: `500 internal_error` with a request id, which the log line names too (the
+/// panic's message is logged, never sent); the process keeps serving.
 fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> Response<ProxyBody> {
     let what = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    tracing::error!(panic = %what, "a request's handling panicked; answered 500 internal_error");
-    ProxyError::Internal.to_response(None, None, "")
+    let id = request_id();
+    tracing::error!(request_id = %id, panic = %what, "a request's handling panicked; answered 500 internal_error");
+    ProxyError::Internal.to_response(None, None, &id)
 }
 
 /// What the stack of one worker is built from.
@@ -276,8 +258,6 @@ pub fn stack<F>(parts: StackParts, forward: F) -> Stack<F> {
     } = parts;
     ServiceBuilder::new()
         .layer(sensitive::SensitiveHeadersLayer)
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), NewRequestId))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(observe::ObserveLayer::new(Arc::clone(&metrics)))
         .layer(CatchPanicLayer::custom(panic_answer as PanicAnswer))
         .layer(rescue::RescueLayer)
@@ -396,6 +376,7 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use http_body_util::{BodyExt, Full};
 
     async fn road<F>(forward: F) -> (Stack<F>, Arc<Metrics>, Arc<crate::token::TokenCache>) {
@@ -432,7 +413,6 @@ mod tests {
                 !auth.as_bytes().starts_with(b"Basic"),
                 "the PAT never leaves"
             );
-            assert!(req.headers().contains_key(&REQUEST_ID), "the id goes along");
             Ok::<_, BoxError>(
                 Response::builder()
                     .header(header::SET_COOKIE, "s=1")
@@ -447,7 +427,6 @@ mod tests {
             .expect("answer");
         assert_eq!(resp.status(), 200);
         assert!(resp.headers()[header::SET_COOKIE].is_sensitive());
-        assert_eq!(resp.headers()[&REQUEST_ID].len(), 16);
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"ok");
         let refused = svc.oneshot(get("/nowhere")).await.expect("answer");
@@ -495,10 +474,14 @@ mod tests {
         let (svc, metrics, _cache) = road(forward).await;
         let resp = svc.clone().oneshot(get("/ado/x")).await.expect("answer");
         assert_eq!(resp.status(), 500);
-        assert!(resp.headers().contains_key(&REQUEST_ID));
+        let id = resp.headers()[&REQUEST_ID]
+            .to_str()
+            .expect("id")
+            .to_string();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
         assert_eq!(json["error"], "internal_error");
+        assert_eq!(json["request_id"], id.as_str());
         assert!(
             !String::from_utf8_lossy(&body).contains("a bug"),
             "the panic stays in the log"

@@ -158,6 +158,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // An id a layer above set (tower-http's `SetRequestIdLayer`, when a stack has one).
         let request_id = req
             .extensions()
             .get::<RequestId>()
