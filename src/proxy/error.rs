@@ -30,6 +30,7 @@ pub enum ProxyError {
     /// The admin listener's `/metrics` without `server.admin_token`.
     #[error("this admin endpoint requires server.admin_token: send it as `Authorization: Bearer <token>` (Prometheus: `authorization` in the scrape config)")]
     AdminAuthRequired,
+    /// `CONNECT`, or an absolute-form target naming another host.
     #[error("patless is not an open proxy: {0}")]
     NotAnOpenProxy(String),
     /// The request target is longer than `server.max_uri_bytes`.
@@ -44,6 +45,7 @@ pub enum ProxyError {
         /// What was wrong with it.
         why: &'static str,
     },
+    /// A request target longer than `server.max_uri_bytes`.
     #[error("the request target is {0} bytes, more than server.max_uri_bytes allows")]
     UriTooLong(usize),
     /// The client's request body could not be read (it broke off, or did not match its length).
@@ -69,6 +71,7 @@ pub enum ProxyError {
     /// A fault inside patless (a panic while handling the request).
     #[error("patless failed while handling this request; it keeps serving, and the log has the details (search it for the request id)")]
     Internal,
+    /// No response headers within `server.response_header_timeout`.
     #[error("the upstream {authority} did not answer within {secs}s")]
     UpstreamTimeout {
         /// `host[:port]`
