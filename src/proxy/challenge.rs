@@ -60,7 +60,7 @@ pub fn refusal(
     status: StatusCode,
     headers: &HeaderMap,
     azure_devops: bool,
-    expects_api: bool,
+    expects_api: impl FnOnce() -> bool,
 ) -> Option<Refusal> {
     if status == StatusCode::UNAUTHORIZED {
         return Some(match claims_challenge(headers) {
@@ -86,7 +86,7 @@ pub fn refusal(
         .get(header::CONTENT_TYPE)
         .and_then(|c| c.to_str().ok())
         .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("text/html"));
-    if status == StatusCode::OK && html && expects_api {
+    if status == StatusCode::OK && html && expects_api() {
         return Some(Refusal::SignInPage("Azure DevOps HTML sign-in page"));
     }
     None
@@ -268,7 +268,7 @@ mod tests {
     fn a_plain_401_or_a_broken_challenge_is_a_token_refusal() {
         let plain = headers(&["Bearer authorization_uri=\"https://login.microsoftonline.com/x\""]);
         assert_eq!(
-            refusal(StatusCode::UNAUTHORIZED, &plain, false, false),
+            refusal(StatusCode::UNAUTHORIZED, &plain, false, || false),
             Some(Refusal::Token("401"))
         );
         let wrong_error = headers(&[&format!(
@@ -297,16 +297,16 @@ mod tests {
             StatusCode::NON_AUTHORITATIVE_INFORMATION,
             &none,
             true,
-            false
+            || false
         )
         .is_some());
-        assert!(refusal(StatusCode::OK, &html, true, true).is_some());
+        assert!(refusal(StatusCode::OK, &html, true, || true).is_some());
         assert!(
-            refusal(StatusCode::OK, &html, true, false).is_none(),
+            refusal(StatusCode::OK, &html, true, || false).is_none(),
             "a page, not an API"
         );
         assert!(
-            refusal(StatusCode::OK, &html, false, true).is_none(),
+            refusal(StatusCode::OK, &html, false, || true).is_none(),
             "not Azure DevOps"
         );
         let mut signin = HeaderMap::new();
@@ -317,7 +317,7 @@ mod tests {
             ),
         );
         assert_eq!(
-            refusal(StatusCode::FOUND, &signin, true, false),
+            refusal(StatusCode::FOUND, &signin, true, || false),
             Some(Refusal::Token("Azure DevOps redirect to sign-in"))
         );
         // `/_signin` on any other host (or over plain HTTP) is a redirect like any other.
@@ -330,17 +330,21 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.insert(header::LOCATION, HeaderValue::from_static(other));
-            assert_eq!(refusal(StatusCode::FOUND, &h, true, false), None, "{other}");
+            assert_eq!(
+                refusal(StatusCode::FOUND, &h, true, || false),
+                None,
+                "{other}"
+            );
         }
         // A 2xx sign-in page refuses the token but is never replayed.
         for (status, h) in [
             (StatusCode::NON_AUTHORITATIVE_INFORMATION, &none),
             (StatusCode::OK, &html),
         ] {
-            let r = refusal(status, h, true, true).expect("a refusal");
+            let r = refusal(status, h, true, || true).expect("a refusal");
             assert!(!r.replayable(), "{status}");
         }
-        assert!(refusal(StatusCode::UNAUTHORIZED, &none, true, true)
+        assert!(refusal(StatusCode::UNAUTHORIZED, &none, true, || true)
             .expect("a refusal")
             .replayable());
         let mut elsewhere = HeaderMap::new();
@@ -348,8 +352,8 @@ mod tests {
             header::LOCATION,
             HeaderValue::from_static("https://dev.azure.com/org/x"),
         );
-        assert!(refusal(StatusCode::FOUND, &elsewhere, true, false).is_none());
-        assert!(refusal(StatusCode::FORBIDDEN, &none, true, false).is_none());
+        assert!(refusal(StatusCode::FOUND, &elsewhere, true, || false).is_none());
+        assert!(refusal(StatusCode::FORBIDDEN, &none, true, || false).is_none());
     }
 
     #[test]
