@@ -52,7 +52,7 @@ LABEL org.opencontainers.image.title="patless" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot" \
-      org.opencontainers.image.documentation="README.md, section Deploy"
+      org.opencontainers.image.documentation="deploy/README.md, section Container image"
 COPY --from=build /src/target/release/patless /usr/local/bin/patless
 # distroless's "nonroot" user, by number, so that Kubernetes' runAsNonRoot can check it.
 USER 65532:65532

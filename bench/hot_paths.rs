@@ -12,7 +12,7 @@
 //!   every request makes).
 //! - `per_request/*`: two other costs every request pays in `Proxy::handle`: the copy of the
 //!   request head kept for a possible replay (`parts.clone()`, made for every request whose body
-//!   is empty or buffered), and step 9's metrics (`patless_requests_total` and the duration
+//!   is empty or buffered), and the observe stop's metrics (`patless_requests_total` and the duration
 //!   histogram, looked up by label values).
 //!
 //! `cargo bench --bench hot_paths` runs them; `cargo bench --no-run` (CI) only compiles them.

@@ -1,5 +1,5 @@
-//! The command line (SPEC §1): `serve` (the default), `config`, `token`, `check`, `login`,
-//! `logout`, and `git-credential` (SPEC §8).
+//! The command line (docs/commands.md): `serve` (the default), `config`, `token`, `check`,
+//! `login`, `logout`, and `git-credential`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,5 +1,6 @@
-//! `patless git-credential <get|store|erase>`: git's credential-helper protocol (SPEC §8), so
-//! `git clone https://dev.azure.com/…` authenticates with an Entra token and no PAT.
+//! `patless git-credential <get|store|erase>`: git's credential-helper protocol
+//! (docs/migrate-from-pat.md, "git"), so `git clone https://dev.azure.com/…` authenticates with an
+//! Entra token and no PAT.
 //!
 //! git writes `key=value` lines (`protocol`, `host` with an optional `:port`, `path` when
 //! `credential.useHttpPath` is set, `username`, …) and a blank line or EOF. For `get`, the route

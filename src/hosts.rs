@@ -55,7 +55,8 @@ const fn ado(pattern: Pattern) -> KnownHost {
 
 use Pattern::{Affix, Exact, Subdomain};
 
-/// SPEC §4 and ENTRA.md "Scopes", with the sovereign-cloud rows.
+/// Every known host with its scope — each API's `/.default` scope; Azure DevOps' is its fixed
+/// application id — public cloud first, then the sovereign-cloud rows (docs/routes.md).
 const KNOWN_HOSTS: &[KnownHost] = &[
     ado(Exact("dev.azure.com")),
     ado(Subdomain("dev.azure.com")),

@@ -1,4 +1,4 @@
-//! Every metric of SPEC §7, in one place, registered on an injected [`Registry`]. Labels are
+//! Every metric (docs/metrics.md), in one place, registered on an injected [`Registry`]. Labels are
 //! bounded: configured route and profile names, scopes, status codes and fixed error classes —
 //! never a raw path, a token or a secret.
 

@@ -1,4 +1,5 @@
-//! The durable refresh-token store (SPEC §5) of `device_code` and `interactive_browser` profiles.
+//! The durable refresh-token store of `device_code` and `interactive_browser` profiles
+//! (docs/credentials.md, "Signing people in").
 //!
 //! One JSON file per profile, `<dir>/<profile>.json`, holding the newest refresh token and what it
 //! is bound to (client, tenant, authority, account). The directory is created with mode 0700 and

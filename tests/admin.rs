@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §7) and the `auto` profile's environment service principal.
+//! The admin listener (docs/metrics.md) and the `auto` profile's environment service principal.
 
 mod support;
 

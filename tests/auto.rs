@@ -1,5 +1,5 @@
-//! The `auto` chain (SPEC §2): for each environment it picks the right source, says what it
-//! picked, and when nothing is there, says why each source was skipped.
+//! The `auto` chain (docs/credentials.md): for each environment it picks the right source, says
+//! what it picked, and when nothing is there, says why each source was skipped.
 
 mod support;
 

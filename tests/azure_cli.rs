@@ -1,8 +1,8 @@
-//! `azure_cli` (SPEC §2, ENTRA.md "Azure CLI and azd"): a fake `az` on the injected `PATH`; the
-//! token it prints reaches an upstream that verifies it, with the exact argv az was given; and the
-//! failures a person meets (not installed, not logged in, an expired sign-in, garbage, a hang)
-//! come back as a 503 that says what to do, counted under the right class. `auto` relies on "not
-//! installed" and "not logged in" being `not_configured`.
+//! `azure_cli` (docs/credentials.md): a fake `az` on the injected `PATH`; the token it prints
+//! reaches an upstream that verifies it, with the exact argv az was given; and the failures a
+//! person meets (not installed, not logged in, an expired sign-in, garbage, a hang) come back as a
+//! 503 that says what to do, counted under the right class. `auto` relies on "not installed" and
+//! "not logged in" being `not_configured`.
 
 mod support;
 

@@ -1,8 +1,8 @@
-//! `azure_developer_cli` (SPEC §2, ENTRA.md "Azure CLI and azd"): a fake `azd` on the injected
-//! `PATH`; the token it prints reaches an upstream that verifies it, with the exact argv azd was
-//! given; RFC 3339 expiry; and the failures a person meets (not installed, not logged in in both of
-//! azd's wordings, an expired sign-in, garbage, a hang), each a 503 that says what to do, counted
-//! under the right class.
+//! `azure_developer_cli` (docs/credentials.md): a fake `azd` on the injected `PATH`; the token it
+//! prints reaches an upstream that verifies it, with the exact argv azd was given; RFC 3339 expiry;
+//! and the failures a person meets (not installed, not logged in in both of azd's wordings, an
+//! expired sign-in, garbage, a hang), each a 503 that says what to do, counted under the right
+//! class.
 
 mod support;
 

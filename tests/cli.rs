@@ -1,7 +1,8 @@
 mod support;
 
-// The command line (SPEC §1), run as the real binary in a scrubbed environment: exit codes for
-// bad configs, `config`, `token`, `check`, `--help`, and `serve` (the default) until SIGTERM.
+// The command line (docs/commands.md), run as the real binary in a scrubbed environment: exit
+// codes for bad configs, `config`, `token`, `check`, `--help`, and `serve` (the default) until
+// SIGTERM.
 
 use std::fs;
 use std::path::{Path, PathBuf};

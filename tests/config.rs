@@ -1,6 +1,6 @@
 mod support;
 
-// The configuration contract (SPEC §1–§2): lookup order, formats, `PATLESS_…` overrides, secret
+// The configuration (docs/configuration.md): lookup order, formats, `PATLESS_…` overrides, secret
 // references, validation that names every bad key at once, scope inference and redaction.
 
 use std::fs;

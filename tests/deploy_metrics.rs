@@ -43,7 +43,7 @@ const TARGET_LABELS: &[&str] = &[
     "service",
 ];
 
-/// SPEC §7: every family the scrape must show for the check to mean anything.
+/// Every family of docs/metrics.md: each one the scrape must show for the check to mean anything.
 const SPEC_FAMILIES: &[&str] = &[
     "patless_token_refreshes_total",
     "patless_token_refresh_duration_seconds",

@@ -355,7 +355,7 @@ async fn a_429_holds_off_the_next_attempt_for_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_on_a_503_is_honoured_too() {
-    // ENTRA.md: throttling may come as a 5xx with Retry-After.
+    // Entra may throttle with a 5xx and Retry-After, not only with a 429.
     let entra = FaultServer::start(Action::Reply(
         Reply::entra_error(503, "temporarily_unavailable", 90_033).header("retry-after", "20"),
     ))

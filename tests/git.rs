@@ -1,8 +1,8 @@
-//! git against Azure DevOps without a PAT (SPEC §8 and the "legacy tools" of SPEC §1): the real
-//! git client, the real `git http-backend` behind a stand-in that accepts only valid Entra tokens
+//! git against Azure DevOps without a PAT (docs/migrate-from-pat.md, "git"): the real git client,
+//! the real `git http-backend` behind a stand-in that accepts only valid Entra tokens
 //! ([`support::ado_git::AdoGit`]), and patless both as the proxy (clone, fetch, a multi-MiB push,
-//! the `insteadOf` URL rewrite) and as git's credential helper (`patless git-credential`, the
-//! built binary, with no `serve` running).
+//! the `insteadOf` URL rewrite) and as git's credential helper (`patless git-credential`, the built
+//! binary, with no `serve` running).
 
 mod support;
 

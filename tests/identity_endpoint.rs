@@ -1,9 +1,9 @@
-//! The identity endpoint for SDKs (SPEC §8): the App Service managed-identity protocol
-//! (`GET /msi/token?resource=R&api-version=2019-08-01`, `X-IDENTITY-HEADER`) served from
+//! The identity endpoint for SDKs (docs/migrate-from-pat.md): the App Service managed-identity
+//! protocol (`GET /msi/token?resource=R&api-version=2019-08-01`, `X-IDENTITY-HEADER`) served from
 //! patless's token cache. Raw HTTP checks of every rule (the header, the resources, the answer's
-//! shape, the errors, reload, validation, no secret in the logs), then the real SDKs:
-//! Python `azure-identity` and npm `@azure/identity`, whose `ManagedIdentityCredential` picks the
-//! App Service protocol from `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`. Every token handed out is
+//! shape, the errors, reload, validation, no secret in the logs), then the real SDKs: Python
+//! `azure-identity` and npm `@azure/identity`, whose `ManagedIdentityCredential` picks the App
+//! Service protocol from `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`. Every token handed out is
 //! verified (signature, audience, expiry) with the fake Entra's key.
 
 mod support;

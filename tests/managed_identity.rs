@@ -1,7 +1,7 @@
-//! `managed_identity` (SPEC §2, ENTRA.md "Managed identity"): each source end to end through the
-//! proxy to an upstream that verifies the token, the exact requests each fake saw, detection from
-//! the environment, IMDS's retries on paused time, and the errors a user meets (identity not
-//! assigned, not on Azure, a refused identity header, Arc key files that must not be read).
+//! `managed_identity` (docs/credentials.md): each source end to end through the proxy to an
+//! upstream that verifies the token, the exact requests each fake saw, detection from the
+//! environment, IMDS's retries on paused time, and the errors a user meets (identity not assigned,
+//! not on Azure, a refused identity header, Arc key files that must not be read).
 
 mod support;
 

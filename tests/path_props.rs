@@ -1,5 +1,5 @@
-//! Property tests for the path check and the router (SPEC §3): no input panics; every path that
-//! could escape its route (dot segments raw or percent-encoded in any case, encoded slashes or
+//! Property tests for the path check and the router (docs/security.md): no input panics; every path
+//! that could escape its route (dot segments raw or percent-encoded in any case, encoded slashes or
 //! backslashes, raw backslashes, NUL, bad escapes) is refused; an accepted path routed to an
 //! explicit route lands under the route's upstream base path with exactly the request's own
 //! remainder; host routes reach known Microsoft hosts and nothing else.

@@ -1,6 +1,7 @@
-//! The proxy as a client sees it (SPEC §3): routing, token injection, header hygiene, redirects,
-//! errors, streaming, the cold burst and an Entra outage. The fake upstream verifies every token's
-//! signature, audience and expiry, so a 200 here proves the right token arrived.
+//! The proxy as a client sees it (README.md, "The life of a request"): routing, token injection,
+//! header hygiene, redirects, errors, streaming, the cold burst and an Entra outage. The fake
+//! upstream verifies every token's signature, audience and expiry, so a 200 here proves the right
+//! token arrived.
 
 mod support;
 

@@ -1,7 +1,7 @@
-//! The token cache on paused tokio time (SPEC §5): single-flight, refresh before expiry at the
-//! SPEC's point, `refresh_in`, backoff with `Retry-After`, and serving a cached token through an
-//! outage until the skew margin — never after. A scripted credential stands in for Entra, so the
-//! clock is the only thing that moves.
+//! The token cache on paused tokio time (docs/credentials.md, "Token lifecycle"): single-flight,
+//! refresh before expiry at the scheduled point, `refresh_in`, backoff with `Retry-After`, and
+//! serving a cached token through an outage until the skew margin — never after. A scripted
+//! credential stands in for Entra, so the clock is the only thing that moves.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

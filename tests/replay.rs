@@ -1,8 +1,8 @@
-//! Upstream refusals (SPEC §5): a `401` (or Azure DevOps's sign-in answers) on a replayable request
-//! drops that token, acquires a fresh one — once, single-flight — and replays; a claims challenge
-//! re-acquires with its claims; large or streaming bodies pass the refusal through; and a token
-//! that was itself a replacement is not replaced again within 30 s, so an identity the API refuses
-//! cannot turn requests into a token storm.
+//! Upstream refusals (docs/credentials.md, "Token lifecycle"): a `401` (or Azure DevOps's sign-in
+//! answers) on a replayable request drops that token, acquires a fresh one — once, single-flight —
+//! and replays; a claims challenge re-acquires with its claims; large or streaming bodies pass the
+//! refusal through; and a token that was itself a replacement is not replaced again within 30 s, so
+//! an identity the API refuses cannot turn requests into a token storm.
 
 mod support;
 

@@ -1,10 +1,10 @@
-//! Secret hygiene (SPEC §2, §5, §7: "no metric label, log line or error message ever holds a
-//! token, a secret or a refresh token"). With TRACE logging captured for the whole binary, every
-//! credential kind runs its happy path and a failure path, and no token, secret, refresh token,
-//! client assertion or inbound token may appear in the logs, in the error bodies clients get, in
-//! `/metrics` or `/readyz`, in the `Debug` of configs, credentials, tokens and errors, or in what
-//! `patless config` prints. Each test also proves that the secret really was used (the fake saw
-//! it), so no check is vacuous.
+//! Secret hygiene (docs/security.md, "Secrets": no metric label, log line or error message ever
+//! holds a token, a secret or a refresh token). With TRACE logging captured for the whole binary,
+//! every credential kind runs its happy path and a failure path, and no token, secret, refresh
+//! token, client assertion or inbound token may appear in the logs, in the error bodies clients
+//! get, in `/metrics` or `/readyz`, in the `Debug` of configs, credentials, tokens and errors, or
+//! in what `patless config` prints. Each test also proves that the secret really was used (the fake
+//! saw it), so no check is vacuous.
 //!
 //! The capture is shared by the tests of this binary, which run in parallel: see
 //! [`support::capture`] for why checking at the end of each test covers every line.

@@ -1,4 +1,4 @@
-//! Hardened by default (SPEC §3, §6): every refusal is sent as a raw request (no client-side
+//! Hardened by default (docs/security.md): every refusal is sent as a raw request (no client-side
 //! normalisation), answers its JSON code, and the upstream sees nothing. Limits trip cleanly and
 //! the process keeps serving.
 

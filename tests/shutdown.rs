@@ -1,4 +1,4 @@
-//! Graceful shutdown (SPEC §1): on SIGTERM/SIGINT `/readyz` turns 503 first, for
+//! Graceful shutdown (docs/commands.md, `serve`): on SIGTERM/SIGINT `/readyz` turns 503 first, for
 //! `server.shutdown_delay`, while the proxy still serves; then the listeners close, requests in
 //! flight get up to `server.shutdown_grace`, and the background tasks (token refreshers, the
 //! config watcher) stop. In process through the shutdown future, and once with a real SIGTERM to

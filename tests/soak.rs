@@ -1,7 +1,8 @@
-//! Soak (SPEC §3, §5): hundreds of clients through hundreds of token refresh cycles, with Entra
-//! faulting at random, the upstream revoking tokens at random, and config reloads — and the promise
-//! kept: no request reaches the upstream without a valid, unexpired token, no client request is
-//! lost or corrupted, token requests stay within a bound of the refresh cycles, nothing is left allocated.
+//! Soak (docs/development.md, "Soak"): hundreds of clients through hundreds of token refresh
+//! cycles, with Entra faulting at random, the upstream revoking tokens at random, and config
+//! reloads — and the promise kept: no request reaches the upstream without a valid, unexpired
+//! token, no client request is lost or corrupted, token requests stay within a bound of the refresh
+//! cycles, nothing is left allocated.
 //!
 //! The short form runs in `cargo test` (about 40 s). The long form, by hand:
 //!

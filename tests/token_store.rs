@@ -1,8 +1,8 @@
-//! The refresh-token store (SPEC §5) and the credential that serves tokens from it: files 0600 in
-//! a 0700 directory, written atomically; files or directories others can reach are refused with
-//! the `chmod` that fixes them; the rotated refresh token survives a restart; a login written by
-//! another process is never overwritten by an older one; logout forgets; no token in `Debug` or
-//! in errors.
+//! The refresh-token store (docs/credentials.md) and the credential that serves tokens from it:
+//! files 0600 in a 0700 directory, written atomically; files or directories others can reach are
+//! refused with the `chmod` that fixes them; the rotated refresh token survives a restart; a login
+//! written by another process is never overwritten by an older one; logout forgets; no token in
+//! `Debug` or in errors.
 
 mod support;
 

@@ -135,7 +135,7 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// Longest request target (path + query) in bytes (default 8 KiB); longer → 414.
     pub max_uri_bytes: Option<usize>,
-    /// Accept a non-loopback `listen` with no inbound authentication (README.md, "Security").
+    /// Accept a non-loopback `listen` with no inbound authentication (docs/security.md).
     pub allow_unauthenticated_clients: Option<bool>,
     /// A secret the admin listener requires for `/metrics` (and `/readyz`'s details), sent as
     /// `Authorization: Bearer …`; needed for a non-loopback `admin_listen`.

@@ -1,8 +1,8 @@
-//! The upstream's response body on its way back (step 8): a pass-through that counts a body
+//! The upstream's response body on its way back (step 7): a pass-through that counts a body
 //! breaking off mid-stream — a reset, a close before `Content-Length` or the last chunk, a bad
 //! chunk — as `patless_upstream_errors_total{route, kind="body"}`. The headers went out long
-//! before, so the count (and the aborted client connection hyper makes of the error) is all
-//! that tells such a failure from a short answer.
+//! before, so the count (and the aborted client connection hyper makes of the error) is all that
+//! tells such a failure from a short answer.
 
 use std::pin::Pin;
 use std::sync::Arc;

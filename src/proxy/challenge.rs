@@ -1,7 +1,7 @@
-//! What an upstream's refusal means (SPEC §5): a `401` whose token should be replaced, a claims
-//! challenge (Continuous Access Evaluation) to satisfy, or — toward Azure DevOps, which answers
-//! some rejected tokens with a sign-in page instead of a `401` — a `203` or an HTML page where an
-//! API answer was expected.
+//! What an upstream's refusal means (docs/credentials.md, "Token lifecycle"): a `401` whose token
+//! should be replaced, a claims challenge (Continuous Access Evaluation) to satisfy, or — toward
+//! Azure DevOps, which answers some rejected tokens with a sign-in page instead of a `401` — a
+//! `203` or an HTML page where an API answer was expected.
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;

@@ -1,4 +1,4 @@
-//! Azure DevOps' resource-area discovery, kept behind the proxy (part of step 8).
+//! Azure DevOps' resource-area discovery, kept behind the proxy (part of step 7, on the way back).
 //!
 //! The Azure DevOps SDKs (`azure-devops` for Python, `azure-devops-node-api`) do not call the URL
 //! they were given: they first ask `GET {org}/_apis/ResourceAreas` where each API area lives, and

@@ -1,4 +1,4 @@
-//! The one place an error becomes the contract's JSON answer (SPEC §3 error table).
+//! The one place an error becomes its JSON answer and status: the table in docs/errors.md.
 
 use std::time::Duration;
 
@@ -26,14 +26,12 @@ pub enum ProxyError {
     /// `inbound_token` is set and the request did not carry it.
     #[error("this proxy requires its inbound token: send it as `Proxy-Authorization: Bearer <token>` or `X-Patless-Token: <token>`")]
     InboundAuthRequired,
-    /// `CONNECT`, or an absolute-form target naming another host.
     /// The admin listener's `/metrics` without `server.admin_token`.
     #[error("this admin endpoint requires server.admin_token: send it as `Authorization: Bearer <token>` (Prometheus: `authorization` in the scrape config)")]
     AdminAuthRequired,
     /// `CONNECT`, or an absolute-form target naming another host.
     #[error("patless is not an open proxy: {0}")]
     NotAnOpenProxy(String),
-    /// The request target is longer than `server.max_uri_bytes`.
     /// A method patless never forwards (`TRACE`).
     #[error("{0} is never forwarded: it would echo the request, credentials included")]
     MethodNotAllowed(&'static str),
@@ -67,7 +65,6 @@ pub enum ProxyError {
         /// Why.
         reason: String,
     },
-    /// The upstream did not send headers in time.
     /// A fault inside patless (a panic while handling the request).
     #[error("patless failed while handling this request; it keeps serving, and the log has the details (search it for the request id)")]
     Internal,
@@ -82,7 +79,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The contract's code.
+    /// The answer's `error` code (docs/errors.md).
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
@@ -103,7 +100,7 @@ impl ProxyError {
         }
     }
 
-    /// The contract's status.
+    /// The answer's HTTP status (docs/errors.md).
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -125,7 +122,6 @@ impl ProxyError {
         }
     }
 
-    /// The JSON answer: `{"error","message","route","profile","request_id"}`.
     /// Whether the client's request is at fault (logged at debug, not as a warning).
     pub fn is_clients_fault(&self) -> bool {
         matches!(
@@ -143,7 +139,7 @@ impl ProxyError {
         )
     }
 
-    /// The contract's JSON answer (see [`ProxyError::to_response`]).
+    /// The JSON answer (see [`ProxyError::to_response`]).
     pub fn into_response(
         self,
         route: Option<&str>,
@@ -153,8 +149,8 @@ impl ProxyError {
         self.to_response(route, profile, request_id)
     }
 
-    /// The contract's JSON answer: `error`, `message`, `route`, `profile`, `request_id`, with the
-    /// status of the error table, `Cache-Control: no-store` and `x-patless-request-id`.
+    /// The JSON answer of docs/errors.md: `error`, `message`, `route`, `profile`, `request_id`,
+    /// with the status of its table, `Cache-Control: no-store` and `x-patless-request-id`.
     pub fn to_response(
         &self,
         route: Option<&str>,

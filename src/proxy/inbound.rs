@@ -1,7 +1,7 @@
-//! The inbound policy (SPEC §6), checked before anything else: the `Host` must be a loopback name
-//! or one of `allowed_hosts` (stops DNS rebinding), and a request a browser marks as cross-site, or
-//! whose `Origin` is not in `allowed_origins`, is refused — a web page must not act with the
-//! proxy's identity. With `inbound_token` set, clients must also send that secret
+//! The inbound policy (docs/security.md), checked before anything else: the `Host` must be a
+//! loopback name or one of `allowed_hosts` (stops DNS rebinding), and a request a browser marks as
+//! cross-site, or whose `Origin` is not in `allowed_origins`, is refused — a web page must not act
+//! with the proxy's identity. With `inbound_token` set, clients must also send that secret
 //! (`Proxy-Authorization: Bearer …` or `X-Patless-Token: …`), compared in constant time. `CONNECT`
 //! and absolute-form targets naming another host are refused: patless is not an open proxy.
 
@@ -19,7 +19,7 @@ use crate::hosts;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
-/// Step 2 of the road: [`InboundPolicy::check_request`] before anything else; a refusal is
+/// Step 3 of the road: [`InboundPolicy::check_request`] before anything else; a refusal is
 /// counted in `patless_inbound_rejections_total{reason}`.
 #[derive(Debug, Clone)]
 pub struct InboundLayer {

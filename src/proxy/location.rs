@@ -1,4 +1,4 @@
-//! A `Location` from the upstream, as the client gets it (step 8): pointed at the proxy when it
+//! A `Location` from the upstream, as the client gets it (step 7): pointed at the proxy when it
 //! points into the route's upstream, and never a value a client reads as another host.
 
 use http::header::HeaderValue;

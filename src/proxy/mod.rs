@@ -37,9 +37,9 @@
 //! instructions per proxied request): the sensitive headers (tower-http's pair: ~1,300 more,
 //! `sensitive.rs`); request ids only on the answers patless makes (`rescue.rs`), because
 //! tower-http's `SetRequestIdLayer` + `PropagateRequestIdLayer` on every request cost ~3,600 more
-//! (an id, a header each way and an extension map each way); the drain before an early answer
-//! and the contract's JSON (`rescue.rs`); metrics by configured route (`observe.rs`); and the
-//! replay, which must resend a kept body after a token refresh.
+//! (an id, a header each way and an extension map each way); the drain before an early answer and
+//! the JSON answers of docs/errors.md (`rescue.rs`); metrics by configured route (`observe.rs`);
+//! and the replay, which must resend a kept body after a token refresh.
 
 pub mod body;
 pub mod challenge;

@@ -1,4 +1,4 @@
-//! Step 9, around everything: `patless_requests_total{route,status}` and
+//! Step 2, around everything: `patless_requests_total{route,status}` and
 //! `patless_request_duration_seconds{route}` for every answer, and one debug line (never a header
 //! value). The route comes back on the answer (a response extension set where the route is known:
 //! `rewrite.rs` for forwarded requests, `rescue.rs` for refusals); without one the label is `none`.

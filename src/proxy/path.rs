@@ -63,7 +63,7 @@ fn is_dot_segment(segment: &str) -> bool {
     matches!(dots, 1 | 2)
 }
 
-/// Step 3 of the road: the request target's length (`414 uri_too_long`) and [`validate`]
+/// Step 4 of the road: the request target's length (`414 uri_too_long`) and [`validate`]
 /// (`400 invalid_path`), before routing.
 #[derive(Debug, Clone, Copy)]
 pub struct PathCheckLayer {

@@ -1,4 +1,4 @@
-//! Step 7 of the road: the body, the send, and the one replay a refused token earns.
+//! Step 8 of the road: the body, the send, and the one replay a refused token earns.
 //!
 //! A body of known length up to [`MAX_REPLAY_BYTES`] is read first, so it can be sent again; any
 //! other streams upstream as it arrives. When the upstream refuses the token (`challenge.rs`), the
@@ -472,7 +472,7 @@ async fn fresh_token(
     }
 }
 
-/// One send on `inner`; its failure as the contract's error.
+/// One send on `inner`; its failure as the error patless answers with (docs/errors.md).
 async fn send<S, R>(
     inner: &mut S,
     layer: &ReplayLayer,

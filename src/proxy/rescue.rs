@@ -1,4 +1,4 @@
-//! Refusals on the way down, and the one place they become the contract's JSON answer.
+//! Refusals on the way down, and the one place they become their JSON answer (docs/errors.md).
 //!
 //! Every stop below this one refuses a request by returning `Err(`[`Rejection`]`)`: the error,
 //! the route if one matched, and the request's body if nobody read it. [`Rescue`] turns that into

@@ -1,4 +1,4 @@
-//! Steps 6 and 8 of the road: the request's head rewritten for the upstream, and the upstream's
+//! Step 7 of the road, both ways: the request's head rewritten for the upstream, and the upstream's
 //! answer rewritten for the client.
 //!
 //! Toward the upstream: the path after the route's prefix onto the upstream base (the [`Routed`]
@@ -84,7 +84,8 @@ struct Back {
     metrics: Arc<Metrics>,
 }
 
-/// The request headers as the upstream gets them (step 6); returns the `Host` the client sent.
+/// The request headers as the upstream gets them (step 7, on the way up); returns the `Host` the
+/// client sent.
 pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     target: &RouteTarget,

@@ -1,4 +1,4 @@
-//! Step 4 of the road: the route. Longest explicit prefix on whole segments, else
+//! Step 5 of the road: the route. Longest explicit prefix on whole segments, else
 //! `/{known-host}/…` (`routing.rs` holds the table), else `404 no_route`. The match travels down as
 //! a `Routed` request extension (`routing.rs`): the target (upstream, profile, token entry) and
 //! the path and query to send upstream.

@@ -1,4 +1,4 @@
-//! Routing (SPEC §3, §4): explicit routes by longest prefix on whole segments, then host routes
+//! Routing (docs/routes.md): explicit routes by longest prefix on whole segments, then host routes
 //! `/{known-host}/…` served with the default profile. Every route's token entry is looked up once,
 //! here, so the request path never touches the cache's map.
 

@@ -1,7 +1,7 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (every profile a route uses has held a valid
 //! token, and patless is not shutting down), `/metrics` (Prometheus text).
 //!
-//! It applies the proxy's browser policy (README.md, "Security"), so a DNS-rebinding page cannot read
+//! It applies the proxy's browser policy (docs/security.md), so a DNS-rebinding page cannot read
 //! it: the `Host` must be a loopback name, an `allowed_hosts` entry or an IP literal (a probe or a
 //! scraper that dials the pod's address sends that; a rebinding page always sends its own name),
 //! and a request a browser marks as cross-site is refused. With `server.admin_token` set,

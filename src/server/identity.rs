@@ -1,4 +1,5 @@
-//! The identity endpoint for SDKs (SPEC §8): the App Service managed-identity protocol
+//! The identity endpoint for SDKs (docs/migrate-from-pat.md, "Azure SDKs: the identity endpoint"):
+//! the App Service managed-identity protocol
 //! (`GET /msi/token?resource=R&api-version=2019-08-01` with `X-IDENTITY-HEADER`) on a listener of
 //! its own, so an Azure SDK started with `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` gets the tokens
 //! of one patless profile and holds no credential itself.

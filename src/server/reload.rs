@@ -119,7 +119,8 @@ impl ReloadHandle {
 /// What `run_with` needs to reload.
 #[derive(Debug)]
 pub struct Reloader {
-    /// `--config`, if given; else SPEC §1's lookup runs again, as at start-up.
+    /// `--config`, if given; else the config lookup (docs/configuration.md) runs again, as at
+    /// start-up.
     pub explicit: Option<PathBuf>,
     /// Where the running config came from.
     pub source: ConfigSource,

@@ -1,9 +1,9 @@
-//! The token cache (SPEC §5): one entry per (profile, scope, claims), wrapped around any
-//! credential. Each entry has one background refresher, the only code that talks to Entra for it:
-//! concurrent misses wait for its one acquisition (single-flight), tokens are renewed before they
-//! expire, failures back off with jitter, and a cached token is served through an outage until the
-//! clock-skew margin — never after. The request path reads the current token from an `ArcSwap`,
-//! without a lock.
+//! The token cache (docs/credentials.md, "Token lifecycle"): one entry per (profile, scope,
+//! claims), wrapped around any credential. Each entry has one background refresher, the only code
+//! that talks to Entra for it: concurrent misses wait for its one acquisition (single-flight),
+//! tokens are renewed before they expire, failures back off with jitter, and a cached token is
+//! served through an outage until the clock-skew margin — never after. The request path reads the
+//! current token from an `ArcSwap`, without a lock.
 
 pub mod schedule;
 

@@ -1,4 +1,5 @@
-//! When to refresh, until when a token may be used, and how long to back off (SPEC §5).
+//! When to refresh, until when a token may be used, and how long to back off (docs/credentials.md,
+//! "Token lifecycle").
 
 use std::time::Duration;
 

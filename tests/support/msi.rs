@@ -1,4 +1,4 @@
-//! Fake managed identity endpoints (ENTRA.md "Managed identity"), one server per flavor:
+//! Fake managed identity endpoints (docs/credentials.md), one server per flavor:
 //!
 //! - [`FakeMsi::imds`]: `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=R`
 //!   with `Metadata: true`; every number in the answer is a JSON string.
