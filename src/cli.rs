@@ -6,14 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::app::{App, Listeners};
 use crate::config::{self, LoadedConfig};
 use crate::env::{Env, ProcessEnv};
 use crate::permissions::{self, Api, Grants};
 use crate::token::CachedToken;
-use crate::{App, Listeners};
 
 /// Exit code for a bad configuration (EX_CONFIG-like, sysexits EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -223,7 +222,7 @@ async fn serve(loaded: LoadedConfig, env: Env, explicit: Option<PathBuf>) -> Exi
             return ExitCode::FAILURE;
         }
     };
-    let (handle, requests) = crate::server::reload::channel();
+    let (handle, requests) = crate::app::reload::channel();
     let Signals { mut stops, mut hup } = signals;
     let mut second = stops.clone();
     tokio::spawn(async move {
@@ -233,19 +232,19 @@ async fn serve(loaded: LoadedConfig, env: Env, explicit: Option<PathBuf>) -> Exi
             handle.request();
         }
     });
-    let options = crate::RunOptions {
+    let options = crate::app::RunOptions {
         shutdown: async move {
             let _ = stops.wait_for(|n| *n >= 1).await;
         },
         hurry: Some(Box::pin(async move {
             let _ = second.wait_for(|n| *n >= 2).await;
         })),
-        reload: Some(crate::server::reload::Reloader::new(
+        reload: Some(crate::app::reload::Reloader::new(
             explicit, source, requests,
         )),
         worker_threads: true,
     };
-    crate::run_with(listeners, app, options).await;
+    crate::app::run_with(listeners, app, options).await;
     ExitCode::SUCCESS
 }
 
@@ -338,7 +337,7 @@ async fn token(
     match output {
         Output::Raw => println!("{}", token.secret().expose()),
         Output::Json => {
-            let claims = decode_claims(token.secret().expose()).unwrap_or_default();
+            let claims = crate::jwt::claims(token.secret().expose()).unwrap_or_default();
             let tenant = claims
                 .get("tid")
                 .and_then(|v| v.as_str())
@@ -423,25 +422,16 @@ async fn git_credential_get(
     }
 }
 
-/// The claims of a JWT, decoded without verification (for display only).
-pub fn decode_claims(jwt: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 /// The roles and scopes a token holds (empty for an opaque token).
 fn grants_of(token: &CachedToken) -> Grants {
-    decode_claims(token.secret().expose())
+    crate::jwt::claims(token.secret().expose())
         .map(|c| Grants::from_claims(&c))
         .unwrap_or_default()
 }
 
 /// One line describing what a token holds: audience, tenant, app/user, roles or scopes, expiry.
 pub fn describe_token(token: &CachedToken) -> String {
-    let Some(c) = decode_claims(token.secret().expose()) else {
+    let Some(c) = crate::jwt::claims(token.secret().expose()) else {
         return "an opaque token (not a JWT)".into();
     };
     let s = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();

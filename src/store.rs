@@ -170,17 +170,7 @@ fn now_rfc3339() -> String {
 /// The person an id token names (`upn`, else `preferred_username`, else `email`), decoded
 /// without verification: for display only.
 pub fn account_from_id_token(id_token: &Secret) -> Option<String> {
-    use base64::Engine as _;
-    let payload = id_token.expose().split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
-    ["upn", "preferred_username", "email"]
-        .iter()
-        .find_map(|k| claims.get(*k).and_then(|v| v.as_str()))
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    crate::jwt::first_string(id_token.expose(), &["upn", "preferred_username", "email"])
 }
 
 /// Whether `name` can be used as a file name stem.

@@ -167,7 +167,7 @@ async fn managed_identity_via_imds_when_the_probe_finds_it() {
         0,
         "managed identity never calls Entra directly"
     );
-    let claims = patless::cli::decode_claims(&token).expect("jwt");
+    let claims = patless::jwt::claims(&token).expect("jwt");
     assert_eq!(claims["aud"], ADO_AUDIENCE);
     let seen = imds.seen.lock().expect("lock").clone();
     assert!(seen.len() >= 2, "a probe, then the token request: {seen:?}");

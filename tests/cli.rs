@@ -542,7 +542,7 @@ async fn token_resource_and_scope_flags_choose_the_scope() {
         let token = run.stdout.trim();
         assert_eq!(Some(&token.to_string()), entra.issued_tokens().last());
         // The token is for that audience.
-        let claims = patless::cli::decode_claims(token).expect("JWT claims");
+        let claims = patless::jwt::claims(token).expect("JWT claims");
         assert_eq!(
             claims["aud"].as_str(),
             scope.strip_suffix("/.default"),

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use patless::app::reload::ReloadError;
 use patless::env::MapEnv;
-use patless::server::reload::ReloadError;
 use serde_json::Value;
 use support::entra::{
     FakeEntra, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE, TENANT,

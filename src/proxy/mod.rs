@@ -173,16 +173,6 @@ fn connector(
         .wrap_connector(tcp)
 }
 
-thread_local! {
-    /// The worker thread this is (`server::serve_on_workers`); 0 elsewhere.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the current thread as worker `index`: its requests use that worker's stack and pool.
-pub fn set_worker(index: usize) {
-    WORKER.with(|w| w.set(index));
-}
-
 /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
@@ -338,14 +328,15 @@ impl Proxy {
         &self.router
     }
 
-    /// Handles one request on the current worker's stack; never fails (errors become their JSON
+    /// Handles one request on worker `worker`'s stack; never fails (errors become their JSON
     /// answers). The one box per request: it names the future as `Send` where the compiler can
     /// see that it is one (inside a generic caller it cannot, rust-lang/rust#64552).
     pub fn handle(
         &self,
+        worker: usize,
         req: Request<Incoming>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResponseBody>> + Send>> {
-        let i = WORKER.with(|w| w.get()) % self.stacks.len();
+        let i = worker % self.stacks.len();
         let answer = {
             let mut svc = match self.stacks[i].lock() {
                 Ok(svc) => svc,

@@ -1,9 +1,6 @@
 //! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`, the
 //! identity endpoint for SDKs in `identity`, config reloads in `reload`.
 
-pub mod admin;
-pub mod identity;
-pub mod reload;
 pub mod watchdog;
 
 use std::future::Future;
@@ -148,16 +145,17 @@ pub async fn serve<H, F, RB>(
 /// requests do — hyper's parsing, the upstream call on that thread's own connection pool, the
 /// timers — stay on one thread, with no work stealing and no cross-thread wake-ups per request.
 /// The calling runtime accepts and hands each connection to the worker with the fewest open
-/// ones; token refreshes, admin and reloads stay on it too. `on_worker` runs first on each worker
-/// thread with its index (the proxy picks that worker's upstream pool with it).
-pub async fn serve_on_workers<H, F, RB>(
+/// ones; token refreshes, admin and reloads stay on it too. Worker `i` serves with `handler(i)`
+/// (the proxy's handler for a worker uses that worker's stack and upstream pool).
+pub async fn serve_on_workers<M, H, F, RB>(
     listener: Listener,
-    handler: H,
+    handler: M,
     shutdown: impl Future<Output = Duration>,
     limits: Limits,
     name: &'static str,
     workers: usize,
 ) where
+    M: Fn(usize) -> H,
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<RB>> + Send + 'static,
     RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -167,7 +165,7 @@ pub async fn serve_on_workers<H, F, RB>(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut pool = Vec::with_capacity(workers);
     for index in 0..workers {
-        match Worker::spawn(index, ConnServer::new(handler.clone(), limits, name)) {
+        match Worker::spawn(index, ConnServer::new(handler(index), limits, name)) {
             Ok(w) => pool.push(w),
             Err(e) => {
                 // No thread to be had (a tight `ulimit -u`): serve on the threads there are.
@@ -181,7 +179,7 @@ pub async fn serve_on_workers<H, F, RB>(
             listener = name,
             "no worker thread could start; serving on the main runtime"
         );
-        return serve(listener, handler, shutdown, limits, name).await;
+        return serve(listener, handler(0), shutdown, limits, name).await;
     }
     tracing::debug!(
         listener = name,
@@ -311,7 +309,6 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("patless-{name}-{index}"))
             .spawn(move || {
-                crate::proxy::set_worker(index);
                 runtime.block_on(async move {
                     let mut conns = Connections::default();
                     let grace = loop {

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use patless::app::reload::{ReloadHandle, Reloader};
 use patless::config::{load_from_str, ConfigSource, Format};
 use patless::env::MapEnv;
-use patless::server::reload::{ReloadHandle, Reloader};
 use patless::server::Listener;
 use patless::{App, Listeners, RunOptions};
 use tokio::net::TcpListener;
@@ -83,7 +83,7 @@ impl Patless {
             prometheus::Registry::new(),
         )
         .expect("app builds");
-        let (handle, requests) = patless::server::reload::channel();
+        let (handle, requests) = patless::app::reload::channel();
         let mut reloader = Reloader::new(Some(path.to_path_buf()), source, requests);
         reloader.watch_interval = watch_interval;
         let mut p = Self::launch(app, Some(reloader), false).await;

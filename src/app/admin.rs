@@ -14,12 +14,12 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use super::App;
 use crate::config::ServerConfig;
 use crate::env::Environment;
 use crate::proxy::inbound::{host_allowed, parse_host, secret_eq};
 use crate::proxy::{InboundPolicy, ProxyBody, ProxyError};
 use crate::secret::Secret;
-use crate::App;
 
 /// Who may use the admin listener.
 #[derive(Clone, Default)]

@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::App;
 use crate::config::{self, Config, ConfigSource};
-use crate::App;
 
 /// How often `watch_config` looks at the file, unless [`Reloader::watch_interval`] says otherwise.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -37,7 +37,7 @@ pub struct ReloadReport {
     /// Where the new config came from.
     pub source: ConfigSource,
     /// What happened to the profiles (kept, rebuilt, removed).
-    pub profiles: crate::ProfileChanges,
+    pub profiles: super::ProfileChanges,
     /// Keys whose change needs a restart (`server.listen`, …): refused, the running value kept.
     pub refused: Vec<String>,
 }

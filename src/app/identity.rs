@@ -18,11 +18,11 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use super::App;
 use crate::config::{IdentityEndpointConfig, ManagedIdentityId, Profile, ProfileKind};
 use crate::env::Environment;
 use crate::proxy::{InboundPolicy, ProxyBody, ProxyError};
 use crate::token::TokenUnavailable;
-use crate::App;
 
 /// The path SDKs are pointed at (`IDENTITY_ENDPOINT=http://127.0.0.1:7072/msi/token`).
 pub const TOKEN_PATH: &str = "/msi/token";
@@ -352,7 +352,7 @@ async fn answer(
             })
         })?;
     let token = entry.get().await.map_err(Refusal::TokenUnavailable)?;
-    let claims = crate::cli::decode_claims(token.secret().expose()).unwrap_or_default();
+    let claims = crate::jwt::claims(token.secret().expose()).unwrap_or_default();
     let claim = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let client_id = ep
         .client_id
