@@ -582,7 +582,7 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
                 .get(&url)
                 .header(http::header::AUTHORIZATION, token.header.clone());
             if ado {
-                req = req.header("X-TFS-FedAuthRedirect", "Suppress");
+                req = req.header(&crate::header_names::TFS_FEDAUTH_REDIRECT, "Suppress");
             }
             match req.send().await {
                 Ok(resp) => {
@@ -618,7 +618,7 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
                     println!(
                         "route {} → GET {url}: FAILED — {}",
                         route.prefix,
-                        error_chain(&e)
+                        crate::error_chain::joined(&e)
                     );
                 }
             }
@@ -629,15 +629,4 @@ async fn check(loaded: LoadedConfig, env: Env, only: Option<String>, no_probe: b
     } else {
         ExitCode::SUCCESS
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }

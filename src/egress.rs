@@ -567,15 +567,7 @@ pub fn explain_tunnel_cause(cause: &str) -> String {
 /// Explains a failed `CONNECT`. hyper-util does not export its `TunnelError` type, so the kind is
 /// read from its `Display` (stable: "tunnel error: <kind>") and the cause from its source chain.
 fn tunnel_failed(proxy: &str, target: &str, e: &(dyn std::error::Error + 'static)) -> TunnelFailed {
-    let innermost = || {
-        let mut last: Option<String> = None;
-        let mut src = e.source();
-        while let Some(s) = src {
-            last = Some(s.to_string());
-            src = s.source();
-        }
-        last
-    };
+    let innermost = || crate::error_chain::innermost_source(e);
     let text = e.to_string();
     let kind = text.strip_prefix("tunnel error: ").unwrap_or(&text);
     TunnelFailed(match kind {

@@ -29,7 +29,7 @@ pub const TOKEN_PATH: &str = "/msi/token";
 /// The one protocol version served (App Service's, which the SDKs send).
 pub const API_VERSION: &str = "2019-08-01";
 /// The header that carries the secret.
-pub const HEADER_NAME: &str = "x-identity-header";
+pub use crate::header_names::IDENTITY_HEADER as HEADER_NAME;
 
 /// The identity endpoint of one [`App`]: its validated settings, with the header secret kept
 /// only as a SHA-256 digest (so the comparison is constant-time whatever the lengths).
@@ -247,7 +247,8 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Respo
             );
             let mut r = json_response(status, &body);
             if let Ok(v) = HeaderValue::from_str(&request_id) {
-                r.headers_mut().insert("x-patless-request-id", v);
+                r.headers_mut()
+                    .insert(crate::header_names::REQUEST_ID.clone(), v);
             }
             r
         }
@@ -270,7 +271,7 @@ pub async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Respo
             let mut r = json_response(status, &body);
             let h = r.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&request_id) {
-                h.insert("x-patless-request-id", v);
+                h.insert(crate::header_names::REQUEST_ID.clone(), v);
             }
             match &refusal {
                 Refusal::MethodNotAllowed => {
@@ -304,7 +305,7 @@ async fn answer(
     ep.policy.check(req.headers()).map_err(Refusal::Policy)?;
     let presented = req
         .headers()
-        .get(HEADER_NAME)
+        .get(&HEADER_NAME)
         .ok_or(Refusal::HeaderMissing)?;
     if !ep.header_matches(presented.as_bytes()) {
         return Err(Refusal::HeaderWrong);

@@ -178,7 +178,7 @@ impl ProxyError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
             if !request_id.is_empty() {
-                h.insert("x-patless-request-id", v);
+                h.insert(crate::header_names::REQUEST_ID.clone(), v);
             }
         }
         if let ProxyError::AdminAuthRequired = self {
@@ -199,16 +199,4 @@ impl ProxyError {
         }
         resp
     }
-}
-
-/// The message of the innermost cause of `e` (what actually failed, without the layers that
-/// wrapped it).
-pub fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut reason = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        reason = s.to_string();
-        src = s.source();
-    }
-    reason
 }

@@ -157,7 +157,7 @@ pub(crate) fn secret_eq(presented: &[u8], expected: &[u8]) -> bool {
 
 /// The inbound token a request carries, if any.
 fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get("x-patless-token") {
+    if let Some(v) = headers.get(&crate::header_names::PATLESS_TOKEN) {
         return Some(v.as_bytes());
     }
     let v = headers.get(header::PROXY_AUTHORIZATION)?.as_bytes();

@@ -114,7 +114,7 @@ pub type Stack<F> = sensitive::SensitiveHeaders<
 pub use pool::UpstreamClient;
 
 /// The header that carries the id of an answer patless made itself (a refusal, a panic's `500`).
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-patless-request-id");
+pub use crate::header_names::REQUEST_ID;
 
 /// The most an upstream connection's read buffer grows to, and so a bound on an upstream's
 /// response head (one larger is a `502 upstream_unreachable`; hyper checks between reads, so a

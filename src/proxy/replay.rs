@@ -523,7 +523,7 @@ fn upstream_failure(layer: &ReplayLayer, target: Option<&RouteTarget>, e: BoxErr
     }
     ProxyError::UpstreamUnreachable {
         authority,
-        reason: super::error::innermost(&*e),
+        reason: crate::error_chain::innermost(&*e),
     }
 }
 

@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::{self, Either, Ready};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -34,10 +34,10 @@ use super::{body, discovery, strip_hop_by_hop, BoxError, ProxyBody, ProxyError};
 use crate::metrics::Metrics;
 use crate::token::CachedToken;
 
-/// The header Azure DevOps reads to answer a refused token with `401` instead of a sign-in page.
-pub static TFS_FEDAUTH: HeaderName = HeaderName::from_static("x-tfs-fedauthredirect");
 /// The inbound token's header (never forwarded).
-pub static PATLESS_TOKEN: HeaderName = HeaderName::from_static("x-patless-token");
+pub use crate::header_names::PATLESS_TOKEN;
+/// The header Azure DevOps reads to answer a refused token with `401` instead of a sign-in page.
+pub use crate::header_names::TFS_FEDAUTH_REDIRECT as TFS_FEDAUTH;
 
 /// Rewrites requests for the upstream and answers for the client.
 #[derive(Debug, Clone)]

@@ -19,8 +19,8 @@ pub static REQUEST: [HeaderName; 5] = [
     header::AUTHORIZATION,
     header::PROXY_AUTHORIZATION,
     header::COOKIE,
-    HeaderName::from_static("x-patless-token"),
-    HeaderName::from_static("x-identity-header"),
+    HeaderName::from_static(crate::header_names::name::PATLESS_TOKEN),
+    HeaderName::from_static(crate::header_names::name::IDENTITY_HEADER),
 ];
 
 /// The response headers that carry credentials.

@@ -557,7 +557,7 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
 #[cfg(test)]
 mod tests {
     use super::mark_sensitive;
-    use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
+    use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
 
     /// The socket file never exists with another mode than the configured one, not even between
     /// `bind` and `chmod`: a watcher that looks at the path as fast as it can, over many binds,
@@ -611,7 +611,7 @@ mod tests {
             &[
                 AUTHORIZATION,
                 COOKIE,
-                HeaderName::from_static("x-patless-token"),
+                crate::header_names::PATLESS_TOKEN.clone(),
             ],
         );
         assert!(h.get_all(AUTHORIZATION).iter().all(|v| v.is_sensitive()));
