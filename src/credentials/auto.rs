@@ -173,10 +173,11 @@ impl AutoCredential {
                 id,
                 None,
                 ctx.env.clone(),
+                &ctx.arc,
             ));
             let hosted = non_empty(env, "IDENTITY_ENDPOINT").is_some()
                 || non_empty(env, "MSI_ENDPOINT").is_some()
-                || std::path::Path::new("/opt/azcmagent/bin/himds").exists();
+                || ctx.arc.installed();
             if hosted {
                 decided = Some((mi.describe(), mi));
             } else {
