@@ -1,4 +1,5 @@
-//! `auto`: the first credential source that is configured, in this order (SPEC §2):
+//! `auto`: the first credential source that is configured (see docs/credentials.md, auto), in
+//! this order:
 //! 1. the environment service principal — `AZURE_CLIENT_ID` + `AZURE_TENANT_ID` with
 //!    `AZURE_CLIENT_SECRET`, or with `AZURE_CLIENT_CERTIFICATE_PATH` (+ `…_PASSWORD`,
 //!    `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`);
