@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use patless::config::ManagedIdentityId;
-use patless::credentials::{Credential, ErrorClass, ManagedIdentityCredential};
+use patless::credentials::{ArcAgent, Credential, ErrorClass, ManagedIdentityCredential};
 use patless::env::MapEnv;
 use support::entra::{ADO_AUDIENCE, ADO_SCOPE};
 use support::msi::{FakeMsi, Scripted};
@@ -81,7 +81,16 @@ fn credential(
         id,
         endpoint.map(|e| Url::parse(e).expect("endpoint URL")),
         Arc::new(env(vars)),
+        &ArcAgent::default(),
     )
+}
+
+/// The Azure Arc agent with its key files in `tokens` (its binary where it really is).
+fn arc_agent(tokens: &Path) -> ArcAgent {
+    ArcAgent {
+        key_dir: tokens.to_path_buf(),
+        ..ArcAgent::default()
+    }
 }
 
 /// A client for paused-time tests: no timeout and no idle pool, so no timer but the credential's
@@ -101,6 +110,7 @@ fn imds_credential(fake: &FakeMsi, id: Option<ManagedIdentityId>) -> ManagedIden
         id,
         Some(Url::parse(&fake.url()).expect("url")),
         Arc::new(MapEnv::default()),
+        &ArcAgent::default(),
     )
 }
 
@@ -218,9 +228,8 @@ async fn azure_arc_end_to_end() {
     let vars = env(&[
         ("IDENTITY_ENDPOINT", &arc.endpoint()),
         ("IMDS_ENDPOINT", &arc.url()),
-        ("PATLESS_TEST_ARC_KEY_DIR", &tokens.display().to_string()),
     ]);
-    let p = Patless::start_with_env(&mi_config(&ado, ""), vars).await;
+    let p = Patless::start_with_arc_agent(&mi_config(&ado, ""), vars, arc_agent(&tokens)).await;
     proxied_request_succeeds(&p, &ado, &arc).await;
 
     let reqs = arc.requests();
@@ -744,14 +753,15 @@ fn arc_dirs() -> ArcDirs {
 }
 
 fn arc_credential(fake: &FakeMsi, tokens: &Path) -> ManagedIdentityCredential {
-    credential(
+    ManagedIdentityCredential::new(
+        support::http_client(),
         None,
         None,
-        &[
+        Arc::new(env(&[
             ("IDENTITY_ENDPOINT", &fake.endpoint()),
             ("IMDS_ENDPOINT", &fake.url()),
-            ("PATLESS_TEST_ARC_KEY_DIR", &tokens.display().to_string()),
-        ],
+        ])),
+        &arc_agent(tokens),
     )
 }
 
@@ -819,7 +829,7 @@ async fn arc_key_files_outside_the_rules_are_not_read() {
 
 #[tokio::test]
 async fn arc_production_key_directory_is_the_agents() {
-    // Without the test hook, only /var/opt/azcmagent/tokens/ is trusted.
+    // With the agent's real paths (the default), only /var/opt/azcmagent/tokens/ is trusted.
     let dirs = arc_dirs();
     std::fs::write(dirs.tokens.join("a.key"), "k").expect("write");
     let arc = FakeMsi::arc(&format!("{}/a.key", dirs.tokens.display()), "k").await;
@@ -851,4 +861,35 @@ async fn arc_wrong_key_is_an_invalid_client_error() {
     assert!(err.message.contains("refused the key"), "{}", err.message);
     assert!(!err.message.contains("stale-arc-key"), "{}", err.message);
     assert_eq!(arc.requests().len(), 2);
+}
+
+#[test]
+fn arc_is_detected_by_its_installed_agent_alone() {
+    support::install_crypto_provider();
+    let dirs = arc_dirs();
+    let agent = ArcAgent {
+        binary: dirs.root.join("himds"),
+        key_dir: dirs.tokens.clone(),
+    };
+    let describe = |agent: &ArcAgent| {
+        ManagedIdentityCredential::new(
+            support::http_client(),
+            None,
+            None,
+            Arc::new(MapEnv::default()),
+            agent,
+        )
+        .describe()
+    };
+    let before = describe(&agent);
+    assert!(
+        before.contains("IMDS at http://169.254.169.254"),
+        "{before}"
+    );
+    std::fs::write(&agent.binary, "").expect("install a stand-in himds");
+    assert_eq!(
+        describe(&agent),
+        "managed identity via Azure Arc at http://localhost:40342/metadata/identity/oauth2/token \
+         (system-assigned)"
+    );
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use patless::config::{load_from_str, ConfigSource, Format};
-use patless::credentials::{CredentialContext, EntraClient};
+use patless::credentials::{ArcAgent, CredentialContext, EntraClient};
 use patless::env::MapEnv;
 use patless::hosts;
 use patless::metrics::Metrics;
@@ -72,6 +72,7 @@ fn build_router(text: &str) -> Router {
         entra: EntraClient::new(reqwest::Client::new()),
         env: Arc::new(env),
         store: TokenStore::new(std::env::temp_dir().join("patless-path-props")),
+        arc: ArcAgent::default(),
     };
     let credentials: HashMap<_, _> = loaded
         .config

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::credentials::{self, CredentialContext, EntraClient};
+use crate::credentials::{self, ArcAgent, CredentialContext, EntraClient};
 use crate::env::Env;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings, Router};
@@ -74,6 +74,8 @@ pub struct App {
     pub admin: admin::AdminPolicy,
     /// The environment it was built from (a reload reads the config with the same one).
     env: Env,
+    /// Where the Azure Arc agent is looked for (a reload builds credentials with the same).
+    arc: ArcAgent,
 }
 
 /// What [`App::reload`] did with the profiles.
@@ -98,8 +100,19 @@ impl App {
         env: Env,
         registry: prometheus::Registry,
     ) -> Result<App, StartError> {
+        App::with_arc_agent(config, env, registry, ArcAgent::default())
+    }
+
+    /// [`App::new`], with the Azure Arc agent looked for at `arc` instead of its real paths (tests
+    /// point it at a temporary directory).
+    pub fn with_arc_agent(
+        config: Config,
+        env: Env,
+        registry: prometheus::Registry,
+        arc: ArcAgent,
+    ) -> Result<App, StartError> {
         let metrics = Metrics::new(registry);
-        App::build(config, env, metrics, None).map(|(app, _)| app)
+        App::build(config, env, arc, metrics, None).map(|(app, _)| app)
     }
 
     /// The app for a reloaded `config`, built beside this one with the same environment and the
@@ -111,7 +124,13 @@ impl App {
     /// entries over with `self.cache.release(&changes.adopted)` and stops the rest with
     /// `self.cache.stop()`.
     pub fn reload(&self, config: Config) -> Result<(App, ProfileChanges), StartError> {
-        App::build(config, self.env.clone(), self.metrics.clone(), Some(self))
+        App::build(
+            config,
+            self.env.clone(),
+            self.arc.clone(),
+            self.metrics.clone(),
+            Some(self),
+        )
     }
 
     /// The environment it was built from.
@@ -122,6 +141,7 @@ impl App {
     fn build(
         config: Config,
         env: Env,
+        arc: ArcAgent,
         metrics: Metrics,
         old: Option<&App>,
     ) -> Result<(App, ProfileChanges), StartError> {
@@ -139,7 +159,12 @@ impl App {
             config.server.state_dir.as_deref(),
             env.as_ref(),
         ));
-        let ctx = CredentialContext { entra, env, store };
+        let ctx = CredentialContext {
+            entra,
+            env,
+            store,
+            arc,
+        };
         let reusable = old.filter(|o| same_credential_context(&o.config, &config));
         let mut changes = ProfileChanges::default();
         let mut credentials = HashMap::new();
@@ -248,6 +273,7 @@ impl App {
                 identity,
                 admin,
                 env: ctx.env,
+                arc: ctx.arc,
             },
             changes,
         ))

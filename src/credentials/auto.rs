@@ -1,4 +1,5 @@
-//! `auto`: the first credential source that is configured, in this order (SPEC §2):
+//! `auto`: the first credential source that is configured (see docs/credentials.md, auto), in
+//! this order:
 //! 1. the environment service principal — `AZURE_CLIENT_ID` + `AZURE_TENANT_ID` with
 //!    `AZURE_CLIENT_SECRET`, or with `AZURE_CLIENT_CERTIFICATE_PATH` (+ `…_PASSWORD`,
 //!    `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`);
@@ -173,10 +174,11 @@ impl AutoCredential {
                 id,
                 None,
                 ctx.env.clone(),
+                &ctx.arc,
             ));
             let hosted = non_empty(env, "IDENTITY_ENDPOINT").is_some()
                 || non_empty(env, "MSI_ENDPOINT").is_some()
-                || std::path::Path::new("/opt/azcmagent/bin/himds").exists();
+                || ctx.arc.installed();
             if hosted {
                 decided = Some((mi.describe(), mi));
             } else {

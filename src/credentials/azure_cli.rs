@@ -1,4 +1,5 @@
-//! `azure_cli`: the token of whoever is signed in to the Azure CLI (ENTRA.md "Azure CLI and azd").
+//! `azure_cli`: the token of whoever is signed in to the Azure CLI (see docs/credentials.md,
+//! azure_cli).
 //!
 //! Each acquisition runs `az account get-access-token --output json --resource R [--tenant T]
 //! [--subscription S]`, where R is the scope without `/.default` (see [`super::cli_process`] for

@@ -1,5 +1,5 @@
-//! `azure_developer_cli`: the token of whoever is signed in to the Azure Developer CLI (ENTRA.md
-//! "Azure CLI and azd").
+//! `azure_developer_cli`: the token of whoever is signed in to the Azure Developer CLI (see
+//! docs/credentials.md, azure_developer_cli).
 //!
 //! Each acquisition runs `azd auth token --output json --no-prompt --scope S [--tenant-id T]` (see
 //! [`super::cli_process`] for how the process is found and run: no shell, the injected environment

@@ -1,5 +1,5 @@
-//! `azure_pipelines`: an Azure Pipelines OIDC service connection (ENTRA.md "Azure Pipelines
-//! OIDC").
+//! `azure_pipelines`: an Azure Pipelines OIDC service connection (see docs/credentials.md,
+//! azure_pipelines).
 //!
 //! For every exchange, a fresh OIDC token is requested from the pipeline (`POST
 //! {SYSTEM_OIDCREQUESTURI}?api-version=7.1&serviceConnectionId={id}`, authenticated with the job's
@@ -19,7 +19,8 @@ use crate::config::SecretSource;
 use crate::env::Env;
 use crate::secret::Secret;
 
-/// The OIDC endpoint's API version (ENTRA.md).
+/// The API version of the pipeline's OIDC endpoint (`SYSTEM_OIDCREQUESTURI`); it answers
+/// `{"oidcToken": "<jwt>"}`.
 const API_VERSION: &str = "7.1";
 
 /// What to tell someone whose system access token was refused.

@@ -1,5 +1,5 @@
 //! `client_certificate`: the client credentials grant with a certificate-signed client assertion
-//! (ENTRA.md "Client certificate").
+//! (see docs/credentials.md, client_certificate).
 //!
 //! The certificate file is read at every acquisition, so a renewed certificate is used as soon as
 //! it is on disk. It is either PEM (certificates and the private key in one file; the key may be
@@ -29,7 +29,9 @@ use crate::config::SecretSource;
 use crate::env::Env;
 use crate::secret::Secret;
 
-/// How long an assertion is valid (ENTRA.md: 5–10 min).
+/// How long an assertion is valid (`exp` − `nbf`): 10 min, as the Microsoft authentication
+/// libraries do; Entra wants a short-lived assertion (5 to 10 min), and a leaked one is usable only
+/// that long.
 const ASSERTION_LIFETIME_SECS: u64 = 600;
 
 const OID_RSA: &str = "1.2.840.113549.1.1.1";

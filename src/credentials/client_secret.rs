@@ -1,4 +1,5 @@
-//! `client_secret`: the client credentials grant with a secret (ENTRA.md "Client secret").
+//! `client_secret`: the client credentials grant with a secret (see docs/credentials.md,
+//! client_secret).
 
 use url::Url;
 

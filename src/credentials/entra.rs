@@ -1,5 +1,7 @@
-//! Talking to the Entra token endpoint (ENTRA.md "Common"): the form POST, the success body
-//! (numbers may be strings), the error body (`error`, `error_codes`) and a hint per AADSTS code.
+//! Talking to the Entra token endpoint, `{authority}/{tenant}/oauth2/v2.0/token` (see
+//! docs/credentials.md): the form POST with `Accept: application/json`, the success body (numbers
+//! may be strings), the error body (`error`, `error_codes`; the description is for people and is
+//! never branched on) and a hint per AADSTS code.
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ pub struct EntraClient {
     egress: Option<crate::egress::EgressProxy>,
 }
 
-/// Hints for the AADSTS codes users meet (ENTRA.md's table).
+/// Hints for the AADSTS codes users meet most: what the code means and what to change.
 pub fn hint_for(code: u32) -> Option<&'static str> {
     Some(match code {
         7000215 => "invalid client secret: check that the secret's value (not its ID) is configured",
@@ -46,7 +48,8 @@ struct TokenBody {
     token_type: Option<String>,
     expires_in: Option<NumOrString>,
     refresh_in: Option<NumOrString>,
-    // User flows only (ENTRA.md "Common"): present with `offline_access` / `openid`.
+    // User flows only: Entra sends `refresh_token` when the scope has `offline_access`, and
+    // `id_token` when it has `openid`.
     refresh_token: Option<String>,
     id_token: Option<String>,
     scope: Option<String>,

@@ -27,7 +27,7 @@ pub use azure_pipelines::AzurePipelinesCredential;
 pub use client_certificate::ClientCertificateCredential;
 pub use client_secret::ClientSecretCredential;
 pub use entra::EntraClient;
-pub use managed_identity::ManagedIdentityCredential;
+pub use managed_identity::{ArcAgent, ManagedIdentityCredential};
 pub use refresh_token::RefreshTokenCredential;
 pub use workload_identity::WorkloadIdentityCredential;
 
@@ -176,6 +176,9 @@ pub struct CredentialContext {
     pub env: Env,
     /// Where `device_code`/`interactive_browser` refresh tokens live.
     pub store: crate::store::TokenStore,
+    /// Where the Azure Arc agent is installed (`managed_identity` and `auto` detection): the
+    /// agent's real paths ([`ArcAgent::default`]) except in tests.
+    pub arc: ArcAgent,
 }
 
 /// The state directory (SPEC §5): `[server] state_dir`, else `$XDG_STATE_HOME/patless`, else
@@ -325,6 +328,7 @@ fn build_kind(profile: &Profile, ctx: &CredentialContext) -> Built {
                 id.clone(),
                 endpoint.clone(),
                 ctx.env.clone(),
+                &ctx.arc,
             );
             Built {
                 source: fixed(mi.describe()),

@@ -1,5 +1,5 @@
 //! `device_code` and `interactive_browser` after `patless login`: tokens from the person's stored
-//! refresh token (ENTRA.md "Authorization code + PKCE", refresh).
+//! refresh token (see docs/credentials.md, device_code and interactive_browser).
 //!
 //! Each acquisition reads the login from the store afresh, so a `patless login` run by another
 //! process while `serve` runs is used at the next acquisition. It redeems the refresh token for

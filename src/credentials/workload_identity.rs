@@ -1,4 +1,5 @@
-//! `workload_identity`: Kubernetes workload identity (ENTRA.md "Workload identity").
+//! `workload_identity`: Kubernetes workload identity (see docs/credentials.md,
+//! workload_identity).
 //!
 //! The projected service-account token in `token_file` (`AZURE_FEDERATED_TOKEN_FILE`, mounted by
 //! the AKS webhook) is the client assertion, sent as is. The file is read at every acquisition:

@@ -245,7 +245,12 @@ impl TokenSource {
         .with_egress(setup.egress);
         let store =
             crate::store::TokenStore::new(credentials::state_dir(setup.state_dir, env.as_ref()));
-        let ctx = CredentialContext { entra, env, store };
+        let ctx = CredentialContext {
+            entra,
+            env,
+            store,
+            arc: credentials::ArcAgent::default(),
+        };
         let built = credentials::build(profile, &ctx);
         Ok(TokenSource::new(
             &profile.name,

@@ -314,6 +314,7 @@ mod tests {
                     store: crate::store::TokenStore::new(
                         std::env::temp_dir().join("patless-routing-test"),
                     ),
+                    arc: crate::credentials::ArcAgent::default(),
                 };
                 (
                     p.name.clone(),

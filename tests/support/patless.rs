@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use patless::app::reload::{ReloadHandle, Reloader};
 use patless::config::{load_from_str, ConfigSource, Format};
+use patless::credentials::ArcAgent;
 use patless::env::MapEnv;
 use patless::server::Listener;
 use patless::{App, Listeners, RunOptions};
@@ -43,16 +44,27 @@ impl Patless {
     /// Starts patless with `toml` and the environment `env`. Unless `toml` sets
     /// `server.shutdown_delay`, it is 0 here (not 5 s): stopping a test's patless is immediate.
     pub async fn start_with_env(toml: &str, env: MapEnv) -> Patless {
-        Self::start_inner(toml, env, None).await
+        Self::start_inner(toml, env, None, ArcAgent::default()).await
+    }
+
+    /// [`Patless::start_with_env`], with the Azure Arc agent looked for at `arc` (a temporary
+    /// directory) instead of its real paths.
+    pub async fn start_with_arc_agent(toml: &str, env: MapEnv, arc: ArcAgent) -> Patless {
+        Self::start_inner(toml, env, None, arc).await
     }
 
     /// [`Patless::start`], with the proxy served on `workers` threads of its own, as `serve`
     /// does (those threads run on the real clock, not the test's).
     pub async fn start_with_workers(toml: &str, workers: usize) -> Patless {
-        Self::start_inner(toml, MapEnv::default(), Some(workers)).await
+        Self::start_inner(toml, MapEnv::default(), Some(workers), ArcAgent::default()).await
     }
 
-    async fn start_inner(toml: &str, env: MapEnv, workers: Option<usize>) -> Patless {
+    async fn start_inner(
+        toml: &str,
+        env: MapEnv,
+        workers: Option<usize>,
+        arc: ArcAgent,
+    ) -> Patless {
         let mut loaded = load_from_str(toml, Format::Toml, ConfigSource::Embedded, &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         if loaded.raw.server.shutdown_delay.is_none() {
@@ -61,10 +73,11 @@ impl Patless {
         if let Some(n) = workers {
             loaded.config.server.workers = n;
         }
-        let app = App::new(
+        let app = App::with_arc_agent(
             loaded.config,
             std::sync::Arc::new(env),
             prometheus::Registry::new(),
+            arc,
         )
         .expect("app builds");
         Self::launch(app, None, workers.is_some()).await
