@@ -58,3 +58,52 @@ pub fn workers() -> usize {
 const fn loopback(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_from_str, ConfigSource, Format};
+    use crate::env::MapEnv;
+
+    /// `config/example.toml`, the reference users copy, states defaults in comments
+    /// (`key = … # default X`): each must be what `patless config` shows when the key is left out.
+    #[test]
+    fn the_example_config_states_these_defaults() {
+        let minimal = "[[routes]]\nprefix = \"/ado\"\nupstream = \"https://dev.azure.com\"\n\
+                       profile = \"auto\"\n[identity_endpoint]\nheader = \"0123456789abcdef0123\"\n";
+        let loaded = load_from_str(
+            minimal,
+            Format::Toml,
+            ConfigSource::Embedded,
+            &MapEnv::default(),
+        )
+        .expect("the minimal config loads");
+        let effective =
+            toml::Value::try_from(loaded.config.effective(&loaded.raw)).expect("serialises");
+        let unquoted = |s: &str| s.trim().trim_matches('"').to_string();
+        let (mut section, mut checked) = ("", 0);
+        for line in include_str!("../../config/example.toml").lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+                continue;
+            }
+            let Some((setting, stated)) = line.split_once("# default ") else {
+                continue;
+            };
+            let Some((key, _)) = setting.trim_start_matches("# ").split_once('=') else {
+                continue;
+            };
+            let Some(actual) = effective.get(section).and_then(|s| s.get(key.trim())) else {
+                continue;
+            };
+            let stated = stated.split(';').next().unwrap_or_default();
+            assert_eq!(
+                unquoted(stated),
+                unquoted(&actual.to_string()),
+                "[{section}] {}",
+                key.trim()
+            );
+            checked += 1;
+        }
+        assert!(checked >= 12, "only {checked} stated defaults were found");
+    }
+}
