@@ -54,8 +54,8 @@ pub enum Command {
     },
     /// Sign a person in (device code or browser) and store the profile's refresh token.
     Login {
-        /// A `device_code` or `interactive_browser` profile.
-        #[arg(long)]
+        /// A profile of a kind a person signs in for (listed from the kind table).
+        #[arg(long, help = format!("A {} profile", config::kinds::sign_in_names("or")))]
         profile: String,
     },
     /// Forget a profile's stored tokens.

@@ -1,4 +1,4 @@
-//! Finding and reading the configuration (SPEC §1): `--config`, `$PATLESS_CONFIG`,
+//! Finding and reading the configuration: `--config`, `$PATLESS_CONFIG`,
 //! `./patless.toml`, `$XDG_CONFIG_HOME/patless/patless.toml`, `/etc/patless/patless.toml`, else
 //! the embedded default; then `PATLESS_SECTION__KEY` environment overrides.
 
@@ -62,7 +62,9 @@ pub struct LoadedConfig {
     pub source: ConfigSource,
 }
 
-/// The config file to use, by SPEC §1's lookup order; `None` means the embedded default.
+/// The config file to use: the first of `explicit` (`--config`, which must exist),
+/// `$PATLESS_CONFIG` (likewise), `./patless.toml`, `$XDG_CONFIG_HOME/patless/patless.toml` (else
+/// `$HOME/.config/…`) and `/etc/patless/patless.toml`; `None` means the embedded default.
 pub fn find_config_file(
     explicit: Option<&Path>,
     env: &dyn Environment,

@@ -1,5 +1,6 @@
-//! The configuration as written: serde types that mirror the file (SPEC §2). Nothing here is
-//! checked beyond its shape; `validate` turns it into the model.
+//! The configuration as written: serde types that mirror the file, key for key
+//! (docs/configuration.md). Nothing here is checked beyond its shape; `validate` turns it into
+//! the model.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -82,7 +83,7 @@ pub struct RawConfig {
     /// `[[routes]]`
     #[serde(default)]
     pub routes: Vec<RawRoute>,
-    /// `[identity_endpoint]` (SPEC §8): absent, no identity endpoint.
+    /// `[identity_endpoint]`: absent, no identity endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_endpoint: Option<RawIdentityEndpoint>,
 }
@@ -91,7 +92,8 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdentityEndpoint {
-    /// Listener (default `127.0.0.1:7072`); loopback or `unix:/path` only.
+    /// Listener (default [`IDENTITY_ENDPOINT_LISTEN`](super::defaults::IDENTITY_ENDPOINT_LISTEN));
+    /// loopback or `unix:/path` only.
     pub listen: Option<String>,
     /// The secret clients send as `X-IDENTITY-HEADER` (required).
     pub header: Option<SecretValue>,
@@ -119,21 +121,27 @@ pub struct RawServer {
     pub allowed_origins: Vec<String>,
     /// A shared secret clients must send (`Proxy-Authorization: Bearer` or `X-Patless-Token`).
     pub inbound_token: Option<SecretValue>,
-    /// Mode of a `unix:` listener's socket file (octal, default "0660").
+    /// Mode of a `unix:` listener's socket file, in octal (default
+    /// [`UNIX_SOCKET_MODE`](super::defaults::UNIX_SOCKET_MODE)).
     pub unix_socket_mode: Option<String>,
-    /// Most bytes of request line + headers (default 64 KiB); more → 431.
+    /// Most bytes of request line + headers (default
+    /// [`MAX_HEADER_BYTES`](super::defaults::MAX_HEADER_BYTES)); more → 431.
     pub max_header_bytes: Option<usize>,
     /// Time a client may take to send a request head: from the connection opening for the first
-    /// request, from the head's first byte for later ones; the slowloris bound (default 30 s).
+    /// request, from the head's first byte for later ones; the slowloris bound (default
+    /// [`HEADER_READ_TIMEOUT`](super::defaults::HEADER_READ_TIMEOUT)).
     pub header_read_timeout: Option<RawDuration>,
-    /// How long a kept-alive connection may sit idle between requests (default 120 s).
+    /// How long a kept-alive connection may sit idle between requests (default
+    /// [`IDLE_TIMEOUT`](super::defaults::IDLE_TIMEOUT)).
     pub idle_timeout: Option<RawDuration>,
-    /// Most concurrent client connections (default 1024); more get a 503 and are closed.
+    /// Most concurrent client connections (default
+    /// [`MAX_CONNECTIONS`](super::defaults::MAX_CONNECTIONS)); more get a 503 and are closed.
     pub max_connections: Option<usize>,
     /// Threads that serve the proxy listener, each with its own event loop and upstream
     /// keep-alive pool (default: the CPUs patless may use). A restart applies a change.
     pub workers: Option<usize>,
-    /// Longest request target (path + query) in bytes (default 8 KiB); longer → 414.
+    /// Longest request target (path + query) in bytes (default
+    /// [`MAX_URI_BYTES`](super::defaults::MAX_URI_BYTES)); longer → 414.
     pub max_uri_bytes: Option<usize>,
     /// Accept a non-loopback `listen` with no inbound authentication (docs/security.md).
     pub allow_unauthenticated_clients: Option<bool>,
@@ -149,7 +157,7 @@ pub struct RawServer {
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Option<RawDuration>,
     /// After SIGTERM/SIGINT, how long `/readyz` answers 503 while the proxy still serves, before
-    /// the listeners close (so a load balancer stops sending first). Default 5 s.
+    /// the listeners close (so a load balancer stops sending first).
     pub shutdown_delay: Option<RawDuration>,
     /// Reload the configuration when its file changes (polled every second), besides on SIGHUP.
     pub watch_config: Option<bool>,
@@ -217,7 +225,8 @@ pub struct RawProfile {
     pub redirect_port: Option<u16>,
     /// `azure_pipelines`: the service connection's id.
     pub service_connection_id: Option<String>,
-    /// `azure_pipelines`: the job's access token (default `{ env = "SYSTEM_ACCESSTOKEN" }`).
+    /// `azure_pipelines`: the job's access token (default: the environment variable
+    /// [`SYSTEM_ACCESS_TOKEN_ENV`](super::defaults::SYSTEM_ACCESS_TOKEN_ENV)).
     pub system_access_token: Option<SecretValue>,
     /// Client capabilities declared to Entra (`["cp1"]`: this client handles CAE claims
     /// challenges), sent as the `xms_cc` claims request.
@@ -225,6 +234,62 @@ pub struct RawProfile {
     /// Keys no kind knows (reported by `validate`).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Whether a key is written: absent, blank text, or a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Presence {
+    /// Not written.
+    Absent,
+    /// Written as empty or blank text.
+    Blank,
+    /// Written.
+    Given,
+}
+
+impl RawProfile {
+    /// The keys that only some kinds take, in the order problems with them are reported, each
+    /// with whether it is written. The kind table (`config/kinds.rs`) names these keys; this is
+    /// where a name meets its field.
+    pub(crate) fn kind_keys(&self) -> [(&'static str, Presence); 14] {
+        fn text(v: &Option<String>) -> Presence {
+            match v {
+                None => Presence::Absent,
+                Some(t) if t.trim().is_empty() => Presence::Blank,
+                Some(_) => Presence::Given,
+            }
+        }
+        fn any<T>(v: &Option<T>) -> Presence {
+            match v {
+                None => Presence::Absent,
+                Some(_) => Presence::Given,
+            }
+        }
+        [
+            ("client_id", text(&self.client_id)),
+            ("client_secret", any(&self.client_secret)),
+            ("certificate", any(&self.certificate)),
+            ("certificate_key", any(&self.certificate_key)),
+            ("certificate_password", any(&self.certificate_password)),
+            ("send_certificate_chain", any(&self.send_certificate_chain)),
+            ("object_id", text(&self.object_id)),
+            ("resource_id", text(&self.resource_id)),
+            ("endpoint", text(&self.endpoint)),
+            ("token_file", any(&self.token_file)),
+            ("service_connection_id", text(&self.service_connection_id)),
+            ("system_access_token", any(&self.system_access_token)),
+            ("subscription", text(&self.subscription)),
+            ("redirect_port", any(&self.redirect_port)),
+        ]
+    }
+
+    /// Whether the kind-specific `key` is written ([`Presence::Absent`] for a name it does not know).
+    pub(crate) fn presence(&self, key: &str) -> Presence {
+        self.kind_keys()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map_or(Presence::Absent, |(_, p)| p)
+    }
 }
 
 /// `[[routes]]`

@@ -1,5 +1,7 @@
 //! Credentials: one file per kind behind one small trait. A credential only knows how to get a
 //! token from its source; caching, refresh and single-flight live in `token`, around any of them.
+//! Which kinds exist, and which constructor (in `factory.rs`) builds each, is the kind table in
+//! `config/kinds.rs`; docs/credentials.md describes them for users.
 
 mod auto;
 mod azure_cli;
@@ -10,6 +12,7 @@ mod cli_process;
 mod client_certificate;
 mod client_secret;
 pub mod entra;
+pub(crate) mod factory;
 mod managed_identity;
 mod refresh_token;
 mod workload_identity;
@@ -17,7 +20,6 @@ mod workload_identity;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use auto::AutoCredential;
@@ -27,11 +29,11 @@ pub use azure_pipelines::AzurePipelinesCredential;
 pub use client_certificate::ClientCertificateCredential;
 pub use client_secret::ClientSecretCredential;
 pub use entra::EntraClient;
+pub use factory::{build, Built, SourceFn, Unconfigured};
 pub use managed_identity::{ArcAgent, ManagedIdentityCredential};
 pub use refresh_token::RefreshTokenCredential;
 pub use workload_identity::WorkloadIdentityCredential;
 
-use crate::config::{Profile, ProfileKind};
 use crate::env::Env;
 use crate::secret::Secret;
 
@@ -69,7 +71,8 @@ pub trait Credential: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<AccessToken, CredentialError>>;
 }
 
-/// The error classes of `patless_token_refreshes_total{result}` (SPEC §7).
+/// The error classes: the `result` label of `patless_token_refreshes_total` (docs/metrics.md)
+/// and what decides how soon a failed acquisition is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
     /// The app's credentials were refused (bad secret, unknown app or tenant).
@@ -181,8 +184,8 @@ pub struct CredentialContext {
     pub arc: ArcAgent,
 }
 
-/// The state directory (SPEC §5): `[server] state_dir`, else `$XDG_STATE_HOME/patless`, else
-/// `$HOME/.local/state/patless`, else `./.patless-state`.
+/// The state directory, where `patless login` stores refresh tokens: `[server] state_dir`, else
+/// `$XDG_STATE_HOME/patless`, else `$HOME/.local/state/patless`, else `./.patless-state`.
 pub fn state_dir(
     configured: Option<&std::path::Path>,
     env: &dyn crate::env::Environment,
@@ -198,299 +201,4 @@ pub fn state_dir(
         return PathBuf::from(home).join(".local/state/patless");
     }
     PathBuf::from(".patless-state")
-}
-
-/// Says where a profile's tokens come from (what `auto` chose, once it chose). Never a secret.
-pub type SourceFn = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// A profile's credential, with a description of where its tokens come from (logs and `check`).
-pub struct Built {
-    /// The credential.
-    pub credential: Arc<dyn Credential>,
-    /// Where its tokens come from, or (for `auto`) why nothing was found.
-    pub source: SourceFn,
-}
-
-fn fixed(text: String) -> SourceFn {
-    Arc::new(move || text.clone())
-}
-
-/// A profile whose settings are incomplete once the environment is consulted (say
-/// `workload_identity` outside a pod with the webhook): every acquisition explains what is missing.
-#[derive(Debug)]
-pub struct Unconfigured {
-    message: String,
-}
-
-impl Credential for Unconfigured {
-    fn acquire<'a>(
-        &'a self,
-        _scope: &'a str,
-        _claims: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<AccessToken, CredentialError>> {
-        let err = CredentialError::new(ErrorClass::NotConfigured, self.message.clone());
-        Box::pin(async move { Err(err) })
-    }
-}
-
-fn unconfigured(profile: &str, kind: &str, missing: &[(&str, &str)]) -> Built {
-    let list = missing
-        .iter()
-        .map(|(key, env)| format!("{key} (config) or {env} (environment)"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let message = format!("profile `{profile}` (kind {kind}) is missing {list}");
-    Built {
-        source: fixed(message.clone()),
-        credential: Arc::new(Unconfigured { message }),
-    }
-}
-
-/// The first of the configured value and the environment variable.
-fn or_env(value: &Option<String>, env: &dyn crate::env::Environment, name: &str) -> Option<String> {
-    value
-        .clone()
-        .filter(|v| !v.trim().is_empty())
-        .or_else(|| crate::env::non_empty(env, name))
-}
-
-/// Builds the credential of a profile (with its client capabilities, if it declares any).
-pub fn build(profile: &Profile, ctx: &CredentialContext) -> Built {
-    let built = build_kind(profile, ctx);
-    if profile.client_capabilities.is_empty() {
-        return built;
-    }
-    let caps = profile.client_capabilities.join(", ");
-    let source = built.source;
-    Built {
-        credential: Arc::new(capabilities::WithCapabilities::new(
-            built.credential,
-            profile.client_capabilities.clone(),
-        )),
-        source: Arc::new(move || format!("{}; client capabilities: {caps}", source())),
-    }
-}
-
-fn build_kind(profile: &Profile, ctx: &CredentialContext) -> Built {
-    let env = ctx.env.as_ref();
-    match &profile.kind {
-        ProfileKind::ClientSecret {
-            tenant_id,
-            client_id,
-            client_secret,
-        } => Built {
-            source: fixed(format!(
-                "client secret of app {client_id} in tenant {tenant_id} ({client_secret:?})"
-            )),
-            credential: Arc::new(ClientSecretCredential::new(
-                ctx.entra.clone(),
-                profile.authority_host.clone(),
-                tenant_id.clone(),
-                client_id.clone(),
-                client_secret.clone(),
-                ctx.env.clone(),
-            )),
-        },
-        ProfileKind::ClientCertificate {
-            tenant_id,
-            client_id,
-            certificate,
-            certificate_key,
-            certificate_password,
-            send_certificate_chain,
-        } => Built {
-            source: fixed(format!(
-                "certificate {} of app {client_id} in tenant {tenant_id}{}",
-                certificate.display(),
-                if *send_certificate_chain {
-                    ", chain sent (x5c)"
-                } else {
-                    ""
-                }
-            )),
-            credential: Arc::new(
-                ClientCertificateCredential::new(
-                    ctx.entra.clone(),
-                    profile.authority_host.clone(),
-                    tenant_id.clone(),
-                    client_id.clone(),
-                    certificate.clone(),
-                    certificate_password.clone(),
-                    *send_certificate_chain,
-                    ctx.env.clone(),
-                )
-                .with_key_file(certificate_key.clone()),
-            ),
-        },
-        ProfileKind::ManagedIdentity { id, endpoint } => {
-            let mi = ManagedIdentityCredential::new(
-                ctx.entra.http().clone(),
-                id.clone(),
-                endpoint.clone(),
-                ctx.env.clone(),
-                &ctx.arc,
-            );
-            Built {
-                source: fixed(mi.describe()),
-                credential: Arc::new(mi),
-            }
-        }
-        ProfileKind::WorkloadIdentity {
-            tenant_id,
-            client_id,
-            token_file,
-        } => {
-            let t = or_env(tenant_id, env, "AZURE_TENANT_ID");
-            let c = or_env(client_id, env, "AZURE_CLIENT_ID");
-            let f = token_file.clone().or_else(|| {
-                crate::env::non_empty(env, "AZURE_FEDERATED_TOKEN_FILE").map(Into::into)
-            });
-            match (t, c, f) {
-                (Some(t), Some(c), Some(f)) => Built {
-                    source: fixed(format!(
-                        "workload identity: app {c} in tenant {t}, federated token from {}",
-                        f.display()
-                    )),
-                    credential: Arc::new(WorkloadIdentityCredential::new(
-                        ctx.entra.clone(),
-                        profile.authority_host.clone(),
-                        t,
-                        c,
-                        f,
-                    )),
-                },
-                (t, c, f) => {
-                    let mut missing = Vec::new();
-                    if t.is_none() {
-                        missing.push(("tenant_id", "AZURE_TENANT_ID"));
-                    }
-                    if c.is_none() {
-                        missing.push(("client_id", "AZURE_CLIENT_ID"));
-                    }
-                    if f.is_none() {
-                        missing.push(("token_file", "AZURE_FEDERATED_TOKEN_FILE"));
-                    }
-                    unconfigured(&profile.name, "workload_identity", &missing)
-                }
-            }
-        }
-        ProfileKind::AzurePipelines {
-            tenant_id,
-            client_id,
-            service_connection_id,
-            system_access_token,
-        } => {
-            let t = or_env(tenant_id, env, "AZURESUBSCRIPTION_TENANT_ID");
-            let c = or_env(client_id, env, "AZURESUBSCRIPTION_CLIENT_ID");
-            let sc = or_env(
-                service_connection_id,
-                env,
-                "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID",
-            );
-            let uri = crate::env::non_empty(env, "SYSTEM_OIDCREQUESTURI");
-            match (t, c, sc, uri) {
-                (Some(t), Some(c), Some(sc), Some(uri)) => Built {
-                    source: fixed(format!(
-                        "Azure Pipelines service connection {sc}: app {c} in tenant {t}"
-                    )),
-                    credential: Arc::new(AzurePipelinesCredential::new(
-                        ctx.entra.clone(),
-                        profile.authority_host.clone(),
-                        t,
-                        c,
-                        sc,
-                        uri,
-                        system_access_token.clone(),
-                        ctx.env.clone(),
-                    )),
-                },
-                (t, c, sc, uri) => {
-                    let mut missing = Vec::new();
-                    if t.is_none() {
-                        missing.push(("tenant_id", "AZURESUBSCRIPTION_TENANT_ID"));
-                    }
-                    if c.is_none() {
-                        missing.push(("client_id", "AZURESUBSCRIPTION_CLIENT_ID"));
-                    }
-                    if sc.is_none() {
-                        missing.push((
-                            "service_connection_id",
-                            "AZURESUBSCRIPTION_SERVICE_CONNECTION_ID",
-                        ));
-                    }
-                    if uri.is_none() {
-                        missing.push((
-                            "the pipeline agent's",
-                            "SYSTEM_OIDCREQUESTURI (is this an Azure Pipelines job?)",
-                        ));
-                    }
-                    unconfigured(&profile.name, "azure_pipelines", &missing)
-                }
-            }
-        }
-        ProfileKind::AzureCli {
-            tenant_id,
-            subscription,
-        } => Built {
-            source: fixed(format!(
-                "Azure CLI (`az account get-access-token`{}{})",
-                tenant_id.as_ref().map(|t| format!(", tenant {t}")).unwrap_or_default(),
-                subscription.as_ref().map(|s| format!(", subscription {s}")).unwrap_or_default()
-            )),
-            credential: Arc::new(AzureCliCredential::new(
-                tenant_id.clone(),
-                subscription.clone(),
-                ctx.env.clone(),
-            )),
-        },
-        ProfileKind::AzureDeveloperCli { tenant_id } => Built {
-            source: fixed(format!(
-                "Azure Developer CLI (`azd auth token`{})",
-                tenant_id.as_ref().map(|t| format!(", tenant {t}")).unwrap_or_default()
-            )),
-            credential: Arc::new(AzureDeveloperCliCredential::new(tenant_id.clone(), ctx.env.clone())),
-        },
-        ProfileKind::DeviceCode {
-            tenant_id,
-            client_id,
-        }
-        | ProfileKind::InteractiveBrowser {
-            tenant_id,
-            client_id,
-            ..
-        } => Built {
-            source: fixed(format!(
-                "{} login of app {client_id} in tenant {tenant_id}: the refresh token stored under {} by `patless login --profile {}`",
-                profile.kind.name(),
-                ctx.store.dir().display(),
-                profile.name
-            )),
-            credential: Arc::new(RefreshTokenCredential::new(
-                ctx.entra.clone(),
-                profile.authority_host.clone(),
-                tenant_id.clone(),
-                client_id.clone(),
-                profile.name.clone(),
-                ctx.store.clone(),
-            )),
-        },
-        ProfileKind::Auto {
-            tenant_id,
-            client_id,
-        } => {
-            let auto = AutoCredential::detect(
-                &profile.name,
-                profile.authority_host.clone(),
-                tenant_id.clone(),
-                client_id.clone(),
-                ctx,
-            );
-            let auto = Arc::new(auto);
-            let describe = Arc::clone(&auto);
-            Built {
-                source: Arc::new(move || describe.describe()),
-                credential: auto,
-            }
-        }
-    }
 }

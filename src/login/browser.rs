@@ -1,8 +1,8 @@
-//! The authorization code flow with PKCE on a loopback redirect (ENTRA.md "Authorization code +
-//! PKCE (loopback)"): listen on `127.0.0.1`, open the authorize URL in a browser (`BROWSER`, else
-//! `xdg-open`, else the person opens the printed URL), take the one redirect that comes back,
-//! close the listener, check its `state`, redeem the code with the PKCE verifier, and answer the
-//! browser with a small page that says how it ended.
+//! The authorization code flow with PKCE (RFC 7636) on a loopback redirect (RFC 8252), as Entra
+//! serves it to a public client: listen on `127.0.0.1`, open the authorize URL in a browser
+//! (`BROWSER`, else `xdg-open`, else the person opens the printed URL), take the one redirect that
+//! comes back, close the listener, check its `state`, redeem the code with the PKCE verifier, and
+//! answer the browser with a small page that says how it ended.
 
 use std::collections::HashMap;
 use std::io;

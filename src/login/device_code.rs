@@ -1,6 +1,7 @@
-//! The device code flow (ENTRA.md "Device code"): ask Entra for a code, show its message, poll
-//! the token endpoint every `interval` seconds until the person has entered the code, declined,
-//! or the code expired. On `tokio::time`, so tests run it on paused time.
+//! The device code flow (RFC 8628, at Entra's `/devicecode` and `/token` endpoints): ask Entra
+//! for a code, show its message, poll the token endpoint every `interval` seconds until the person
+//! has entered the code, declined, or the code expired. On `tokio::time`, so tests run it on
+//! paused time.
 
 use std::io;
 use std::time::Duration;

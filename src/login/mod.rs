@@ -1,6 +1,8 @@
-//! `patless login` and `patless logout` (SPEC §1): a person signs in once, interactively, and the
-//! refresh token Entra issues is stored (SPEC §5) for `serve`, `token` and `check` to use through
-//! [`crate::credentials::RefreshTokenCredential`].
+//! `patless login` and `patless logout`: a person signs in once, interactively, and the refresh
+//! token Entra issues is stored in the state directory ([`crate::credentials::state_dir`], one
+//! file per profile) for `serve`, `token` and `check` to use through
+//! [`crate::credentials::RefreshTokenCredential`]. Which kinds sign a person in is the kind table's
+//! `signs_in` (`config/kinds.rs`); this module holds their flows:
 //!
 //! - `device_code` (`device_code.rs`): Entra shows a code, the person enters it on any device.
 //! - `interactive_browser` (`browser.rs`): authorization code with PKCE, redirected to a
@@ -47,7 +49,10 @@ pub enum LoginError {
     #[error("no profile `{0}` in the configuration")]
     UnknownProfile(String),
     /// The profile does not sign a person in.
-    #[error("profile `{profile}` is of kind {kind}: `patless login` is for device_code and interactive_browser profiles")]
+    #[error(
+        "profile `{profile}` is of kind {kind}: `patless login` is for {} profiles",
+        crate::config::kinds::sign_in_names("and")
+    )]
     NotInteractive {
         /// Profile.
         profile: String,
@@ -215,22 +220,18 @@ pub async fn login_with(
     options: &LoginOptions,
 ) -> Result<String, LoginError> {
     let p = profile(config, profile_name)?;
-    let (tenant_id, client_id) = match &p.kind {
+    // The flow each kind that signs a person in uses; `None`: the device code flow.
+    let (tenant_id, client_id, redirect_port) = match &p.kind {
         ProfileKind::DeviceCode {
             tenant_id,
             client_id,
-        }
-        | ProfileKind::InteractiveBrowser {
+        } => (tenant_id.clone(), client_id.clone(), None),
+        ProfileKind::InteractiveBrowser {
             tenant_id,
             client_id,
-            ..
-        } => (tenant_id.clone(), client_id.clone()),
-        other => {
-            return Err(LoginError::NotInteractive {
-                profile: profile_name.to_string(),
-                kind: other.name(),
-            })
-        }
+            redirect_port,
+        } => (tenant_id.clone(), client_id.clone(), Some(*redirect_port)),
+        other => return Err(not_interactive(profile_name, other)),
     };
     let store = store_for(config, &env);
     // A store that cannot be written is reported before the person signs in, not after.
@@ -252,11 +253,16 @@ pub async fn login_with(
         entra: EntraClient::new(http).with_egress(config.server.egress_proxy.as_ref()),
         store,
     };
-    match &p.kind {
-        ProfileKind::InteractiveBrowser { redirect_port, .. } => {
-            browser::run(&target, *redirect_port, env.as_ref(), out, options).await
-        }
-        _ => device_code::run(&target, out).await,
+    match redirect_port {
+        Some(port) => browser::run(&target, port, env.as_ref(), out, options).await,
+        None => device_code::run(&target, out).await,
+    }
+}
+
+fn not_interactive(profile: &str, kind: &ProfileKind) -> LoginError {
+    LoginError::NotInteractive {
+        profile: profile.to_string(),
+        kind: kind.name(),
     }
 }
 
@@ -264,14 +270,8 @@ pub async fn login_with(
 /// Works for a profile no longer in the config too (its file may still be there).
 pub fn logout(config: &Config, profile: &str, env: Env) -> Result<bool, LoginError> {
     if let Some(p) = config.profiles.get(profile) {
-        if !matches!(
-            p.kind,
-            ProfileKind::DeviceCode { .. } | ProfileKind::InteractiveBrowser { .. }
-        ) {
-            return Err(LoginError::NotInteractive {
-                profile: profile.to_string(),
-                kind: p.kind.name(),
-            });
+        if !p.kind.spec().signs_in {
+            return Err(not_interactive(profile, &p.kind));
         }
     }
     Ok(store_for(config, &env).delete(profile)?)

@@ -434,8 +434,8 @@ mod tests {
             assert_eq!(at(foreign), None, "{foreign}");
         }
         let off = router(&format!(
-            "{}\n",
-            crate::config::EMBEDDED_DEFAULT.replace("host_routes = true", "host_routes = false")
+            "[server]\nhost_routes = false\n{}",
+            crate::config::EMBEDDED_DEFAULT
         ));
         let ado = off.route("/ado/org", None).expect("route").target;
         assert_eq!(
@@ -448,8 +448,8 @@ mod tests {
     fn host_routes_off_means_explicit_only() {
         crate::tls::install_crypto_provider();
         let r = router(&format!(
-            "{}\n",
-            crate::config::EMBEDDED_DEFAULT.replace("host_routes = true", "host_routes = false")
+            "[server]\nhost_routes = false\n{}",
+            crate::config::EMBEDDED_DEFAULT
         ));
         assert!(r.route("/dev.azure.com/org", None).is_none());
         assert!(r.route("/mde/api", None).is_some());
