@@ -24,7 +24,7 @@ use crate::env::Env;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, ProxySettings, Router};
 use crate::token::{CacheKey, CacheSettings, TokenCache};
-use crate::{egress, hosts, store, tls};
+use crate::{egress, store, tls};
 
 /// Why patless could not start.
 #[derive(Debug, thiserror::Error)]
@@ -167,31 +167,8 @@ impl App {
         };
         let reusable = old.filter(|o| same_credential_context(&o.config, &config));
         let mut changes = ProfileChanges::default();
-        let mut credentials = HashMap::new();
-        let mut credential_sources = std::collections::BTreeMap::new();
-        for p in config.profiles.values() {
-            let kept = reusable.and_then(|o| {
-                let same = o.config.profiles.get(&p.name) == Some(p);
-                let credential = o.cache.credential(&p.name).filter(|_| same)?;
-                let source = o.credential_sources.get(&p.name)?;
-                Some((Arc::clone(credential), Arc::clone(source)))
-            });
-            let (credential, source) = match kept {
-                Some(k) => {
-                    changes.kept.push(p.name.clone());
-                    k
-                }
-                None => {
-                    if old.is_some() {
-                        changes.rebuilt.push(p.name.clone());
-                    }
-                    let built = credentials::build(p, &ctx);
-                    (built.credential, built.source)
-                }
-            };
-            credentials.insert(p.name.clone(), credential);
-            credential_sources.insert(p.name.clone(), source);
-        }
+        let (credentials, credential_sources) =
+            App::credentials(&config, &ctx, reusable, old.is_some(), &mut changes);
         if let Some(o) = old {
             changes.removed = o
                 .config
@@ -215,28 +192,7 @@ impl App {
             metrics.clone(),
         ));
         if let Some(o) = reusable {
-            // Only entries the new config still routes to (or hands out at the identity
-            // endpoint); the others stop with the old cache.
-            let host_scopes = hosts::all_scopes();
-            let identity_scopes = config
-                .identity_endpoint
-                .as_ref()
-                .map(|ie| (ie.profile.clone(), ie.scopes()));
-            changes.adopted = cache.adopt(&o.cache, |key| {
-                changes.kept.contains(&key.profile)
-                    && (config
-                        .routes
-                        .iter()
-                        .any(|r| r.profile == key.profile && r.scope == key.scope)
-                        || (config.server.host_routes
-                            && key.profile == config.server.default_profile
-                            && host_scopes.contains(&key.scope.as_str()))
-                        || identity_scopes.as_ref().is_some_and(|(profile, scopes)| {
-                            key.claims.is_none()
-                                && *profile == key.profile
-                                && scopes.contains(&key.scope)
-                        }))
-            });
+            changes.adopted = adopt(&cache, &o.cache, &config, &changes.kept);
         }
         let built = App::assemble(&config, &cache, &ctx, &metrics).and_then(|proxy| {
             let identity = match &config.identity_endpoint {
@@ -279,6 +235,46 @@ impl App {
         ))
     }
 
+    /// Every profile's credential and source: the old app's where the profile is unchanged (and
+    /// the context the same), a new one otherwise; `changes` records which.
+    fn credentials(
+        config: &Config,
+        ctx: &CredentialContext,
+        reusable: Option<&App>,
+        reloading: bool,
+        changes: &mut ProfileChanges,
+    ) -> (
+        HashMap<String, Arc<dyn credentials::Credential>>,
+        std::collections::BTreeMap<String, credentials::SourceFn>,
+    ) {
+        let mut credentials = HashMap::new();
+        let mut sources = std::collections::BTreeMap::new();
+        for p in config.profiles.values() {
+            let kept = reusable.and_then(|o| {
+                let same = o.config.profiles.get(&p.name) == Some(p);
+                let credential = o.cache.credential(&p.name).filter(|_| same)?;
+                let source = o.credential_sources.get(&p.name)?;
+                Some((Arc::clone(credential), Arc::clone(source)))
+            });
+            let (credential, source) = match kept {
+                Some(k) => {
+                    changes.kept.push(p.name.clone());
+                    k
+                }
+                None => {
+                    if reloading {
+                        changes.rebuilt.push(p.name.clone());
+                    }
+                    let built = credentials::build(p, ctx);
+                    (built.credential, built.source)
+                }
+            };
+            credentials.insert(p.name.clone(), credential);
+            sources.insert(p.name.clone(), source);
+        }
+        (credentials, sources)
+    }
+
     /// The routing table, the upstream client and the inbound policy over `cache`.
     fn assemble(
         config: &Config,
@@ -319,6 +315,23 @@ impl App {
             metrics.clone(),
         ))
     }
+}
+
+/// Takes over from `old` the entries of the `kept` profiles that the new config still uses: those
+/// its routing table looks up ([`Router::uses`]) and those its identity endpoint hands out. The
+/// others stop with the old cache.
+fn adopt(cache: &TokenCache, old: &TokenCache, config: &Config, kept: &[String]) -> Vec<CacheKey> {
+    let identity = config
+        .identity_endpoint
+        .as_ref()
+        .map(|ie| (ie.profile.clone(), ie.scopes()));
+    cache.adopt(old, |key| {
+        let handed_out = identity.as_ref().is_some_and(|(profile, scopes)| {
+            key.claims.is_none() && *profile == key.profile && scopes.contains(&key.scope)
+        });
+        kept.contains(&key.profile)
+            && (Router::uses(config, &key.profile, &key.scope) || handed_out)
+    })
 }
 
 /// Whether credentials built for `old` can serve `new`: everything a credential is built from

@@ -326,89 +326,76 @@ async fn reload(
 
 /// The new config with the running listener settings put back, and the keys that differed.
 fn keep_listeners(old: &Config, mut new: Config) -> (Config, Vec<String>) {
-    let mut refused = Vec::new();
-    let (o, n) = (&old.server, &mut new.server);
-    let mut check = |key: &str, was: String, now: String| {
+    let mut refused = Refused::default();
+    keep_server_listeners(&old.server, &mut new.server, &mut refused);
+    keep_identity_listener(old, &mut new, &mut refused);
+    (new, refused.0)
+}
+
+/// The keys a reload could not apply.
+#[derive(Default)]
+struct Refused(Vec<String>);
+
+impl Refused {
+    /// Notes `key` (and says so) when it changed from `was` to `now`.
+    fn check(&mut self, key: &str, was: String, now: String) {
         if was != now {
             tracing::warn!(
                 "configuration reload: {key} changed from {was} to {now}, but listeners are not \
                  rebound on reload; it stays {was} until patless restarts. The rest of the new \
                  configuration applies."
             );
-            refused.push(key.to_string());
+            self.0.push(key.to_string());
         }
-    };
+    }
+}
+
+/// `[server]`'s listeners, socket mode, workers and connection limits stay as they run.
+fn keep_server_listeners(o: &config::ServerConfig, n: &mut config::ServerConfig, r: &mut Refused) {
     let show = |a: &Option<config::ListenAddr>| {
         a.as_ref()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "\"\" (off)".into())
     };
-    check("server.listen", o.listen.to_string(), n.listen.to_string());
-    check(
+    r.check("server.listen", o.listen.to_string(), n.listen.to_string());
+    r.check(
         "server.admin_listen",
         show(&o.admin_listen),
         show(&n.admin_listen),
     );
-    check(
+    r.check(
         "server.unix_socket_mode",
         format!("{:04o}", o.unix_socket_mode),
         format!("{:04o}", n.unix_socket_mode),
     );
-    check(
+    r.check(
         "server.workers",
         o.workers.to_string(),
         n.workers.to_string(),
     );
     let (ol, nl) = (o.limits, n.limits);
-    check(
-        "server.max_header_bytes",
-        ol.max_header_bytes.to_string(),
-        nl.max_header_bytes.to_string(),
-    );
-    check(
-        "server.header_read_timeout",
-        format!("{:?}", ol.header_read_timeout),
-        format!("{:?}", nl.header_read_timeout),
-    );
-    check(
-        "server.idle_timeout",
-        format!("{:?}", ol.idle_timeout),
-        format!("{:?}", nl.idle_timeout),
-    );
-    check(
-        "server.max_connections",
-        ol.max_connections.to_string(),
-        nl.max_connections.to_string(),
-    );
-    // The identity endpoint's listener, bound at start or not at all. Its header, profile and
-    // resources follow the reload; a table added is served once patless restarts, and a table
-    // removed stops handing out tokens at once while its listener stays bound until a restart.
-    let off = || "\"\" (off)".to_string();
-    match (&old.identity_endpoint, &mut new.identity_endpoint) {
-        (Some(was), Some(now)) if was.listen != now.listen => {
-            check(
-                "identity_endpoint.listen",
-                was.listen.to_string(),
-                now.listen.to_string(),
-            );
-            now.listen = was.listen.clone();
-        }
-        (None, added @ Some(_)) => {
-            let listen = added
-                .as_ref()
-                .map(|a| a.listen.to_string())
-                .unwrap_or_default();
-            check("identity_endpoint.listen", off(), listen);
-            *added = None;
-        }
-        (Some(was), None) => {
-            check("identity_endpoint.listen", was.listen.to_string(), off());
-            tracing::warn!(
-                "configuration reload: [identity_endpoint] was removed: the identity endpoint \
-                 hands out no more tokens (it answers 404) until patless restarts and closes it"
-            );
-        }
-        _ => {}
+    let limit = |key: &str, was: &dyn std::fmt::Debug, now: &dyn std::fmt::Debug| {
+        (key.to_string(), format!("{was:?}"), format!("{now:?}"))
+    };
+    for (key, was, now) in [
+        limit(
+            "server.max_header_bytes",
+            &ol.max_header_bytes,
+            &nl.max_header_bytes,
+        ),
+        limit(
+            "server.header_read_timeout",
+            &ol.header_read_timeout,
+            &nl.header_read_timeout,
+        ),
+        limit("server.idle_timeout", &ol.idle_timeout, &nl.idle_timeout),
+        limit(
+            "server.max_connections",
+            &ol.max_connections,
+            &nl.max_connections,
+        ),
+    ] {
+        r.check(&key, was, now);
     }
     n.listen = o.listen.clone();
     n.admin_listen = o.admin_listen.clone();
@@ -420,5 +407,37 @@ fn keep_listeners(old: &Config, mut new: Config) -> (Config, Vec<String>) {
         max_uri_bytes: nl.max_uri_bytes,
         ..ol
     };
-    (new, refused)
+}
+
+/// The identity endpoint's listener, bound at start or not at all. Its header, profile and
+/// resources follow the reload; a table added is served once patless restarts, and a table
+/// removed stops handing out tokens at once while its listener stays bound until a restart.
+fn keep_identity_listener(old: &Config, new: &mut Config, r: &mut Refused) {
+    let off = || "\"\" (off)".to_string();
+    match (&old.identity_endpoint, &mut new.identity_endpoint) {
+        (Some(was), Some(now)) if was.listen != now.listen => {
+            r.check(
+                "identity_endpoint.listen",
+                was.listen.to_string(),
+                now.listen.to_string(),
+            );
+            now.listen = was.listen.clone();
+        }
+        (None, added @ Some(_)) => {
+            let listen = added
+                .as_ref()
+                .map(|a| a.listen.to_string())
+                .unwrap_or_default();
+            r.check("identity_endpoint.listen", off(), listen);
+            *added = None;
+        }
+        (Some(was), None) => {
+            r.check("identity_endpoint.listen", was.listen.to_string(), off());
+            tracing::warn!(
+                "configuration reload: [identity_endpoint] was removed: the identity endpoint \
+                 hands out no more tokens (it answers 404) until patless restarts and closes it"
+            );
+        }
+        _ => {}
+    }
 }

@@ -118,101 +118,117 @@ where
     }
     let limits = app.config.server.limits;
     let workers = worker_threads.then_some(app.config.server.workers);
-    let current = Arc::new(ArcSwap::from_pointee(app));
-    let shutting_down = Arc::new(AtomicBool::new(false));
     // `Some(grace)`: stop accepting and drain for up to `grace`.
     let (close_tx, close_rx) = tokio::sync::watch::channel(None::<Duration>);
     // Shutdown has begun: no more reloads.
     let (begun_tx, begun_rx) = tokio::sync::watch::channel(false);
-    let closed = |mut rx: tokio::sync::watch::Receiver<Option<Duration>>| async move {
-        let grace = rx.wait_for(Option::is_some).await.map(|g| *g);
-        grace.ok().flatten().unwrap_or_default()
-    };
-    tracing::info!(listen = %listeners.proxy.describe(), "proxy listening");
-    // The handler of worker `w`: its requests run on that worker's stack and upstream pool.
-    let proxy_handler = |w: usize| {
-        let proxy_app = Arc::clone(&current);
-        move |req| {
-            let app = proxy_app.load_full();
-            async move { app.proxy.handle(w, req).await }
-        }
-    };
-    let proxy_task = async {
-        match workers {
-            Some(n) => {
-                tracing::info!(workers = n, "proxy served by {n} worker threads");
-                server::serve_on_workers(
-                    listeners.proxy,
-                    proxy_handler,
-                    closed(close_rx.clone()),
-                    limits,
-                    "proxy",
-                    n,
-                )
-                .await
-            }
-            None => {
-                server::serve(
-                    listeners.proxy,
-                    proxy_handler(0),
-                    closed(close_rx.clone()),
-                    limits,
-                    "proxy",
-                )
-                .await
-            }
-        }
-    };
-    let admin_task = async {
-        if let Some(l) = listeners.admin {
-            tracing::info!(listen = %l.describe(), "admin listening (/healthz /readyz /metrics)");
-            let admin_app = Arc::clone(&current);
-            let draining = Arc::clone(&shutting_down);
-            server::serve(
-                l,
-                move |req| {
-                    admin::handle(admin_app.load_full(), draining.load(Ordering::Acquire), req)
-                },
-                closed(close_rx.clone()),
-                limits,
-                "admin",
-            )
-            .await;
-        }
-    };
-    let identity_task = async {
-        if let Some(l) = listeners.identity {
-            tracing::info!(
-                listen = %l.describe(),
-                "identity endpoint listening (GET {} for SDKs)",
-                identity::TOKEN_PATH
-            );
-            let identity_app = Arc::clone(&current);
-            server::serve(
-                l,
-                move |req| identity::handle(identity_app.load_full(), req),
-                closed(close_rx.clone()),
-                limits,
-                "identity",
-            )
-            .await;
-        }
+    let running = Running {
+        current: Arc::new(ArcSwap::from_pointee(app)),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+        close_rx,
+        limits,
     };
     let reload_task = async {
         if let Some(r) = reload {
-            reload::serve(Arc::clone(&current), r, begun_rx.clone()).await;
+            reload::serve(Arc::clone(&running.current), r, begun_rx.clone()).await;
         }
     };
-    // Upstream connections a burst opened are closed once idle, not kept until the next request
-    // meets them (or forever, if none comes).
-    let sweep_task = async {
+    let stop = async {
+        shutdown.await;
+        running.shutting_down.store(true, Ordering::Release);
+        let _ = begun_tx.send(true);
+        let grace = running.delay_then_grace(hurry).await;
+        let _ = close_tx.send(Some(grace));
+    };
+    tokio::join!(
+        running.serve_proxy(listeners.proxy, workers),
+        running.serve_admin(listeners.admin),
+        running.serve_identity(listeners.identity),
+        reload_task,
+        running.sweep_idle_upstreams(),
+        stop
+    );
+    // The background tasks: the config watcher ended with the reload task; the refreshers now.
+    let stopped = running.current.load().cache.stop();
+    tracing::info!(refreshers = stopped.len(), "stopped");
+}
+
+/// What the listeners of a running patless share.
+struct Running {
+    /// The app requests read; a reload swaps it.
+    current: Arc<ArcSwap<App>>,
+    /// Set when shutdown begins: `/readyz` answers 503.
+    shutting_down: Arc<AtomicBool>,
+    /// `Some(grace)` once the listeners are to close.
+    close_rx: tokio::sync::watch::Receiver<Option<Duration>>,
+    limits: config::Limits,
+}
+
+impl Running {
+    /// Resolves with the grace period once the listeners are to close.
+    fn closed(&self) -> impl Future<Output = Duration> + Send + 'static {
+        let mut rx = self.close_rx.clone();
+        async move {
+            let grace = rx.wait_for(Option::is_some).await.map(|g| *g);
+            grace.ok().flatten().unwrap_or_default()
+        }
+    }
+
+    /// The proxy listener, on `workers` threads of its own or on the calling runtime.
+    async fn serve_proxy(&self, listener: Listener, workers: Option<usize>) {
+        tracing::info!(listen = %listener.describe(), "proxy listening");
+        // The handler of worker `w`: its requests run on that worker's stack and upstream pool.
+        let handler = |w: usize| {
+            let current = Arc::clone(&self.current);
+            move |req| {
+                let app = current.load_full();
+                async move { app.proxy.handle(w, req).await }
+            }
+        };
+        let (closed, limits) = (self.closed(), self.limits);
+        match workers {
+            Some(n) => {
+                tracing::info!(workers = n, "proxy served by {n} worker threads");
+                server::serve_on_workers(listener, handler, closed, limits, "proxy", n).await
+            }
+            None => server::serve(listener, handler(0), closed, limits, "proxy").await,
+        }
+    }
+
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`), if on.
+    async fn serve_admin(&self, listener: Option<Listener>) {
+        let Some(l) = listener else { return };
+        tracing::info!(listen = %l.describe(), "admin listening (/healthz /readyz /metrics)");
+        let current = Arc::clone(&self.current);
+        let draining = Arc::clone(&self.shutting_down);
+        let handler =
+            move |req| admin::handle(current.load_full(), draining.load(Ordering::Acquire), req);
+        server::serve(l, handler, self.closed(), self.limits, "admin").await;
+    }
+
+    /// The identity endpoint's listener, if `[identity_endpoint]` is set.
+    async fn serve_identity(&self, listener: Option<Listener>) {
+        let Some(l) = listener else { return };
+        tracing::info!(
+            listen = %l.describe(),
+            "identity endpoint listening (GET {} for SDKs)",
+            identity::TOKEN_PATH
+        );
+        let current = Arc::clone(&self.current);
+        let handler = move |req| identity::handle(current.load_full(), req);
+        server::serve(l, handler, self.closed(), self.limits, "identity").await;
+    }
+
+    /// Upstream connections a burst opened are closed once idle, not kept until the next request
+    /// meets them (or forever, if none comes).
+    async fn sweep_idle_upstreams(&self) {
         let every = proxy::UPSTREAM_IDLE_TIMEOUT / 4;
         let sweep = async {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let closed = current.load().proxy.close_idle();
+                let closed = self.current.load().proxy.close_idle();
                 if closed > 0 {
                     tracing::debug!(closed, "closed idle upstream connections");
                 }
@@ -220,15 +236,18 @@ where
         };
         tokio::select! {
             () = sweep => {}
-            _ = closed(close_rx.clone()) => {}
+            _ = self.closed() => {}
         }
-    };
-    let signal = async {
-        shutdown.await;
-        shutting_down.store(true, Ordering::Release);
-        let _ = begun_tx.send(true);
+    }
+
+    /// After the stop signal: `server.shutdown_delay` (cut short by `hurry`), then the grace the
+    /// requests in flight get.
+    async fn delay_then_grace(
+        &self,
+        hurry: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ) -> Duration {
         let (delay, grace) = {
-            let app = current.load();
+            let app = self.current.load();
             (
                 app.config.server.shutdown_delay,
                 app.config.server.shutdown_grace,
@@ -251,17 +270,6 @@ where
                 None => tokio::time::sleep(delay).await,
             }
         }
-        let _ = close_tx.send(Some(grace));
-    };
-    tokio::join!(
-        proxy_task,
-        admin_task,
-        identity_task,
-        reload_task,
-        sweep_task,
-        signal
-    );
-    // The background tasks: the config watcher ended with the reload task; the refreshers now.
-    let stopped = current.load().cache.stop();
-    tracing::info!(refreshers = stopped.len(), "stopped");
+        grace
+    }
 }

@@ -152,6 +152,19 @@ impl Router {
         })
     }
 
+    /// Whether a table built from `config` looks up the token entry of (`profile`, `scope`): an
+    /// explicit route's, or the default profile's for a host route. A reload keeps exactly these
+    /// entries of the profiles it keeps (`app::App::reload`).
+    pub fn uses(config: &Config, profile: &str, scope: &str) -> bool {
+        config
+            .routes
+            .iter()
+            .any(|r| r.profile == profile && r.scope == scope)
+            || (config.server.host_routes
+                && profile == config.server.default_profile
+                && hosts::all_scopes().contains(&scope))
+    }
+
     /// Every explicit route's target (for readiness and `check`).
     pub fn routes(&self) -> &[Arc<RouteTarget>] {
         &self.routes

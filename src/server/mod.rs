@@ -1,10 +1,16 @@
-//! Listeners, the accept loop and graceful shutdown; the admin endpoints live in `admin`, the
-//! identity endpoint for SDKs in `identity`, config reloads in `reload`.
+//! Serving HTTP/1.1: the accept loop and graceful shutdown (here), on worker threads
+//! (`workers.rs`), over TCP or Unix-socket listeners (`listener.rs`), with per-connection clocks
+//! for slow and idle clients (`watchdog.rs`). What is served is a handler function: the proxy's
+//! stack, or the admin and identity endpoints (`app/`).
 
+mod listener;
 pub mod watchdog;
+mod workers;
+
+pub use listener::Listener;
+pub use workers::serve_on_workers;
 
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,96 +18,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
 
-use crate::config::{Limits, ListenAddr};
-
-/// The accept queue asked of the kernel (capped by `net.core.somaxconn`).
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// A bound listener.
-#[derive(Debug)]
-pub enum Listener {
-    /// TCP.
-    Tcp(TcpListener),
-    /// Unix domain socket, and the path it is reached at.
-    Unix(UnixListener, std::path::PathBuf),
-}
-
-impl Listener {
-    /// Binds `addr`. A Unix socket path that holds a stale socket is replaced; any other file there
-    /// (a regular file, a symlink) is left alone and the bind fails. The socket file gets `mode`
-    /// (0660 by default): who may connect is who may use patless's identities.
-    pub async fn bind(addr: &ListenAddr, mode: u32) -> io::Result<Listener> {
-        match addr {
-            ListenAddr::Tcp(a) => {
-                // A deep accept queue, as nginx and haproxy ask for: a burst of new connections
-                // (a build starting hundreds of jobs) waits instead of being dropped.
-                let socket = if a.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                socket.set_reuseaddr(true)?;
-                socket.bind(*a)?;
-                Ok(Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
-            }
-            ListenAddr::Unix(path) => {
-                use std::os::unix::fs::FileTypeExt;
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    if meta.file_type().is_socket() {
-                        // Stale only if nothing answers on it: never steal a live patless's socket.
-                        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                            return Err(io::Error::new(
-                                io::ErrorKind::AddrInUse,
-                                format!("{} is in use by another process", path.display()),
-                            ));
-                        }
-                        std::fs::remove_file(path)?;
-                    }
-                }
-                let listener = bind_unix_private(path, mode)?;
-                Ok(Listener::Unix(listener, path.clone()))
-            }
-        }
-    }
-
-    /// What it listens on, for logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "?".into()),
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
-        }
-    }
-}
-
-/// Binds a Unix socket at `path` with `mode` and no moment in between with another: the socket
-/// is made in a new directory only the owner can enter (so the umask's mode, which `bind` gives
-/// it, cannot be used by anyone else), given `mode`, then renamed into place.
-fn bind_unix_private(path: &std::path::Path, mode: u32) -> io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    // Short, so the temporary path is no longer than most real ones (sockets' paths are capped
-    // at about 107 bytes).
-    let private = parent.join(format!(".pl{:06x}", rand::random::<u32>() & 0xff_ffff));
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
-    let inner = private.join("s");
-    let bound = UnixListener::bind(&inner).and_then(|listener| {
-        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&inner, path)?;
-        Ok(listener)
-    });
-    let _ = std::fs::remove_file(&inner);
-    let _ = std::fs::remove_dir(&private);
-    bound
-}
+use crate::config::Limits;
+use listener::{next_accepted, Io};
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves with a grace period,
 /// then stops accepting and lets open connections finish for up to that grace. `limits` bound what clients may send: head size
@@ -140,212 +59,8 @@ pub async fn serve<H, F, RB>(
     conns.drain(grace, name).await;
 }
 
-/// [`serve`], with the connections spread over `workers` threads of their own, each running a
-/// single-threaded runtime (as nginx runs worker processes): a connection and everything its
-/// requests do — hyper's parsing, the upstream call on that thread's own connection pool, the
-/// timers — stay on one thread, with no work stealing and no cross-thread wake-ups per request.
-/// The calling runtime accepts and hands each connection to the worker with the fewest open
-/// ones; token refreshes, admin and reloads stay on it too. Worker `i` serves with `handler(i)`
-/// (the proxy's handler for a worker uses that worker's stack and upstream pool).
-pub async fn serve_on_workers<M, H, F, RB>(
-    listener: Listener,
-    handler: M,
-    shutdown: impl Future<Output = Duration>,
-    limits: Limits,
-    name: &'static str,
-    workers: usize,
-) where
-    M: Fn(usize) -> H,
-    H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<RB>> + Send + 'static,
-    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    RB::Error: Into<crate::proxy::BoxError>,
-{
-    let workers = workers.max(1);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let mut pool = Vec::with_capacity(workers);
-    for index in 0..workers {
-        match Worker::spawn(index, ConnServer::new(handler(index), limits, name)) {
-            Ok(w) => pool.push(w),
-            Err(e) => {
-                // No thread to be had (a tight `ulimit -u`): serve on the threads there are.
-                tracing::warn!(listener = name, "cannot start worker thread {index}: {e}");
-                break;
-            }
-        }
-    }
-    if pool.is_empty() {
-        tracing::warn!(
-            listener = name,
-            "no worker thread could start; serving on the main runtime"
-        );
-        return serve(listener, handler(0), shutdown, limits, name).await;
-    }
-    tracing::debug!(
-        listener = name,
-        workers = pool.len(),
-        "worker threads started"
-    );
-    let mut refused = Connections::default();
-    tokio::pin!(shutdown);
-    let grace = loop {
-        refused.reap();
-        let io = match next_accepted(&listener, shutdown.as_mut(), name).await {
-            Ok(io) => io,
-            Err(grace) => break grace,
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            refused.refuse(io.into_io(), &limits, name);
-            continue;
-        };
-        // Off this runtime's reactor, onto the worker's.
-        let stream = match io.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(listener = name, "cannot hand the connection on: {e}");
-                continue;
-            }
-        };
-        let worker = pool
-            .iter()
-            .min_by_key(|w| w.open.load(std::sync::atomic::Ordering::Relaxed))
-            .expect("at least one worker");
-        worker
-            .open
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if worker.tx.send(WorkerMsg::Conn(stream, slot)).is_err() {
-            worker
-                .open
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(listener = name, "a worker thread has stopped");
-        }
-    };
-    drop(listener);
-    tracing::info!(
-        listener = name,
-        grace_ms = grace.as_millis() as u64,
-        "draining connections"
-    );
-    for w in &pool {
-        let _ = w.tx.send(WorkerMsg::Drain(grace));
-    }
-    for w in pool {
-        let _ = w.done.await;
-        let _ = w.thread.join();
-    }
-    refused.abort();
-}
-
-/// What one accept gave: a stream on the accepting runtime's reactor.
-enum Accepted {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-/// A connection between runtimes.
-enum StdStream {
-    Tcp(std::net::TcpStream),
-    Unix(std::os::unix::net::UnixStream),
-}
-
-impl Accepted {
-    fn into_io(self) -> Box<dyn Io> {
-        match self {
-            Accepted::Tcp(s) => Box::new(s),
-            Accepted::Unix(s) => Box::new(s),
-        }
-    }
-
-    fn into_std(self) -> io::Result<StdStream> {
-        Ok(match self {
-            Accepted::Tcp(s) => StdStream::Tcp(s.into_std()?),
-            Accepted::Unix(s) => StdStream::Unix(s.into_std()?),
-        })
-    }
-}
-
-impl StdStream {
-    /// Registers the stream with the current runtime's reactor (it is non-blocking already).
-    fn into_tokio(self) -> io::Result<Box<dyn Io>> {
-        Ok(match self {
-            StdStream::Tcp(s) => Box::new(tokio::net::TcpStream::from_std(s)?),
-            StdStream::Unix(s) => Box::new(tokio::net::UnixStream::from_std(s)?),
-        })
-    }
-}
-
-enum WorkerMsg {
-    Conn(StdStream, tokio::sync::OwnedSemaphorePermit),
-    /// Stop taking connections; let the open ones finish for up to this long.
-    Drain(Duration),
-}
-
-/// One worker thread of [`serve_on_workers`].
-struct Worker {
-    tx: tokio::sync::mpsc::UnboundedSender<WorkerMsg>,
-    /// Connections handed to it and not yet closed.
-    open: Arc<std::sync::atomic::AtomicUsize>,
-    /// Resolves when it has drained.
-    done: tokio::sync::oneshot::Receiver<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Worker {
-    fn spawn<H, F, RB>(index: usize, server: ConnServer<H>) -> io::Result<Worker>
-    where
-        H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = hyper::Response<RB>> + Send + 'static,
-        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        RB::Error: Into<crate::proxy::BoxError>,
-    {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = Arc::clone(&open);
-        let name = server.name;
-        let thread = std::thread::Builder::new()
-            .name(format!("patless-{name}-{index}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let mut conns = Connections::default();
-                    let grace = loop {
-                        conns.reap();
-                        match rx.recv().await {
-                            Some(WorkerMsg::Conn(stream, slot)) => match stream.into_tokio() {
-                                Ok(io) => {
-                                    server.start(&mut conns, io, slot, Some(Arc::clone(&count)))
-                                }
-                                Err(e) => {
-                                    count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                                    tracing::debug!(
-                                        listener = name,
-                                        "cannot take the connection: {e}"
-                                    );
-                                }
-                            },
-                            Some(WorkerMsg::Drain(grace)) => break grace,
-                            None => break Duration::ZERO,
-                        }
-                    };
-                    drop(rx);
-                    conns.drain_quietly(grace, name).await;
-                });
-                let _ = done_tx.send(());
-            })?;
-        Ok(Worker {
-            tx,
-            open,
-            done,
-            thread,
-        })
-    }
-}
-
 /// How connections are served: hyper's settings and the request handler.
-struct ConnServer<H> {
+pub(super) struct ConnServer<H> {
     builder: Arc<http1::Builder>,
     sensitive: Arc<[http::HeaderName]>,
     handler: H,
@@ -439,7 +154,7 @@ fn mark_sensitive(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
 }
 
 /// The open connections of one runtime, and their graceful shutdown.
-struct Connections {
+pub(super) struct Connections {
     graceful: GracefulShutdown,
     // Every connection's task, so the ones still open when the grace runs out can be ended.
     set: tokio::task::JoinSet<()>,
@@ -512,46 +227,6 @@ async fn refuse_busy(stream: &mut Box<dyn Io>) {
         let _ = stream.shutdown().await;
     })
     .await;
-}
-
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-
-/// The next connection, or `Err(grace)` once `shutdown` resolves. A failed accept (EMFILE and
-/// friends) is logged and followed by a short pause: the listener keeps serving.
-async fn next_accepted<S: Future<Output = Duration>>(
-    listener: &Listener,
-    mut shutdown: std::pin::Pin<&mut S>,
-    name: &'static str,
-) -> Result<Accepted, Duration> {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            grace = shutdown.as_mut() => return Err(grace),
-            a = accept(listener) => a,
-        };
-        match accepted {
-            Ok(io) => return Ok(io),
-            Err(e) => {
-                tracing::warn!(listener = name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn accept(listener: &Listener) -> io::Result<Accepted> {
-    match listener {
-        Listener::Tcp(l) => {
-            let (s, _) = l.accept().await?;
-            let _ = s.set_nodelay(true);
-            Ok(Accepted::Tcp(s))
-        }
-        Listener::Unix(l, _) => {
-            let (s, _) = l.accept().await?;
-            Ok(Accepted::Unix(s))
-        }
-    }
 }
 
 #[cfg(test)]
