@@ -311,30 +311,7 @@ async fn answer(
         return Err(Refusal::HeaderWrong);
     }
     let q = parse_query(req.uri().query().unwrap_or_default())?;
-    match q.api_version.as_deref() {
-        Some(API_VERSION) => {}
-        Some(other) => {
-            return Err(Refusal::InvalidRequest(format!(
-                "api-version {} is not supported; this endpoint speaks App Service's \
-                 api-version={API_VERSION}",
-                loggable(other)
-            )))
-        }
-        None => {
-            return Err(Refusal::InvalidRequest(format!(
-                "the api-version query parameter is missing; expected api-version={API_VERSION}"
-            )))
-        }
-    }
-    let asked =
-        match q.resource.as_deref().map(str::trim) {
-            Some(r) if !r.is_empty() => r,
-            _ => return Err(Refusal::InvalidRequest(
-                "the resource query parameter is missing; expected resource=<the API's resource, \
-                 such as 499b84ac-1321-427f-aa17-267ca6975798>"
-                    .into(),
-            )),
-        };
+    let asked = asked_resource(&q)?;
     let Some(resource) = ep.config.allowed(asked) else {
         return Err(Refusal::ResourceNotAllowed {
             asked: asked.chars().take(200).collect(),
@@ -353,6 +330,43 @@ async fn answer(
             })
         })?;
     let token = entry.get().await.map_err(Refusal::TokenUnavailable)?;
+    token_answer(ep, &q, &token, asked)
+}
+
+/// The resource a well-formed request asks for (App Service's `api-version` and `resource`).
+fn asked_resource(q: &Query) -> Result<&str, Refusal> {
+    match q.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        Some(other) => {
+            return Err(Refusal::InvalidRequest(format!(
+                "api-version {} is not supported; this endpoint speaks App Service's \
+                 api-version={API_VERSION}",
+                loggable(other)
+            )))
+        }
+        None => {
+            return Err(Refusal::InvalidRequest(format!(
+                "the api-version query parameter is missing; expected api-version={API_VERSION}"
+            )))
+        }
+    }
+    match q.resource.as_deref().map(str::trim) {
+        Some(r) if !r.is_empty() => Ok(r),
+        _ => Err(Refusal::InvalidRequest(
+            "the resource query parameter is missing; expected resource=<the API's resource, \
+             such as 499b84ac-1321-427f-aa17-267ca6975798>"
+                .into(),
+        )),
+    }
+}
+
+/// App Service's answer for `token`, once the request's identity selectors name its identity.
+fn token_answer(
+    ep: &IdentityEndpoint,
+    q: &Query,
+    token: &crate::token::CachedToken,
+    asked: &str,
+) -> Result<(StatusCode, serde_json::Value), Refusal> {
     let claims = crate::jwt::claims(token.secret().expose()).unwrap_or_default();
     let claim = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let client_id = ep
@@ -361,7 +375,7 @@ async fn answer(
         .or_else(|| claim("appid"))
         .or_else(|| claim("azp"));
     check_identity(
-        &q,
+        q,
         &ep.config.profile,
         client_id.as_deref(),
         claim("oid").as_deref(),

@@ -194,23 +194,9 @@ impl App {
         if let Some(o) = reusable {
             changes.adopted = adopt(&cache, &o.cache, &config, &changes.kept);
         }
-        let built = App::assemble(&config, &cache, &ctx, &metrics).and_then(|proxy| {
-            let identity = match &config.identity_endpoint {
-                None => None,
-                Some(ie) => Some(identity::IdentityEndpoint::new(
-                    ie.clone(),
-                    config.profiles.get(&ie.profile),
-                    config.server.allowed_hosts.clone(),
-                    config.server.allowed_origins.clone(),
-                    ctx.env.as_ref(),
-                )?),
-            };
-            Ok((proxy, identity))
-        });
-        let admin = admin::AdminPolicy::new(&config.server, ctx.env.as_ref())
-            .map_err(StartError::AdminToken);
-        let built = built.and_then(|pi| admin.map(|admin| (pi, admin)));
-        let ((proxy, identity), admin) = match built {
+        let built = App::assemble(&config, &cache, &ctx, &metrics)
+            .and_then(|proxy| Ok((proxy, App::endpoints(&config, &ctx)?)));
+        let (proxy, (identity, admin)) = match built {
             Ok(p) => p,
             Err(e) => {
                 // The old cache still owns the adopted entries: dropping this one must not stop
@@ -273,6 +259,26 @@ impl App {
             sources.insert(p.name.clone(), source);
         }
         (credentials, sources)
+    }
+
+    /// The identity endpoint (when configured) and the admin listener's policy.
+    fn endpoints(
+        config: &Config,
+        ctx: &CredentialContext,
+    ) -> Result<(Option<identity::IdentityEndpoint>, admin::AdminPolicy), StartError> {
+        let identity = match &config.identity_endpoint {
+            None => None,
+            Some(ie) => Some(identity::IdentityEndpoint::new(
+                ie.clone(),
+                config.profiles.get(&ie.profile),
+                config.server.allowed_hosts.clone(),
+                config.server.allowed_origins.clone(),
+                ctx.env.as_ref(),
+            )?),
+        };
+        let admin = admin::AdminPolicy::new(&config.server, ctx.env.as_ref())
+            .map_err(StartError::AdminToken)?;
+        Ok((identity, admin))
     }
 
     /// The routing table, the upstream client and the inbound policy over `cache`.

@@ -78,21 +78,33 @@ pub async fn serve_on_workers<M, H, F, RB>(
                 continue;
             }
         };
-        let worker = pool
-            .iter()
-            .min_by_key(|w| w.open.load(std::sync::atomic::Ordering::Relaxed))
-            .expect("at least one worker");
-        worker
-            .open
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if worker.tx.send(WorkerMsg::Conn(stream, slot)).is_err() {
-            worker
-                .open
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(listener = name, "a worker thread has stopped");
-        }
+        hand_over(&pool, stream, slot, name);
     };
     drop(listener);
+    drain(pool, grace, name).await;
+    refused.abort();
+}
+
+/// Gives the connection to the worker with the fewest open ones.
+fn hand_over(
+    pool: &[Worker],
+    stream: StdStream,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    name: &'static str,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(worker) = pool.iter().min_by_key(|w| w.open.load(Relaxed)) else {
+        return;
+    };
+    worker.open.fetch_add(1, Relaxed);
+    if worker.tx.send(WorkerMsg::Conn(stream, slot)).is_err() {
+        worker.open.fetch_sub(1, Relaxed);
+        tracing::warn!(listener = name, "a worker thread has stopped");
+    }
+}
+
+/// Tells every worker to drain for up to `grace`, and waits for them.
+async fn drain(pool: Vec<Worker>, grace: Duration, name: &'static str) {
     tracing::info!(
         listener = name,
         grace_ms = grace.as_millis() as u64,
@@ -105,7 +117,6 @@ pub async fn serve_on_workers<M, H, F, RB>(
         let _ = w.done.await;
         let _ = w.thread.join();
     }
-    refused.abort();
 }
 
 enum WorkerMsg {
