@@ -197,14 +197,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| is_hop(n)).cloned().collect();
-    // Names listed in `Connection` are hop-by-hop too.
+    // Names listed in `Connection` are hop-by-hop too. `keep-alive`, the one nearly every
+    // upstream lists, is among the fixed names already: no name is made for it.
     doomed.extend(
         headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case(KEEP_ALIVE.as_str()))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()),
     );
     for name in &doomed {
         headers.remove(name);
@@ -393,6 +396,33 @@ mod tests {
             .header(header::AUTHORIZATION, "Basic OnN0YWxlLXBhdA==")
             .body(Full::new(Bytes::new()))
             .expect("request")
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_lists_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "Keep-Alive, X-Hop"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("content-type", "application/json"),
+            ("x-end-to-end", "kept"),
+        ] {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-end-to-end"]);
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1, "nothing to drop, nothing dropped");
     }
 
     #[tokio::test(start_paused = true)]
