@@ -219,7 +219,7 @@ struct Ids {
     tenant: Option<String>,
 }
 
-/// 1. The environment service principal, or why it was skipped.
+/// Source 1, the environment service principal, or why it was skipped.
 fn env_service_principal(
     ids: &Ids,
     authority: &Url,
@@ -276,7 +276,7 @@ fn env_service_principal(
     }
 }
 
-/// 2. Workload identity, or why it was skipped.
+/// Source 2, workload identity, or why it was skipped.
 fn workload_identity(
     ids: &Ids,
     authority: &Url,
@@ -300,8 +300,8 @@ fn workload_identity(
     }
 }
 
-/// 3. Managed identity, a user-assigned one by `AZURE_CLIENT_ID` as the Azure SDKs do: chosen
-/// when the environment names a hosting platform, else IMDS for the probe to look for.
+/// Source 3, managed identity (a user-assigned one by `AZURE_CLIENT_ID`, as the Azure SDKs do):
+/// chosen when the environment names a hosting platform, else IMDS for the probe to look for.
 fn managed_identity(ids: &Ids, ctx: &CredentialContext) -> Result<Chosen, ImdsCandidate> {
     let env = ctx.env.as_ref();
     let id = ids.client.clone().map(ManagedIdentityId::ClientId);
@@ -350,7 +350,7 @@ fn initial_state(
     }
 }
 
-/// 4. Azure CLI, then Azure Developer CLI, tried in order at first use.
+/// Source 4, Azure CLI then Azure Developer CLI, tried in order at first use.
 fn developer_tools(ids: &Ids, ctx: &CredentialContext) -> Vec<(&'static str, Arc<dyn Credential>)> {
     vec![
         (
