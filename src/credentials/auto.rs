@@ -83,151 +83,29 @@ impl AutoCredential {
         ctx: &CredentialContext,
     ) -> Self {
         let env = ctx.env.as_ref();
-        let client_id = client_id.or_else(|| non_empty(env, "AZURE_CLIENT_ID"));
-        let tenant_id = tenant_id.or_else(|| non_empty(env, "AZURE_TENANT_ID"));
-        let mut skipped = Vec::new();
-        let mut decided: Option<Chosen> = None;
-
-        // 1. Environment service principal.
-        let secret = non_empty(env, "AZURE_CLIENT_SECRET");
-        let cert = non_empty(env, "AZURE_CLIENT_CERTIFICATE_PATH");
-        match (&client_id, &tenant_id, &secret, &cert) {
-            (Some(c), Some(t), Some(_), _) => {
-                decided = Some((
-                    format!("environment service principal: app {c} in tenant {t}, secret from AZURE_CLIENT_SECRET"),
-                    Arc::new(ClientSecretCredential::new(
-                        ctx.entra.clone(),
-                        authority.clone(),
-                        t.clone(),
-                        c.clone(),
-                        SecretSource::Env("AZURE_CLIENT_SECRET".into()),
-                        ctx.env.clone(),
-                    )),
-                ));
-            }
-            (Some(c), Some(t), None, Some(path)) => {
-                let chain = env_flag(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN");
-                decided = Some((
-                    format!(
-                        "environment service principal: app {c} in tenant {t}, certificate {path}"
-                    ),
-                    Arc::new(ClientCertificateCredential::new(
-                        ctx.entra.clone(),
-                        authority.clone(),
-                        t.clone(),
-                        c.clone(),
-                        path.into(),
-                        non_empty(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD")
-                            .map(|_| SecretSource::Env("AZURE_CLIENT_CERTIFICATE_PASSWORD".into())),
-                        chain,
-                        ctx.env.clone(),
-                    )),
-                ));
-            }
-            (c, t, s, p) => {
-                let mut missing = Vec::new();
-                if c.is_none() {
-                    missing.push("AZURE_CLIENT_ID");
-                }
-                if t.is_none() {
-                    missing.push("AZURE_TENANT_ID");
-                }
-                if s.is_none() && p.is_none() {
-                    missing.push("AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH");
-                }
-                skipped.push(format!(
-                    "environment service principal — {} not set",
-                    missing.join(", ")
-                ));
-            }
-        }
-
-        // 2. Workload identity.
-        if decided.is_none() {
-            match (non_empty(env, "AZURE_FEDERATED_TOKEN_FILE"), &client_id, &tenant_id) {
-                (Some(file), Some(c), Some(t)) => {
-                    decided = Some((
-                        format!("workload identity: app {c} in tenant {t}, federated token from {file}"),
-                        Arc::new(WorkloadIdentityCredential::new(
-                            ctx.entra.clone(),
-                            authority.clone(),
-                            t.clone(),
-                            c.clone(),
-                            file.into(),
-                        )),
-                    ));
-                }
-                (None, _, _) => skipped.push("workload identity — AZURE_FEDERATED_TOKEN_FILE not set".into()),
-                (Some(_), _, _) => skipped.push(
-                    "workload identity — AZURE_FEDERATED_TOKEN_FILE is set but AZURE_CLIENT_ID or AZURE_TENANT_ID is not".into(),
-                ),
-            }
-        }
-
-        // 3. Managed identity: a user-assigned one by AZURE_CLIENT_ID, as the Azure SDKs do.
-        let mut imds = None;
-        if decided.is_none() {
-            let id = client_id.clone().map(ManagedIdentityId::ClientId);
-            let http = ctx.entra.http().clone();
-            let mi = Arc::new(ManagedIdentityCredential::new(
-                http.clone(),
-                id,
-                None,
-                ctx.env.clone(),
-                &ctx.arc,
-            ));
-            let hosted = non_empty(env, "IDENTITY_ENDPOINT").is_some()
-                || non_empty(env, "MSI_ENDPOINT").is_some()
-                || ctx.arc.installed();
-            if hosted {
-                decided = Some((mi.describe(), mi));
-            } else {
-                let base = non_empty(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST")
-                    .and_then(|b| Url::parse(&b).ok())
-                    .unwrap_or_else(|| Url::parse(IMDS_DEFAULT).expect("constant URL"));
-                imds = Some(ImdsCandidate {
-                    http,
-                    base,
-                    credential: mi,
-                });
-            }
-        }
-
-        let state = match (&decided, &imds) {
-            (Some((what, _)), _) => {
-                tracing::info!(profile, source = %what, "auto profile: credential found");
-                what.clone()
-            }
-            (None, Some(c)) => format!(
-                "managed identity via IMDS at {}, if a probe at first use finds it ({})",
-                c.base,
-                skipped.join("; ")
-            ),
-            (None, None) => String::new(),
+        let ids = Ids {
+            client: client_id.or_else(|| non_empty(env, "AZURE_CLIENT_ID")),
+            tenant: tenant_id.or_else(|| non_empty(env, "AZURE_TENANT_ID")),
         };
-        let developer_tools: Vec<(&'static str, Arc<dyn Credential>)> = vec![
-            (
-                "Azure CLI",
-                Arc::new(AzureCliCredential::new(
-                    tenant_id.clone(),
-                    None,
-                    ctx.env.clone(),
-                )),
-            ),
-            (
-                "Azure Developer CLI",
-                Arc::new(AzureDeveloperCliCredential::new(
-                    tenant_id.clone(),
-                    ctx.env.clone(),
-                )),
-            ),
-        ];
+        let mut skipped = Vec::new();
+        let mut imds = None;
+        let decided = env_service_principal(&ids, &authority, ctx)
+            .or_else(|why| {
+                skipped.push(why);
+                workload_identity(&ids, &authority, ctx)
+            })
+            .or_else(|why| {
+                skipped.push(why);
+                managed_identity(&ids, ctx).map_err(|candidate| imds = Some(candidate))
+            })
+            .ok();
+        let state = initial_state(profile, decided.as_ref(), imds.as_ref(), &skipped);
         AutoCredential {
             profile: profile.to_string(),
             decided,
             imds,
             skipped,
-            developer_tools,
+            developer_tools: developer_tools(&ids, ctx),
             probed: AsyncMutex::new(None),
             first: Mutex::new(None),
             state: Mutex::new(state),
@@ -250,37 +128,7 @@ impl AutoCredential {
     async fn probe(&self, scope: &str, claims: Option<&str>) -> Result<Chosen, String> {
         let mut skipped = self.skipped.clone();
         if let Some(c) = &self.imds {
-            let url = format!(
-                "{}/metadata/identity/oauth2/token?api-version=2018-02-01",
-                c.base.as_str().trim_end_matches('/')
-            );
-            // IMDS answers a request without `resource` with 400 and a JSON `error`. Anything else
-            // (a proxy's page, a captive portal) is not IMDS.
-            let outcome = c
-                .http
-                .get(&url)
-                .header("Metadata", "true")
-                .timeout(IMDS_PROBE_TIMEOUT)
-                .send()
-                .await;
-            let verdict = match outcome {
-                Ok(resp) if resp.status() == reqwest::StatusCode::BAD_REQUEST => {
-                    match resp.json::<serde_json::Value>().await {
-                        Ok(body) if body.get("error").is_some() => Ok(()),
-                        _ => Err("answered 400 without an IMDS error body".to_string()),
-                    }
-                }
-                Ok(resp) => Err(format!(
-                    "answered HTTP {}, which IMDS does not",
-                    resp.status().as_u16()
-                )),
-                Err(e) if e.is_timeout() => Err(format!(
-                    "did not answer within {}s (not on an Azure VM?)",
-                    IMDS_PROBE_TIMEOUT.as_secs()
-                )),
-                Err(_) => Err("did not answer (not on an Azure VM?)".to_string()),
-            };
-            match verdict {
+            match probe_imds(c).await {
                 Ok(()) => {
                     let what = c.credential.describe();
                     tracing::info!(profile = %self.profile, source = %what, "auto profile: credential found");
@@ -310,6 +158,12 @@ impl AutoCredential {
                 }
             }
         }
+        Err(self.nothing_found(&skipped))
+    }
+
+    /// The error when no source is available, naming each and why it was skipped; logged, and
+    /// kept for `describe`.
+    fn nothing_found(&self, skipped: &[String]) -> String {
         let why = format!(
             "no credential found for profile `{}` (kind auto). Tried: {}. Fix: export AZURE_CLIENT_ID, \
              AZURE_TENANT_ID and AZURE_CLIENT_SECRET (or AZURE_CLIENT_CERTIFICATE_PATH), run in a pod \
@@ -322,8 +176,199 @@ impl AutoCredential {
         if let Ok(mut state) = self.state.lock() {
             *state = why.clone();
         }
-        Err(why)
+        why
     }
+}
+
+/// Whether IMDS answers at `c.base`: it answers a request without `resource` with 400 and a JSON
+/// `error`. Anything else (a proxy's page, a captive portal) is not IMDS; `Err` says what it did.
+async fn probe_imds(c: &ImdsCandidate) -> Result<(), String> {
+    let url = format!(
+        "{}/metadata/identity/oauth2/token?api-version=2018-02-01",
+        c.base.as_str().trim_end_matches('/')
+    );
+    let outcome = c
+        .http
+        .get(&url)
+        .header("Metadata", "true")
+        .timeout(IMDS_PROBE_TIMEOUT)
+        .send()
+        .await;
+    match outcome {
+        Ok(resp) if resp.status() == reqwest::StatusCode::BAD_REQUEST => {
+            match resp.json::<serde_json::Value>().await {
+                Ok(body) if body.get("error").is_some() => Ok(()),
+                _ => Err("answered 400 without an IMDS error body".to_string()),
+            }
+        }
+        Ok(resp) => Err(format!(
+            "answered HTTP {}, which IMDS does not",
+            resp.status().as_u16()
+        )),
+        Err(e) if e.is_timeout() => Err(format!(
+            "did not answer within {}s (not on an Azure VM?)",
+            IMDS_PROBE_TIMEOUT.as_secs()
+        )),
+        Err(_) => Err("did not answer (not on an Azure VM?)".to_string()),
+    }
+}
+
+/// The app and tenant ids: the profile's, else `AZURE_CLIENT_ID` and `AZURE_TENANT_ID`.
+struct Ids {
+    client: Option<String>,
+    tenant: Option<String>,
+}
+
+/// Source 1, the environment service principal, or why it was skipped.
+fn env_service_principal(
+    ids: &Ids,
+    authority: &Url,
+    ctx: &CredentialContext,
+) -> Result<Chosen, String> {
+    let env = ctx.env.as_ref();
+    let secret = non_empty(env, "AZURE_CLIENT_SECRET");
+    let cert = non_empty(env, "AZURE_CLIENT_CERTIFICATE_PATH");
+    match (&ids.client, &ids.tenant, &secret, &cert) {
+        (Some(c), Some(t), Some(_), _) => Ok((
+            format!("environment service principal: app {c} in tenant {t}, secret from AZURE_CLIENT_SECRET"),
+            Arc::new(ClientSecretCredential::new(
+                ctx.entra.clone(),
+                authority.clone(),
+                t.clone(),
+                c.clone(),
+                SecretSource::Env("AZURE_CLIENT_SECRET".into()),
+                ctx.env.clone(),
+            )),
+        )),
+        (Some(c), Some(t), None, Some(path)) => {
+            let chain = env_flag(env, "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN");
+            Ok((
+                format!("environment service principal: app {c} in tenant {t}, certificate {path}"),
+                Arc::new(ClientCertificateCredential::new(
+                    ctx.entra.clone(),
+                    authority.clone(),
+                    t.clone(),
+                    c.clone(),
+                    path.into(),
+                    non_empty(env, "AZURE_CLIENT_CERTIFICATE_PASSWORD")
+                        .map(|_| SecretSource::Env("AZURE_CLIENT_CERTIFICATE_PASSWORD".into())),
+                    chain,
+                    ctx.env.clone(),
+                )),
+            ))
+        }
+        (c, t, s, p) => {
+            let mut missing = Vec::new();
+            if c.is_none() {
+                missing.push("AZURE_CLIENT_ID");
+            }
+            if t.is_none() {
+                missing.push("AZURE_TENANT_ID");
+            }
+            if s.is_none() && p.is_none() {
+                missing.push("AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH");
+            }
+            Err(format!(
+                "environment service principal — {} not set",
+                missing.join(", ")
+            ))
+        }
+    }
+}
+
+/// Source 2, workload identity, or why it was skipped.
+fn workload_identity(
+    ids: &Ids,
+    authority: &Url,
+    ctx: &CredentialContext,
+) -> Result<Chosen, String> {
+    match (non_empty(ctx.env.as_ref(), "AZURE_FEDERATED_TOKEN_FILE"), &ids.client, &ids.tenant) {
+        (Some(file), Some(c), Some(t)) => Ok((
+            format!("workload identity: app {c} in tenant {t}, federated token from {file}"),
+            Arc::new(WorkloadIdentityCredential::new(
+                ctx.entra.clone(),
+                authority.clone(),
+                t.clone(),
+                c.clone(),
+                file.into(),
+            )),
+        )),
+        (None, _, _) => Err("workload identity — AZURE_FEDERATED_TOKEN_FILE not set".into()),
+        (Some(_), _, _) => Err(
+            "workload identity — AZURE_FEDERATED_TOKEN_FILE is set but AZURE_CLIENT_ID or AZURE_TENANT_ID is not".into(),
+        ),
+    }
+}
+
+/// Source 3, managed identity (a user-assigned one by `AZURE_CLIENT_ID`, as the Azure SDKs do):
+/// chosen when the environment names a hosting platform, else IMDS for the probe to look for.
+fn managed_identity(ids: &Ids, ctx: &CredentialContext) -> Result<Chosen, ImdsCandidate> {
+    let env = ctx.env.as_ref();
+    let id = ids.client.clone().map(ManagedIdentityId::ClientId);
+    let http = ctx.entra.http().clone();
+    let mi = Arc::new(ManagedIdentityCredential::new(
+        http.clone(),
+        id,
+        None,
+        ctx.env.clone(),
+        &ctx.arc,
+    ));
+    let hosted = non_empty(env, "IDENTITY_ENDPOINT").is_some()
+        || non_empty(env, "MSI_ENDPOINT").is_some()
+        || ctx.arc.installed();
+    if hosted {
+        return Ok((mi.describe(), mi));
+    }
+    let base = non_empty(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST")
+        .and_then(|b| Url::parse(&b).ok())
+        .unwrap_or_else(|| Url::parse(IMDS_DEFAULT).expect("constant URL"));
+    Err(ImdsCandidate {
+        http,
+        base,
+        credential: mi,
+    })
+}
+
+/// What `describe` says before any probe: the source decided, or the IMDS probe to come.
+fn initial_state(
+    profile: &str,
+    decided: Option<&Chosen>,
+    imds: Option<&ImdsCandidate>,
+    skipped: &[String],
+) -> String {
+    match (decided, imds) {
+        (Some((what, _)), _) => {
+            tracing::info!(profile, source = %what, "auto profile: credential found");
+            what.clone()
+        }
+        (None, Some(c)) => format!(
+            "managed identity via IMDS at {}, if a probe at first use finds it ({})",
+            c.base,
+            skipped.join("; ")
+        ),
+        (None, None) => String::new(),
+    }
+}
+
+/// Source 4, Azure CLI then Azure Developer CLI, tried in order at first use.
+fn developer_tools(ids: &Ids, ctx: &CredentialContext) -> Vec<(&'static str, Arc<dyn Credential>)> {
+    vec![
+        (
+            "Azure CLI",
+            Arc::new(AzureCliCredential::new(
+                ids.tenant.clone(),
+                None,
+                ctx.env.clone(),
+            )),
+        ),
+        (
+            "Azure Developer CLI",
+            Arc::new(AzureDeveloperCliCredential::new(
+                ids.tenant.clone(),
+                ctx.env.clone(),
+            )),
+        ),
+    ]
 }
 
 impl Credential for AutoCredential {

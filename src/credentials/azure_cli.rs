@@ -106,13 +106,7 @@ impl AzureCliCredential {
             cli_process::check_arg(&cli, "subscription", s)?;
             args.extend(["--subscription", s]);
         }
-        let Some(az) = cli_process::find_program(self.env.as_ref(), "az") else {
-            return Err(cli.not_installed("no `az` on PATH"));
-        };
-        tracing::debug!(program = %az.display(), ?args, "asking the Azure CLI for a token");
-        let out = cli_process::run(&az, &args, self.env.as_ref(), self.timeout)
-            .await
-            .map_err(|e| cli.run_error(&az, e, self.timeout))?;
+        let out = cli.fetch(&args, self.env.as_ref(), self.timeout).await?;
         if out.code != Some(0) {
             return Err(self.failure(&out, scope));
         }
@@ -121,16 +115,8 @@ impl AzureCliCredential {
 
     fn failure(&self, out: &Finished, scope: &str) -> CredentialError {
         let cli = self.cli();
-        if cli_process::says_not_installed(out) {
-            return cli.not_installed(&format!(
-                "`az` could not start: {}",
-                cli_process::first_line(&out.stderr)
-                    .map(cli_process::quotable)
-                    .unwrap_or_else(|| "exit 127".to_string())
-            ));
-        }
-        if let Some((code, line)) = cli_process::find_aadsts(&out.stderr) {
-            return cli.aadsts(code, line, scope);
+        if let Some(e) = cli.common_failure(out, scope) {
+            return e;
         }
         let lower = out.stderr.to_ascii_lowercase();
         if lower.contains("az login") {

@@ -91,13 +91,7 @@ impl AzureDeveloperCliCredential {
             cli_process::check_arg(&cli, "tenant_id", t)?;
             args.extend(["--tenant-id", t]);
         }
-        let Some(azd) = cli_process::find_program(self.env.as_ref(), "azd") else {
-            return Err(cli.not_installed("no `azd` on PATH"));
-        };
-        tracing::debug!(program = %azd.display(), ?args, "asking the Azure Developer CLI for a token");
-        let out = cli_process::run(&azd, &args, self.env.as_ref(), self.timeout)
-            .await
-            .map_err(|e| cli.run_error(&azd, e, self.timeout))?;
+        let out = cli.fetch(&args, self.env.as_ref(), self.timeout).await?;
         if out.code != Some(0) {
             return Err(self.failure(&out, scope));
         }
@@ -106,16 +100,8 @@ impl AzureDeveloperCliCredential {
 
     fn failure(&self, out: &Finished, scope: &str) -> CredentialError {
         let cli = self.cli();
-        if cli_process::says_not_installed(out) {
-            return cli.not_installed(&format!(
-                "`azd` could not start: {}",
-                cli_process::first_line(&out.stderr)
-                    .map(cli_process::quotable)
-                    .unwrap_or_else(|| "exit 127".to_string())
-            ));
-        }
-        if let Some((code, line)) = cli_process::find_aadsts(&out.stderr) {
-            return cli.aadsts(code, line, scope);
+        if let Some(e) = cli.common_failure(out, scope) {
+            return e;
         }
         let lower = out.stderr.to_ascii_lowercase();
         if [

@@ -8,15 +8,16 @@
 //! system token is bad; the 203 or 302 sign-in page it would get otherwise are recognised too.
 //! Neither the system token nor the OIDC token is ever logged or put in a message.
 
-use std::time::Duration;
-
 use serde::Deserialize;
 use url::Url;
 
+use super::entra::{content_type, retry_after};
 use super::workload_identity::explain_mismatch;
 use super::{AccessToken, BoxFuture, Credential, CredentialError, EntraClient, ErrorClass};
 use crate::config::SecretSource;
 use crate::env::Env;
+use crate::error_chain::innermost;
+use crate::header_names::TFS_FEDAUTH_REDIRECT;
 use crate::secret::Secret;
 
 /// The API version of the pipeline's OIDC endpoint (`SYSTEM_OIDCREQUESTURI`); it answers
@@ -125,7 +126,7 @@ impl AzurePipelinesCredential {
             .http()
             .post(url)
             .bearer_auth(system_token.expose())
-            .header("X-TFS-FedAuthRedirect", "Suppress")
+            .header(&TFS_FEDAUTH_REDIRECT, "Suppress")
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "application/json")
             .body("{}")
@@ -141,39 +142,40 @@ impl AzurePipelinesCredential {
                     class,
                     format!(
                         "cannot get an OIDC token from Azure Pipelines at {endpoint}: {}",
-                        root_cause(&e)
+                        innermost(&e)
                     ),
                 )
             })?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let html = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("html"));
+        let retry_after = retry_after(response.headers());
+        let html = content_type(response.headers()).contains("html");
         let body = response.bytes().await.map_err(|e| {
             CredentialError::new(
                 ErrorClass::Network,
                 format!(
                     "the OIDC answer from Azure Pipelines at {endpoint} broke off: {}",
-                    root_cause(&e)
+                    innermost(&e)
                 ),
             )
         })?;
-        let fail = |class: ErrorClass, what: String| {
-            let mut e = CredentialError::new(
-                class,
-                format!("cannot get an OIDC token from Azure Pipelines at {endpoint}: {what}"),
-            );
-            e.retry_after = retry_after;
-            Err(e)
-        };
+        self.read_answer(status, html, &body)
+            .map_err(|(class, what)| {
+                let mut e = CredentialError::new(
+                    class,
+                    format!("cannot get an OIDC token from Azure Pipelines at {endpoint}: {what}"),
+                );
+                e.retry_after = retry_after;
+                e
+            })
+    }
+
+    /// The OIDC token in the pipeline's answer, or the class of the failure and what it was.
+    fn read_answer(
+        &self,
+        status: u16,
+        html: bool,
+        body: &[u8],
+    ) -> Result<Secret, (ErrorClass, String)> {
         if matches!(status, 401 | 403 | 203) || (300..400).contains(&status) || html {
             let what = if (300..400).contains(&status) {
                 " (a redirect to sign in)"
@@ -182,52 +184,46 @@ impl AzurePipelinesCredential {
             } else {
                 ""
             };
-            return fail(
+            return Err((
                 ErrorClass::InvalidClient,
                 format!("{BAD_SYSTEM_TOKEN}; it answered HTTP {status}{what}"),
-            );
+            ));
         }
         if !(200..300).contains(&status) {
-            let said = serde_json::from_slice::<DevOpsError>(&body)
-                .unwrap_or_default()
-                .message
-                .map(|m| format!(": {}", m.chars().take(300).collect::<String>()))
-                .unwrap_or_default();
-            return match status {
-                429 => fail(ErrorClass::Throttled, format!("throttled (HTTP 429){said}")),
-                500..=599 => fail(ErrorClass::ServerError, format!("HTTP {status}{said}")),
-                400 | 404 => fail(
-                    ErrorClass::NotConfigured,
-                    format!(
-                        "HTTP {status}{said} (check the service connection id {} and that this \
-                         pipeline may use it)",
-                        self.service_connection_id
-                    ),
-                ),
-                _ => fail(ErrorClass::BadResponse, format!("HTTP {status}{said}")),
-            };
+            return Err(self.refusal(status, body));
         }
-        match serde_json::from_slice::<OidcAnswer>(&body) {
+        match serde_json::from_slice::<OidcAnswer>(body) {
             Ok(OidcAnswer {
                 oidc_token: Some(t),
             }) if !t.trim().is_empty() => Ok(Secret::new(t.trim())),
-            _ => fail(
+            _ => Err((
                 ErrorClass::BadResponse,
                 format!("HTTP {status} without an `oidcToken` in a JSON body"),
-            ),
+            )),
         }
     }
-}
 
-/// The innermost cause of a transport error (refused, reset, DNS, TLS).
-fn root_cause(e: &reqwest::Error) -> String {
-    let mut cause = e.to_string();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
+    /// What a non-success status other than a sign-in refusal means, with Azure DevOps' message.
+    fn refusal(&self, status: u16, body: &[u8]) -> (ErrorClass, String) {
+        let said = serde_json::from_slice::<DevOpsError>(body)
+            .unwrap_or_default()
+            .message
+            .map(|m| format!(": {}", m.chars().take(300).collect::<String>()))
+            .unwrap_or_default();
+        match status {
+            429 => (ErrorClass::Throttled, format!("throttled (HTTP 429){said}")),
+            500..=599 => (ErrorClass::ServerError, format!("HTTP {status}{said}")),
+            400 | 404 => (
+                ErrorClass::NotConfigured,
+                format!(
+                    "HTTP {status}{said} (check the service connection id {} and that this \
+                     pipeline may use it)",
+                    self.service_connection_id
+                ),
+            ),
+            _ => (ErrorClass::BadResponse, format!("HTTP {status}{said}")),
+        }
     }
-    cause
 }
 
 impl Credential for AzurePipelinesCredential {

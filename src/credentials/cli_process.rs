@@ -191,6 +191,37 @@ pub(crate) struct Cli<'a> {
 }
 
 impl Cli<'_> {
+    /// Runs the program, found on the `PATH` of `env`, with `args` within `timeout`: what it
+    /// printed, whatever its exit code.
+    pub(crate) async fn fetch(
+        &self,
+        args: &[&str],
+        env: &dyn Environment,
+        timeout: Duration,
+    ) -> Result<Finished, CredentialError> {
+        let Some(path) = find_program(env, self.program) else {
+            return Err(self.not_installed(&format!("no `{}` on PATH", self.program)));
+        };
+        tracing::debug!(program = %path.display(), ?args, "asking the {} for a token", self.product);
+        run(&path, args, env, timeout)
+            .await
+            .map_err(|e| self.run_error(&path, e, timeout))
+    }
+
+    /// The failures every CLI shares: it could not start, or Entra refused it (an AADSTS line).
+    pub(crate) fn common_failure(&self, out: &Finished, scope: &str) -> Option<CredentialError> {
+        if says_not_installed(out) {
+            return Some(self.not_installed(&format!(
+                "`{}` could not start: {}",
+                self.program,
+                first_line(&out.stderr)
+                    .map(quotable)
+                    .unwrap_or_else(|| "exit 127".to_string())
+            )));
+        }
+        find_aadsts(&out.stderr).map(|(code, line)| self.aadsts(code, line, scope))
+    }
+
     /// Not on `PATH` (or its launcher could not find its interpreter).
     pub(crate) fn not_installed(&self, detail: &str) -> CredentialError {
         CredentialError::new(

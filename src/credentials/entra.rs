@@ -9,6 +9,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{AccessToken, CredentialError, ErrorClass};
+use crate::error_chain::innermost_source;
 use crate::secret::Secret;
 
 /// The HTTP client for Entra (rustls, the project's trust roots, a request timeout).
@@ -209,18 +210,8 @@ impl EntraClient {
             .await
             .map_err(|e| transport_error(&e, token_url, self.egress.as_ref()))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let retry_after = retry_after(response.headers());
+        let content_type = content_type(response.headers());
         let body = response
             .bytes()
             .await
@@ -245,6 +236,24 @@ impl EntraClient {
             credential: err,
         })
     }
+}
+
+/// An answer's `Retry-After`, when it gives whole seconds.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// An answer's `Content-Type`, lower-cased; empty when it has none.
+pub(crate) fn content_type(headers: &reqwest::header::HeaderMap) -> String {
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// Entra's `error` value of an error body, if it is one.
@@ -273,12 +282,7 @@ fn transport_error(
     let connecting = e.is_connect();
     // reqwest's Display names the URL (no secrets: the form is in the body); walk the sources for
     // the cause (refused, reset, DNS, TLS).
-    let mut cause = String::new();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
+    let cause = innermost_source(e).unwrap_or_default();
     let via = egress.filter(|p| url.parse::<http::Uri>().is_ok_and(|u| p.intercepts(&u)));
     let message = match (what, via) {
         (ErrorClass::Timeout, None) if connecting => format!(
@@ -379,25 +383,53 @@ pub fn parse_error(status: u16, content_type: &str, body: &[u8]) -> CredentialEr
         None
     };
     let Some(parsed) = parsed.filter(|p| p.error.is_some()) else {
-        let html = looks_like_html(content_type, body);
-        let class = match status {
-            429 => ErrorClass::Throttled,
-            _ if html => ErrorClass::BadResponse,
-            500..=599 => ErrorClass::ServerError,
-            _ => ErrorClass::BadResponse,
-        };
-        let message = if html {
-            format!(
-                "Entra answered HTTP {status} with an HTML page, not an Entra answer: {NOT_ENTRA}"
-            )
-        } else {
-            format!("Entra answered HTTP {status} with a body that is not an Entra error")
-        };
-        return CredentialError::new(class, message);
+        return not_an_entra_error(status, content_type, body);
     };
     let error = parsed.error.unwrap_or_default();
     let codes = parsed.error_codes;
-    let class = match (status, error.as_str()) {
+    let class = classify(status, &error, &codes);
+    let mut message = format!("Entra refused the token request (HTTP {status}, {error}");
+    if let Some(code) = codes.first() {
+        message.push_str(&format!(", AADSTS{code}"));
+    }
+    message.push(')');
+    if let Some(d) = parsed.error_description.as_deref().and_then(first_sentence) {
+        message.push_str(": ");
+        message.push_str(&d);
+    }
+    if let Some(h) = codes.iter().find_map(|c| hint_for(*c)) {
+        message.push_str(" — hint: ");
+        message.push_str(h);
+    }
+    CredentialError {
+        class,
+        message,
+        retry_after: None,
+        codes,
+    }
+}
+
+/// An error answer without an Entra error body: an HTML page (something in between answered) or
+/// a body that says nothing.
+fn not_an_entra_error(status: u16, content_type: &str, body: &[u8]) -> CredentialError {
+    let html = looks_like_html(content_type, body);
+    let class = match status {
+        429 => ErrorClass::Throttled,
+        _ if html => ErrorClass::BadResponse,
+        500..=599 => ErrorClass::ServerError,
+        _ => ErrorClass::BadResponse,
+    };
+    let message = if html {
+        format!("Entra answered HTTP {status} with an HTML page, not an Entra answer: {NOT_ENTRA}")
+    } else {
+        format!("Entra answered HTTP {status} with a body that is not an Entra error")
+    };
+    CredentialError::new(class, message)
+}
+
+/// The class of an Entra error body: by status, then AADSTS code and `error` value.
+fn classify(status: u16, error: &str, codes: &[u32]) -> ErrorClass {
+    match (status, error) {
         (429, _) => ErrorClass::Throttled,
         (500..=599, _) => ErrorClass::ServerError,
         _ if codes
@@ -418,42 +450,21 @@ pub fn parse_error(status: u16, content_type: &str, body: &[u8]) -> CredentialEr
             ErrorClass::InvalidClient
         }
         _ => ErrorClass::InvalidGrant,
-    };
-    // The description's first sentence ("AADSTS7000215: Invalid client secret provided. …") is
-    // useful; its trace and correlation ids are noise here.
-    let description = parsed
-        .error_description
-        .as_deref()
-        .map(|d| {
-            d.split(['\r', '\n'])
-                .next()
-                .unwrap_or_default()
-                .split(" Trace ID:")
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
-        .filter(|d| !d.is_empty());
-    let mut message = format!("Entra refused the token request (HTTP {status}, {error}");
-    if let Some(code) = codes.first() {
-        message.push_str(&format!(", AADSTS{code}"));
     }
-    message.push(')');
-    if let Some(d) = description {
-        message.push_str(": ");
-        message.push_str(&d);
-    }
-    if let Some(h) = codes.iter().find_map(|c| hint_for(*c)) {
-        message.push_str(" — hint: ");
-        message.push_str(h);
-    }
-    CredentialError {
-        class,
-        message,
-        retry_after: None,
-        codes,
-    }
+}
+
+/// The description's first sentence ("AADSTS7000215: Invalid client secret provided. …") is
+/// useful; its trace and correlation ids are noise here.
+fn first_sentence(description: &str) -> Option<String> {
+    let d = description
+        .split(['\r', '\n'])
+        .next()
+        .unwrap_or_default()
+        .split(" Trace ID:")
+        .next()
+        .unwrap_or_default()
+        .trim();
+    (!d.is_empty()).then(|| d.to_string())
 }
 
 #[cfg(test)]

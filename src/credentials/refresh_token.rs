@@ -173,33 +173,7 @@ impl RefreshTokenCredential {
                             &self.authority,
                             account,
                         );
-                        match self.store.save_if_unchanged(
-                            &self.profile,
-                            &on_disk.refresh_token,
-                            &newest,
-                        ) {
-                            Ok(SaveOutcome::Saved) => {
-                                *unsaved = None;
-                                tracing::debug!(profile = %self.profile, "stored the rotated refresh token");
-                            }
-                            Ok(SaveOutcome::Superseded) => {
-                                *unsaved = None;
-                                tracing::info!(
-                                    profile = %self.profile,
-                                    "the stored login changed meanwhile (another `patless login`?): keeping it"
-                                );
-                            }
-                            Err(e) => {
-                                tracing::warn!(
-                                    profile = %self.profile,
-                                    "cannot store the rotated refresh token, keeping it in memory: {e}"
-                                );
-                                *unsaved = Some(Unsaved {
-                                    replaced: on_disk.refresh_token.clone(),
-                                    newest,
-                                });
-                            }
-                        }
+                        *unsaved = self.save_rotated(&on_disk, newest);
                     }
                     return Ok(full.access);
                 }
@@ -215,25 +189,61 @@ impl RefreshTokenCredential {
                             continue;
                         }
                     }
-                    let who = login
-                        .account
-                        .as_deref()
-                        .map(|a| format!(" ({a})"))
-                        .unwrap_or_default();
-                    return Err(CredentialError {
-                        class: ErrorClass::InteractionRequired,
-                        message: format!(
-                            "the stored login of profile {}{who} is no longer accepted — {} — {}",
-                            self.profile,
-                            e.credential.message,
-                            self.login_hint()
-                        ),
-                        retry_after: None,
-                        codes: e.credential.codes,
-                    });
+                    return Err(self.no_longer_accepted(&login, e));
                 }
                 Err(e) => return Err(e.credential),
             }
+        }
+    }
+
+    /// Stores the rotated login unless the store changed since `on_disk` was read; returns the
+    /// login to keep in memory when the store could not take it.
+    fn save_rotated(&self, on_disk: &StoredLogin, newest: StoredLogin) -> Option<Unsaved> {
+        match self
+            .store
+            .save_if_unchanged(&self.profile, &on_disk.refresh_token, &newest)
+        {
+            Ok(SaveOutcome::Saved) => {
+                tracing::debug!(profile = %self.profile, "stored the rotated refresh token");
+                None
+            }
+            Ok(SaveOutcome::Superseded) => {
+                tracing::info!(
+                    profile = %self.profile,
+                    "the stored login changed meanwhile (another `patless login`?): keeping it"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    profile = %self.profile,
+                    "cannot store the rotated refresh token, keeping it in memory: {e}"
+                );
+                Some(Unsaved {
+                    replaced: on_disk.refresh_token.clone(),
+                    newest,
+                })
+            }
+        }
+    }
+
+    /// Entra refused `login` for good: the person must sign in again.
+    fn no_longer_accepted(&self, login: &StoredLogin, e: FullTokenError) -> CredentialError {
+        let who = login
+            .account
+            .as_deref()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default();
+        CredentialError {
+            class: ErrorClass::InteractionRequired,
+            message: format!(
+                "the stored login of profile {}{who} is no longer accepted — {} — {}",
+                self.profile,
+                e.credential.message,
+                self.login_hint()
+            ),
+            retry_after: None,
+            codes: e.credential.codes,
         }
     }
 }

@@ -9,8 +9,6 @@
 
 use std::path::PathBuf;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use url::Url;
 
 use super::{AccessToken, BoxFuture, Credential, CredentialError, EntraClient, ErrorClass};
@@ -127,14 +125,12 @@ pub(super) struct FederatedClaims {
     pub(super) aud: String,
 }
 
-/// Decodes the payload of `jwt` (no signature check: Entra verifies it) for its `iss`, `sub` and
-/// `aud`; `None` when it is not a JWT.
+/// The `iss`, `sub` and `aud` of `jwt`'s payload (no signature check: Entra verifies it); `None`
+/// when it is not a JWT with a JSON object payload.
 pub(super) fn unverified_claims(jwt: &str) -> Option<FederatedClaims> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let claims = crate::jwt::claims(jwt)?;
     let text = |key: &str| -> String {
-        match &value[key] {
+        match claims.get(key).unwrap_or(&serde_json::Value::Null) {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Array(items) => items
                 .iter()
@@ -155,6 +151,8 @@ pub(super) fn unverified_claims(jwt: &str) -> Option<FederatedClaims> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
 
     fn jwt(claims: &str) -> String {
         format!(

@@ -45,52 +45,13 @@ pub(super) async fn run(
     out: &mut (dyn io::Write + Send),
     options: &LoginOptions,
 ) -> Result<String, LoginError> {
-    let addr = format!("127.0.0.1:{}", port.unwrap_or(0));
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| LoginError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
-    let port = listener
-        .local_addr()
-        .map_err(|source| LoginError::Listen { addr, source })?
-        .port();
+    let (listener, port) = listen(port).await?;
     let redirect_uri = format!("http://localhost:{port}");
     let (verifier, challenge) = pkce_pair();
     let state = b64url(&rand::random::<[u8; 24]>());
-    let authorize = url::Url::parse_with_params(
-        &target.endpoint("authorize"),
-        &[
-            ("client_id", target.client_id.as_str()),
-            ("response_type", "code"),
-            ("redirect_uri", redirect_uri.as_str()),
-            ("response_mode", "query"),
-            ("scope", target.scopes.as_str()),
-            ("state", state.as_str()),
-            ("code_challenge", challenge.as_str()),
-            ("code_challenge_method", "S256"),
-            ("prompt", "select_account"),
-        ],
-    )
-    .map_err(|e| LoginError::Setup(format!("cannot build the authorize URL: {e}")))?;
-
+    let authorize = authorize_url(target, &redirect_uri, &challenge, &state)?;
     let wait = options.browser_timeout;
-    writeln!(
-        out,
-        "To sign in, open this page in a browser on this machine (patless waits {}):\n\n  {authorize}\n",
-        human(wait)
-    )
-    .map_err(LoginError::Output)?;
-    match open_browser(env, authorize.as_str()) {
-        Some(how) => writeln!(out, "Opened the sign-in page with `{how}`.").map_err(LoginError::Output)?,
-        None => writeln!(
-            out,
-            "No browser to open it with (set BROWSER, or install xdg-open): open the URL above yourself."
-        )
-        .map_err(LoginError::Output)?,
-    }
-    out.flush().map_err(LoginError::Output)?;
+    show(out, env, &authorize, wait)?;
 
     let (mut stream, params) = tokio::time::timeout(wait, receive_redirect(listener))
         .await
@@ -115,6 +76,70 @@ pub(super) async fn run(
     let _ = stream.write_all(page.as_bytes()).await;
     let _ = stream.shutdown().await;
     outcome
+}
+
+/// Listens on `127.0.0.1:port` (any free port when `None`); returns the listener and its port.
+async fn listen(port: Option<u16>) -> Result<(TcpListener, u16), LoginError> {
+    let addr = format!("127.0.0.1:{}", port.unwrap_or(0));
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| LoginError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| LoginError::Listen { addr, source })?
+        .port();
+    Ok((listener, port))
+}
+
+/// The authorize URL: code flow, PKCE S256, the answer in the redirect's query.
+fn authorize_url(
+    target: &Target<'_>,
+    redirect_uri: &str,
+    challenge: &str,
+    state: &str,
+) -> Result<url::Url, LoginError> {
+    url::Url::parse_with_params(
+        &target.endpoint("authorize"),
+        &[
+            ("client_id", target.client_id.as_str()),
+            ("response_type", "code"),
+            ("redirect_uri", redirect_uri),
+            ("response_mode", "query"),
+            ("scope", target.scopes.as_str()),
+            ("state", state),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+            ("prompt", "select_account"),
+        ],
+    )
+    .map_err(|e| LoginError::Setup(format!("cannot build the authorize URL: {e}")))
+}
+
+/// Prints the authorize URL and opens it in a browser when there is one.
+fn show(
+    out: &mut (dyn io::Write + Send),
+    env: &dyn Environment,
+    authorize: &url::Url,
+    wait: Duration,
+) -> Result<(), LoginError> {
+    writeln!(
+        out,
+        "To sign in, open this page in a browser on this machine (patless waits {}):\n\n  {authorize}\n",
+        human(wait)
+    )
+    .map_err(LoginError::Output)?;
+    match open_browser(env, authorize.as_str()) {
+        Some(how) => writeln!(out, "Opened the sign-in page with `{how}`.").map_err(LoginError::Output)?,
+        None => writeln!(
+            out,
+            "No browser to open it with (set BROWSER, or install xdg-open): open the URL above yourself."
+        )
+        .map_err(LoginError::Output)?,
+    }
+    out.flush().map_err(LoginError::Output)
 }
 
 /// Redeems the authorization code with the PKCE verifier; stores the refresh token.

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{entra_error, LoginError, Target};
-use crate::credentials::entra::{parse_error, NumOrString};
+use crate::credentials::entra::{content_type, parse_error, NumOrString};
+use crate::error_chain::innermost;
 
 /// How often to poll when Entra names no interval, and the least we accept.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -29,11 +30,28 @@ struct DeviceCodeBody {
     message: Option<String>,
 }
 
+/// A device code Entra handed out, read from its answer.
+struct DeviceCode {
+    device_code: String,
+    /// What to tell the person (Entra's message, else one made of the URL and the user code).
+    message: String,
+    interval: Duration,
+    expires_in: Duration,
+}
+
 /// Asks for a device code, prints Entra's instructions to `out`, polls, stores the result.
 pub(super) async fn run(
     target: &Target<'_>,
     out: &mut (dyn io::Write + Send),
 ) -> Result<String, LoginError> {
+    let code = request_code(target).await?;
+    writeln!(out, "{}", code.message).map_err(LoginError::Output)?;
+    out.flush().map_err(LoginError::Output)?;
+    poll(target, &code).await
+}
+
+/// POSTs to `/devicecode` and reads the answer.
+async fn request_code(target: &Target<'_>) -> Result<DeviceCode, LoginError> {
     let url = target.endpoint("devicecode");
     let response = target
         .entra
@@ -46,18 +64,15 @@ pub(super) async fn run(
         ])
         .send()
         .await
-        .map_err(|e| LoginError::Entra(format!("cannot reach Entra at {url}: {}", cause(&e))))?;
+        .map_err(|e| {
+            LoginError::Entra(format!("cannot reach Entra at {url}: {}", innermost(&e)))
+        })?;
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let content_type = content_type(response.headers());
     let body = response.bytes().await.map_err(|e| {
         LoginError::Entra(format!(
             "cannot read Entra's answer at {url}: {}",
-            cause(&e)
+            innermost(&e)
         ))
     })?;
     if !status.is_success() {
@@ -72,6 +87,11 @@ pub(super) async fn run(
             "Entra's device code answer ({url}) is not the expected JSON"
         ))
     })?;
+    read_code(parsed)
+}
+
+/// The device code, the message and the timing in Entra's answer, with the defaults.
+fn read_code(parsed: DeviceCodeBody) -> Result<DeviceCode, LoginError> {
     let device_code = parsed
         .device_code
         .filter(|c| !c.is_empty())
@@ -83,28 +103,30 @@ pub(super) async fn run(
             parsed.user_code.as_deref().unwrap_or("(none given)")
         )
     });
-    writeln!(out, "{message}").map_err(LoginError::Output)?;
-    out.flush().map_err(LoginError::Output)?;
+    let seconds = |n: &Option<NumOrString>| {
+        n.as_ref()
+            .and_then(NumOrString::seconds)
+            .map(Duration::from_secs)
+    };
+    Ok(DeviceCode {
+        device_code,
+        message,
+        interval: seconds(&parsed.interval)
+            .unwrap_or(DEFAULT_INTERVAL)
+            .max(Duration::from_secs(1)),
+        expires_in: seconds(&parsed.expires_in).unwrap_or(DEFAULT_EXPIRES_IN),
+    })
+}
 
-    let mut interval = parsed
-        .interval
-        .as_ref()
-        .and_then(NumOrString::seconds)
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_INTERVAL)
-        .max(Duration::from_secs(1));
-    let expires_in = parsed
-        .expires_in
-        .as_ref()
-        .and_then(NumOrString::seconds)
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_EXPIRES_IN);
-    let deadline = Instant::now() + expires_in;
+/// Polls the token endpoint every interval until the person answers or the code expires.
+async fn poll(target: &Target<'_>, code: &DeviceCode) -> Result<String, LoginError> {
+    let mut interval = code.interval;
+    let deadline = Instant::now() + code.expires_in;
     let token_url = target.endpoint("token");
     let form = [
         ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
         ("client_id", target.client_id.as_str()),
-        ("device_code", device_code.as_str()),
+        ("device_code", code.device_code.as_str()),
     ];
     loop {
         let next = Instant::now() + interval;
@@ -136,15 +158,4 @@ pub(super) async fn run(
             },
         }
     }
-}
-
-/// The innermost cause of a transport error (refused, reset, DNS, TLS).
-fn cause(e: &reqwest::Error) -> String {
-    let mut cause = e.to_string();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
-    cause
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 use super::{id_key, id_value, ManagedIdentityCredential, Source};
-use crate::credentials::entra::{hint_for, NumOrString};
+use crate::credentials::entra::{hint_for, retry_after, NumOrString};
 use crate::credentials::{AccessToken, CredentialError, ErrorClass};
+use crate::error_chain::innermost;
 use crate::secret::Secret;
 
 /// A failed attempt: the error, and whether the status asks for another try.
@@ -54,12 +55,7 @@ impl ManagedIdentityCredential {
         };
         // reqwest's Display is only "error sending request for url (…)": the cause (refused,
         // reset, timed out) is at the end of the source chain.
-        let mut cause = e.to_string();
-        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-        while let Some(s) = src {
-            cause = s.to_string();
-            src = s.source();
-        }
+        let cause = innermost(e);
         let what = match class {
             ErrorClass::Timeout => "did not answer in time".to_string(),
             _ => format!("is unreachable ({cause})"),
@@ -106,12 +102,7 @@ impl ManagedIdentityCredential {
     /// Classifies a non-success answer, with the hint the user needs.
     pub(super) async fn refusal(&self, response: reqwest::Response) -> Failure {
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
         let detail = error_detail(&body, self.source.secret());
         let label = self.source.label();

@@ -3,16 +3,15 @@
 //! `GET {endpoint}?api-version=2019-08-01&resource=R` with the secret in `X-IDENTITY-HEADER`; a
 //! user-assigned identity is chosen by `client_id`, `principal_id` (its object id) or `mi_res_id`.
 
-use http::HeaderName;
 use url::Url;
 
 use super::answer::Failure;
 use super::{endpoint_url, id_param, sensitive, with_query, Source};
 use crate::config::ManagedIdentityId;
+use crate::header_names::IDENTITY_HEADER;
 use crate::secret::Secret;
 
 const APP_SERVICE_API: &str = "2019-08-01";
-static IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header");
 
 /// The source `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` describe.
 pub(super) fn source(endpoint: &str, header: String) -> Source {
