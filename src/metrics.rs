@@ -41,120 +41,129 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+/// One metric family as it is exposed: name, help text, label names.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
 }
 
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: Vec<f64>,
-) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("valid metric definition");
+impl Family {
+    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Family { name, help, labels }
+    }
+
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help)
+    }
+}
+
+const TOKEN_REFRESHES: Family = Family::new(
+    "patless_token_refreshes_total",
+    "Token acquisitions by profile and result (success or an error class).",
+    &["profile", "result"],
+);
+const TOKEN_REFRESH_DURATION: Family = Family::new(
+    "patless_token_refresh_duration_seconds",
+    "Time taken by one token acquisition.",
+    &["profile"],
+);
+const TOKEN_EXPIRY: Family = Family::new(
+    "patless_token_expiry_timestamp_seconds",
+    "Unix time at which the cached token expires.",
+    &["profile", "scope"],
+);
+const REQUESTS: Family = Family::new(
+    "patless_requests_total",
+    "Proxied requests by route and response status.",
+    &["route", "status"],
+);
+const REQUEST_DURATION: Family = Family::new(
+    "patless_request_duration_seconds",
+    "Time to the response headers of a proxied request.",
+    &["route"],
+);
+const UPSTREAM_ERRORS: Family = Family::new(
+    "patless_upstream_errors_total",
+    "Upstream failures by route and kind (connect, timeout, protocol, body).",
+    &["route", "kind"],
+);
+const UPSTREAM_AUTH_RETRIES: Family = Family::new(
+    "patless_upstream_auth_retries_total",
+    "Requests replayed with a fresh token after an upstream 401.",
+    &["route"],
+);
+const INBOUND_REJECTIONS: Family = Family::new(
+    "patless_inbound_rejections_total",
+    "Requests refused by the inbound policy, by reason.",
+    &["reason"],
+);
+const CONFIG_RELOADS: Family = Family::new(
+    "patless_config_reloads_total",
+    "Configuration reloads by result.",
+    &["result"],
+);
+const IDENTITY_REQUESTS: Family = Family::new(
+    "patless_identity_requests_total",
+    "Identity endpoint requests by result (success or the error code).",
+    &["result"],
+);
+const BUILD_INFO: Family = Family::new(
+    "patless_build_info",
+    "Build information; always 1.",
+    &["version"],
+);
+
+/// Buckets of the duration histograms, in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Registers one metric family on `registry` and returns it.
+fn register<M>(registry: &Registry, family: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let family = family.expect("valid metric definition");
     registry
-        .register(Box::new(h.clone()))
+        .register(Box::new(family.clone()))
         .expect("metric registered once");
-    h
+    family
+}
+
+fn counter(registry: &Registry, family: &Family) -> IntCounterVec {
+    register(registry, IntCounterVec::new(family.opts(), family.labels))
+}
+
+fn histogram(registry: &Registry, family: &Family) -> HistogramVec {
+    let opts = HistogramOpts::from(family.opts()).buckets(LATENCY_BUCKETS.to_vec());
+    register(registry, HistogramVec::new(opts, family.labels))
 }
 
 impl Metrics {
     /// Registers every metric on `registry`. Panics only if the same registry is used twice,
     /// which is a programming error caught by the first test.
     pub fn new(registry: Registry) -> Self {
-        let latency = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0,
-        ];
-        let token_expiry = GaugeVec::new(
-            Opts::new(
-                "patless_token_expiry_timestamp_seconds",
-                "Unix time at which the cached token expires.",
-            ),
-            &["profile", "scope"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(token_expiry.clone()))
-            .expect("metric registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new("patless_build_info", "Build information; always 1."),
-            &["version"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("metric registered once");
-        build_info
+        let r = &registry;
+        let metrics = Metrics {
+            token_refreshes: counter(r, &TOKEN_REFRESHES),
+            token_refresh_duration: histogram(r, &TOKEN_REFRESH_DURATION),
+            token_expiry: register(r, GaugeVec::new(TOKEN_EXPIRY.opts(), TOKEN_EXPIRY.labels)),
+            requests: counter(r, &REQUESTS),
+            request_duration: histogram(r, &REQUEST_DURATION),
+            upstream_errors: counter(r, &UPSTREAM_ERRORS),
+            upstream_auth_retries: counter(r, &UPSTREAM_AUTH_RETRIES),
+            inbound_rejections: counter(r, &INBOUND_REJECTIONS),
+            config_reloads: counter(r, &CONFIG_RELOADS),
+            identity_requests: counter(r, &IDENTITY_REQUESTS),
+            build_info: register(r, IntGaugeVec::new(BUILD_INFO.opts(), BUILD_INFO.labels)),
+            registry,
+        };
+        metrics
+            .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        Metrics {
-            token_refreshes: counter(
-                &registry,
-                "patless_token_refreshes_total",
-                "Token acquisitions by profile and result (success or an error class).",
-                &["profile", "result"],
-            ),
-            token_refresh_duration: histogram(
-                &registry,
-                "patless_token_refresh_duration_seconds",
-                "Time taken by one token acquisition.",
-                &["profile"],
-                latency.clone(),
-            ),
-            token_expiry,
-            requests: counter(
-                &registry,
-                "patless_requests_total",
-                "Proxied requests by route and response status.",
-                &["route", "status"],
-            ),
-            request_duration: histogram(
-                &registry,
-                "patless_request_duration_seconds",
-                "Time to the response headers of a proxied request.",
-                &["route"],
-                latency,
-            ),
-            upstream_errors: counter(
-                &registry,
-                "patless_upstream_errors_total",
-                "Upstream failures by route and kind (connect, timeout, protocol, body).",
-                &["route", "kind"],
-            ),
-            upstream_auth_retries: counter(
-                &registry,
-                "patless_upstream_auth_retries_total",
-                "Requests replayed with a fresh token after an upstream 401.",
-                &["route"],
-            ),
-            inbound_rejections: counter(
-                &registry,
-                "patless_inbound_rejections_total",
-                "Requests refused by the inbound policy, by reason.",
-                &["reason"],
-            ),
-            config_reloads: counter(
-                &registry,
-                "patless_config_reloads_total",
-                "Configuration reloads by result.",
-                &["result"],
-            ),
-            identity_requests: counter(
-                &registry,
-                "patless_identity_requests_total",
-                "Identity endpoint requests by result (success or the error code).",
-                &["result"],
-            ),
-            build_info,
-            registry,
-        }
+        metrics
     }
 
     /// The Prometheus text exposition of every registered metric.
