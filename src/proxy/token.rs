@@ -1,6 +1,6 @@
 //! Step 6 of the road: the route's token. The route's cache entry gives a usable token without a
 //! lock (no allocation, nothing awaited), or the request waits for the one acquisition in flight
-//! (single-flight, `token/mod.rs`); none to be had → `503 token_unavailable` with `Retry-After`.
+//! (single-flight, `token/entry.rs`); none to be had → `503 token_unavailable` with `Retry-After`.
 //! The token travels down in the request's `Routed` extension; `rewrite.rs` attaches it.
 
 use std::future::Future;
