@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use patless::config::SecretSource;
 use patless::credentials::{
@@ -353,28 +352,9 @@ async fn missing_agent_variables_are_a_503_naming_them() {
     p.stop().await;
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neither_the_system_token_nor_an_oidc_token_is_logged_or_shown() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    support::capture::init();
 
     let entra = Arc::new(FakeEntra::start().await);
     let pipelines = FakePipelines::start(entra.clone()).await;
@@ -410,7 +390,7 @@ async fn neither_the_system_token_nor_an_oidc_token_is_logged_or_shown() {
         credential(&entra, &pipelines.oidc_request_uri(), system_token())
     ));
 
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+    let logs = support::capture::logs();
     assert!(
         logs.contains("requesting an OIDC token"),
         "TRACE capture is not working:\n{logs}"

@@ -108,43 +108,6 @@ fn pki() -> &'static TestPki {
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Log capture (one global subscriber for the whole test binary)
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        lock(&self.0).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Everything logged so far (TRACE and up) by every test of this binary.
-fn logs() -> String {
-    String::from_utf8_lossy(&lock(&capture().0)).into_owned()
-}
-
-fn capture() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init()
-            .expect("the only subscriber of this test binary");
-        captured
-    })
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -428,7 +391,7 @@ struct World {
 
 impl World {
     async fn start() -> World {
-        capture();
+        support::capture::init();
         support::install_crypto_provider();
         let entra = FakeEntra::start().await;
         let up = FakeUpstream::start(DEFENDER_AUDIENCE).await;
@@ -762,7 +725,7 @@ async fn proxy_credentials_go_on_connect_only_and_are_never_shown() {
     let raw_redacted = toml::to_string(&loaded.raw.redacted()).expect("TOML");
 
     p.stop().await;
-    let logs = logs();
+    let logs = support::capture::logs();
     assert!(
         logs.contains(&w.proxy.authority()),
         "the log capture must show the proxy's host:port (is capture working?)"
@@ -1028,7 +991,7 @@ async fn a_refused_tunnel_is_a_clean_error_naming_the_proxy_but_not_its_password
     p.stop().await;
 
     assert_eq!(w.up.requests().len(), 0, "no request got through");
-    let logs = logs();
+    let logs = support::capture::logs();
     for (i, out) in answers.iter().chain([&logs]).enumerate() {
         assert!(
             !out.contains(PASSWORD),
