@@ -9,6 +9,7 @@
 //! PATLESS_SOAK_SECS=600 PATLESS_SOAK_CLIENTS=400 cargo test --release --test soak -- --nocapture
 //! ```
 
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::alloc::System;

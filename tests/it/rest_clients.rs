@@ -9,18 +9,18 @@
 //! proxy variables are removed from their environment. `.ci/run` installs the SDKs
 //! (PIP_PACKAGES, NPM_PACKAGES); elsewhere a missing one makes its test say NOT RUN and return.
 
-mod support;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::ado_rest::{Credential, FakeAdo, ADO_RESOURCE, CORE_AREA};
-use support::clients;
-use support::entra::FakeEntra;
-use support::patless::{config, Patless, ADO};
 use tokio::process::Command;
+
+use crate::support;
+use crate::support::ado_rest::{Credential, FakeAdo, ADO_RESOURCE, CORE_AREA};
+use crate::support::clients;
+use crate::support::entra::FakeEntra;
+use crate::support::patless::{config, Patless, ADO};
 
 /// The credential the clients hold: a PAT that expired long ago. Never valid anywhere.
 const STALE_PAT: &str = "stalepat0000000000000000000000000000000000000000000";

@@ -1,14 +1,14 @@
 //! The admin listener (SPEC §7) and the `auto` profile's environment service principal.
 
-mod support;
-
 use std::time::Duration;
 
 use patless::env::MapEnv;
 use serde_json::Value;
-use support::entra::{FakeEntra, Fault, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, TENANT};
-use support::patless::{config, Patless, ADO};
-use support::upstream::FakeUpstream;
+
+use crate::support;
+use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, TENANT};
+use crate::support::patless::{config, Patless, ADO};
+use crate::support::upstream::FakeUpstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_green_once_every_route_holds_a_token_and_metrics_follow() {

@@ -12,8 +12,6 @@
 //! in-process tasks is ready as soon as it is written, so the clock only jumps when every task
 //! waits on a timer.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,11 +20,13 @@ use std::time::Duration;
 use patless::credentials::ErrorClass;
 use patless::token::schedule::backoff;
 use serde_json::Value;
-use support::entra::{FakeEntra, Fault, ADO_AUDIENCE, CLIENT_SECRET};
-use support::faults::{self, Action, Blackhole, End, FaultServer, Framing, Reply};
-use support::patless::{Patless, ADO};
-use support::upstream::FakeUpstream;
 use tokio::time::Instant;
+
+use crate::support;
+use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, CLIENT_SECRET};
+use crate::support::faults::{self, Action, Blackhole, End, FaultServer, Framing, Reply};
+use crate::support::patless::{Patless, ADO};
+use crate::support::upstream::FakeUpstream;
 
 /// Short enough to keep the timeout tests fast, long enough for a loaded CI machine's loopback.
 const REQUEST_TIMEOUT: &str = "request_timeout = \"600ms\"";

@@ -15,8 +15,6 @@
 //! nothing resolves (a direct attempt fails in DNS); in every case the proxy must see no
 //! `CONNECT` for it.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,14 +27,16 @@ use patless::env::MapEnv;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
-use support::entra::{FakeEntra, DEFENDER_AUDIENCE};
-use support::patless::{config, Patless, DEFENDER};
-use support::upstream::FakeUpstream;
-use support::AbortOnDrop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+
+use crate::support;
+use crate::support::entra::{FakeEntra, DEFENDER_AUDIENCE};
+use crate::support::patless::{config, Patless, DEFENDER};
+use crate::support::upstream::FakeUpstream;
+use crate::support::AbortOnDrop;
 
 // ---------------------------------------------------------------------------------------------
 // Certificates

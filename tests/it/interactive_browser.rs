@@ -4,8 +4,6 @@
 //! here is a shell script running `curl -L`, which follows the fake Entra's 302 to the listener
 //! and keeps the page it got — or the test itself, reading the printed URL.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
@@ -18,10 +16,12 @@ use patless::config::{load_from_str, Config, ConfigSource, Format};
 use patless::env::{Env, MapEnv};
 use patless::login::{login_with, LoginError, LoginOptions};
 use patless::store::TokenStore;
-use support::entra::{
+use tempfile::TempDir;
+
+use crate::support;
+use crate::support::entra::{
     pkce_challenge, AuthorizeStep, FakeEntra, ADO_SCOPE, PUBLIC_CLIENT_ID, TENANT, USER_UPN,
 };
-use tempfile::TempDir;
 
 struct Setup {
     entra: FakeEntra,

@@ -2,15 +2,15 @@
 //! errors, streaming, the cold burst and an Entra outage. The fake upstream verifies every token's
 //! signature, audience and expiry, so a 200 here proves the right token arrived.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use support::entra::{FakeEntra, Fault, ADO_AUDIENCE, DEFENDER_AUDIENCE};
-use support::patless::{config, Patless, ADO, DEFENDER};
-use support::upstream::FakeUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support;
+use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, DEFENDER_AUDIENCE};
+use crate::support::patless::{config, Patless, ADO, DEFENDER};
+use crate::support::upstream::FakeUpstream;
 
 async fn json(resp: reqwest::Response) -> Value {
     resp.json().await.expect("JSON body")

@@ -9,8 +9,6 @@
 //! The capture is shared by the tests of this binary, which run in parallel: see
 //! [`support::capture`] for why checking at the end of each test covers every line.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -24,18 +22,20 @@ use patless::login::{login, login_with, LoginError, LoginOptions};
 use patless::store::TokenStore;
 use patless::App;
 use serde_json::json;
-use support::capture::Hygiene;
-use support::certs::{pfx, pki, verifier_for};
-use support::entra::{
+use tempfile::TempDir;
+
+use crate::support;
+use crate::support::capture::Hygiene;
+use crate::support::certs::{pfx, pki, verifier_for};
+use crate::support::entra::{
     mint_token, sign_token, AuthorizeStep, DeviceStep, FakeEntra, Fault, ADO_AUDIENCE, CLIENT_ID,
     CLIENT_SECRET, DEFENDER_AUDIENCE, PUBLIC_CLIENT_ID, TENANT,
 };
-use support::fake_cli::{FakeCli, Mode as CliMode};
-use support::msi::FakeMsi;
-use support::patless::{Patless, ADO};
-use support::pipelines::{FakePipelines, SERVICE_CONNECTION_ID, SYSTEM_TOKEN};
-use support::upstream::FakeUpstream;
-use tempfile::TempDir;
+use crate::support::fake_cli::{FakeCli, Mode as CliMode};
+use crate::support::msi::FakeMsi;
+use crate::support::patless::{Patless, ADO};
+use crate::support::pipelines::{FakePipelines, SERVICE_CONNECTION_ID, SYSTEM_TOKEN};
+use crate::support::upstream::FakeUpstream;
 
 const PAT: &str = "ghp-like-stale-PAT-0123456789abcdef";
 const ENV_SECRET: &str = "env-provided-secret-XYZ-987";

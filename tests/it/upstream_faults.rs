@@ -8,16 +8,16 @@
 //! The upstream is a raw-TCP [`FaultServer`] scripted per request; Entra is the fake Entra, so
 //! every forwarded request carries a real token.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use support::entra::FakeEntra;
-use support::faults::{self, Action, End, FaultServer, Framing, Reply};
-use support::patless::{Patless, ADO};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support;
+use crate::support::entra::FakeEntra;
+use crate::support::faults::{self, Action, End, FaultServer, Framing, Reply};
+use crate::support::patless::{Patless, ADO};
 
 /// How long an upstream may take to notice that patless dropped its request.
 const NOTICE: Duration = Duration::from_secs(2);

@@ -1,16 +1,16 @@
 //! The `auto` chain (SPEC §2): for each environment it picks the right source, says what it
 //! picked, and when nothing is there, says why each source was skipped.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use patless::config::{load_from_str, ConfigSource, Format};
 use patless::env::MapEnv;
 use patless::App;
-use support::entra::{FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, TENANT};
-use support::AbortOnDrop;
+
+use crate::support;
+use crate::support::entra::{FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, TENANT};
+use crate::support::AbortOnDrop;
 
 /// A stand-in managed-identity endpoint (IMDS or App Service): records each request's path+query
 /// and headers, answers with a token for `resource` and string-typed numbers, like Azure does.

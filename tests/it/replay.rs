@@ -4,8 +4,6 @@
 //! that was itself a replacement is not replaced again within 30 s, so an identity the API refuses
 //! cannot turn requests into a token storm.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +13,12 @@ use patless::metrics::Metrics;
 use patless::secret::Secret;
 use patless::token::{CacheSettings, NoReplay, TokenCache, FORCED_REACQUIRE_INTERVAL};
 use serde_json::{json, Value};
-use support::entra::{FakeEntra, ADO_AUDIENCE, CLAIMS_REQUEST_CLAIM, DEFENDER_AUDIENCE};
-use support::msi::FakeMsi;
-use support::patless::{config, Patless, ADO, DEFENDER};
-use support::upstream::{FakeUpstream, RevokedAnswer};
+
+use crate::support;
+use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLAIMS_REQUEST_CLAIM, DEFENDER_AUDIENCE};
+use crate::support::msi::FakeMsi;
+use crate::support::patless::{config, Patless, ADO, DEFENDER};
+use crate::support::upstream::{FakeUpstream, RevokedAnswer};
 
 fn metric(m: &str, line_start: &str) -> u64 {
     m.lines()

@@ -2,8 +2,6 @@
 //! `x5c` leaf first, claims), Entra's refusal of an unregistered certificate, the file problems a
 //! user meets, and the file being read again at each acquisition.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,14 +14,16 @@ use patless::credentials::{
 use patless::env::MapEnv;
 use patless::secret::Secret;
 use serde_json::Value;
-use support::certs::{
+use tempfile::TempDir;
+
+use crate::support;
+use crate::support::certs::{
     cert_der_from_pem, jwt_claims, jwt_header, pfx, pki, thumbprint_s256, verifier_for,
     verifier_for_any, FIXTURE_PASSWORD,
 };
-use support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
-use support::patless::{Patless, ADO};
-use support::upstream::FakeUpstream;
-use tempfile::TempDir;
+use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
+use crate::support::patless::{Patless, ADO};
+use crate::support::upstream::FakeUpstream;
 
 const PFX_PASSWORD: &str = "pfx-Password-not-to-be-shown-77";
 

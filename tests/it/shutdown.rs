@@ -4,18 +4,18 @@
 //! config watcher) stop. In process through the shutdown future, and once with a real SIGTERM to
 //! the binary.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use patless::env::MapEnv;
 use serde_json::Value;
-use support::entra::{FakeEntra, ADO_AUDIENCE};
-use support::patless::{
+use tempfile::TempDir;
+
+use crate::support;
+use crate::support::entra::{FakeEntra, ADO_AUDIENCE};
+use crate::support::patless::{
     config, free_ports, on_ports, poll_status, Gate, Patless, PatlessProcess, ADO,
 };
-use support::upstream::FakeUpstream;
-use tempfile::TempDir;
+use crate::support::upstream::FakeUpstream;
 
 /// A status over a fresh connection, or `None` when nothing accepts one.
 async fn status(url: &str) -> Option<u16> {

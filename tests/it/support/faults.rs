@@ -1,5 +1,5 @@
 //! Fault servers over raw TCP, for the faults a well-behaved hyper server will not commit on
-//! purpose (tests/entra_faults.rs, tests/upstream_faults.rs).
+//! purpose (tests/it/entra_faults.rs, tests/it/upstream_faults.rs).
 //!
 //! - [`Blackhole`]: a listener whose accept backlog is full and never drained, so the SYN of a
 //!   new connection is dropped and `connect` hangs (a firewall that drops packets).

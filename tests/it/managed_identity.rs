@@ -3,8 +3,6 @@
 //! the environment, IMDS's retries on paused time, and the errors a user meets (identity not
 //! assigned, not on Azure, a refused identity header, Arc key files that must not be read).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +10,13 @@ use std::time::Duration;
 use patless::config::ManagedIdentityId;
 use patless::credentials::{Credential, ErrorClass, ManagedIdentityCredential};
 use patless::env::MapEnv;
-use support::entra::{ADO_AUDIENCE, ADO_SCOPE};
-use support::msi::{FakeMsi, Scripted};
-use support::patless::Patless;
-use support::upstream::FakeUpstream;
 use url::Url;
+
+use crate::support;
+use crate::support::entra::{ADO_AUDIENCE, ADO_SCOPE};
+use crate::support::msi::{FakeMsi, Scripted};
+use crate::support::patless::Patless;
+use crate::support::upstream::FakeUpstream;
 
 const UA_CLIENT_ID: &str = "44444444-4444-4444-4444-444444444444";
 const UA_OBJECT_ID: &str = "55555555-5555-5555-5555-555555555555";

@@ -5,8 +5,6 @@
 //! config. Reloads are triggered through a handle here, except in the one test that sends a real
 //! SIGHUP to the binary.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,14 +12,16 @@ use std::time::{Duration, Instant};
 use patless::env::MapEnv;
 use patless::server::reload::ReloadError;
 use serde_json::Value;
-use support::entra::{
+use tempfile::TempDir;
+
+use crate::support;
+use crate::support::entra::{
     FakeEntra, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE, TENANT,
 };
-use support::patless::{
+use crate::support::patless::{
     config, free_ports, metric, on_ports, poll_status, Gate, Patless, PatlessProcess, ADO, DEFENDER,
 };
-use support::upstream::FakeUpstream;
-use tempfile::TempDir;
+use crate::support::upstream::FakeUpstream;
 
 const SUCCESS: &str = "patless_config_reloads_total{result=\"success\"}";
 const FAILURE: &str = "patless_config_reloads_total{result=\"failure\"}";

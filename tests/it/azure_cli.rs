@@ -4,18 +4,18 @@
 //! come back as a 503 that says what to do, counted under the right class. `auto` relies on "not
 //! installed" and "not logged in" being `not_configured`.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patless::credentials::{AzureCliCredential, Credential, ErrorClass};
 use patless::env::MapEnv;
-use support::entra::{ADO_AUDIENCE, ADO_SCOPE, DEFENDER_AUDIENCE, DEFENDER_SCOPE, TENANT};
-use support::fake_cli::{assert_refresh_result, expect_503, proxy_config, FakeCli, Mode};
-use support::patless::Patless;
-use support::upstream::FakeUpstream;
 use tempfile::TempDir;
+
+use crate::support;
+use crate::support::entra::{ADO_AUDIENCE, ADO_SCOPE, DEFENDER_AUDIENCE, DEFENDER_SCOPE, TENANT};
+use crate::support::fake_cli::{assert_refresh_result, expect_503, proxy_config, FakeCli, Mode};
+use crate::support::patless::Patless;
+use crate::support::upstream::FakeUpstream;
 
 const SUBSCRIPTION: &str = "6b1c2d3e-0000-4000-8000-000000000000";
 

@@ -2,17 +2,16 @@
 //! normalisation), answers its JSON code, and the upstream sees nothing. Limits trip cleanly and
 //! the process keeps serving.
 
-mod support;
-
 use std::time::Duration;
 
 use patless::env::MapEnv;
 use serde_json::Value;
-use support::entra::{FakeEntra, ADO_AUDIENCE};
-use support::patless::{config, Patless, ADO};
-use support::upstream::FakeUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support::entra::{FakeEntra, ADO_AUDIENCE};
+use crate::support::patless::{config, Patless, ADO};
+use crate::support::upstream::FakeUpstream;
 
 const INBOUND: &str = "inbound-shared-secret-0123456789";
 

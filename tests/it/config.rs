@@ -1,7 +1,5 @@
-mod support;
-
-// The configuration contract (SPEC §1–§2): lookup order, formats, `PATLESS_…` overrides, secret
-// references, validation that names every bad key at once, scope inference and redaction.
+//! The configuration contract (SPEC §1–§2): lookup order, formats, `PATLESS_…` overrides, secret
+//! references, validation that names every bad key at once, scope inference and redaction.
 
 use std::fs;
 use std::net::SocketAddr;

@@ -6,16 +6,16 @@
 //! App Service protocol from `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`. Every token handed out is
 //! verified (signature, audience, expiry) with the fake Entra's key.
 
-mod support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
-use support::capture::Hygiene;
-use support::entra::{FakeEntra, Fault, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, OBJECT_ID};
-use support::patless::{config, metric, Patless, ADO};
-use support::upstream::{test_decoding_key, verify_bearer, FakeUpstream};
+
+use crate::support;
+use crate::support::capture::Hygiene;
+use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, OBJECT_ID};
+use crate::support::patless::{config, metric, Patless, ADO};
+use crate::support::upstream::{test_decoding_key, verify_bearer, FakeUpstream};
 
 /// The header secret the tests configure.
 const HEADER: &str = "idh-7Qm2xV9pL4sK8wN3rT6yB1cZ5";

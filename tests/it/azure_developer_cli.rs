@@ -4,18 +4,18 @@
 //! azd's wordings, an expired sign-in, garbage, a hang), each a 503 that says what to do, counted
 //! under the right class.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patless::credentials::{AzureDeveloperCliCredential, Credential, ErrorClass};
 use patless::env::MapEnv;
-use support::entra::{ADO_AUDIENCE, ADO_SCOPE, DEFENDER_AUDIENCE, DEFENDER_SCOPE, TENANT};
-use support::fake_cli::{assert_refresh_result, expect_503, proxy_config, FakeCli, Mode};
-use support::patless::Patless;
-use support::upstream::FakeUpstream;
 use tempfile::TempDir;
+
+use crate::support;
+use crate::support::entra::{ADO_AUDIENCE, ADO_SCOPE, DEFENDER_AUDIENCE, DEFENDER_SCOPE, TENANT};
+use crate::support::fake_cli::{assert_refresh_result, expect_503, proxy_config, FakeCli, Mode};
+use crate::support::patless::Patless;
+use crate::support::upstream::FakeUpstream;
 
 fn argv(rest: &[&str]) -> Vec<String> {
     ["auth", "token", "--output", "json", "--no-prompt"]

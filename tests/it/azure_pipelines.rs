@@ -3,8 +3,6 @@
 //! access token (401, or the 203/302 sign-in pages) is explained; neither the system token nor an
 //! OIDC token ever shows in errors or logs.
 
-mod support;
-
 use std::sync::Arc;
 
 use patless::config::SecretSource;
@@ -13,12 +11,14 @@ use patless::credentials::{
 };
 use patless::env::MapEnv;
 use serde_json::Value;
-use support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
-use support::patless::{Patless, ADO};
-use support::pipelines::{
+
+use crate::support;
+use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
+use crate::support::patless::{Patless, ADO};
+use crate::support::pipelines::{
     FakePipelines, Mode, ISSUER, SERVICE_CONNECTION_ID, SUBJECT, SYSTEM_TOKEN,
 };
-use support::upstream::FakeUpstream;
+use crate::support::upstream::FakeUpstream;
 
 /// The variables an `AzureCLI@2` step (with the system token mapped) gives its script.
 fn agent_env(pipelines: &FakePipelines) -> Vec<(&'static str, String)> {

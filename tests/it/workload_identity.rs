@@ -2,17 +2,17 @@
 //! at each acquisition; settings default from the AKS webhook's environment; a token that no
 //! federated credential matches is explained with its issuer, subject and audience.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use patless::credentials::{Credential, EntraClient, ErrorClass, WorkloadIdentityCredential};
 use patless::env::MapEnv;
 use serde_json::{json, Value};
-use support::entra::{sign_token, FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
-use support::patless::{Patless, ADO};
-use support::upstream::FakeUpstream;
 use tempfile::TempDir;
+
+use crate::support;
+use crate::support::entra::{sign_token, FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
+use crate::support::patless::{Patless, ADO};
+use crate::support::upstream::FakeUpstream;
 
 const ISSUER: &str = "https://oidc.prod-aks.azure.com/88888888-8888-8888-8888-888888888888/";
 const SUBJECT: &str = "system:serviceaccount:build:patless";

@@ -1,16 +1,16 @@
-//! Proves the in-process fakes in `tests/support` behave as documented.
-
-mod support;
+//! Proves the in-process fakes in `tests/it/support` behave as documented.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::entra::{
+
+use crate::support;
+use crate::support::entra::{
     self, FakeEntra, Fault, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE,
     DEFENDER_SCOPE, TENANT,
 };
-use support::upstream::FakeUpstream;
-use support::{fnv1a, http_client, pattern_byte, FNV_OFFSET};
+use crate::support::upstream::FakeUpstream;
+use crate::support::{fnv1a, http_client, pattern_byte, FNV_OFFSET};
 
 fn form<'a>(scope: &'a str, secret: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![

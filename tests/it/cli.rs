@@ -1,7 +1,5 @@
-mod support;
-
-// The command line (SPEC §1), run as the real binary in a scrubbed environment: exit codes for
-// bad configs, `config`, `token`, `check`, `--help`, and `serve` (the default) until SIGTERM.
+//! The command line (SPEC §1), run as the real binary in a scrubbed environment: exit codes for
+//! bad configs, `config`, `token`, `check`, `--help`, and `serve` (the default) until SIGTERM.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,12 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use support::entra::{
+use tempfile::TempDir;
+
+use crate::support;
+use crate::support::entra::{
     FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE,
     DEFENDER_SCOPE, TENANT,
 };
-use support::upstream::FakeUpstream;
-use tempfile::TempDir;
+use crate::support::upstream::FakeUpstream;
 
 const EXIT_CONFIG: i32 = 64;
 const WRONG_SECRET: &str = "wrong-secret-VALUE-do-not-print";

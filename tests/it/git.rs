@@ -4,8 +4,6 @@
 //! the `insteadOf` URL rewrite) and as git's credential helper (`patless git-credential`, the
 //! built binary, with no `serve` running).
 
-mod support;
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,13 +12,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::Value;
-use support::ado_git::{git, AdoGit};
-use support::entra::{
+use tempfile::TempDir;
+
+use crate::support;
+use crate::support::ado_git::{git, AdoGit};
+use crate::support::entra::{
     FakeEntra, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE, TENANT,
 };
-use support::patless::{config, Patless, ADO, DEFENDER};
-use support::upstream::{test_decoding_key, verify_bearer};
-use tempfile::TempDir;
+use crate::support::patless::{config, Patless, ADO, DEFENDER};
+use crate::support::upstream::{test_decoding_key, verify_bearer};
 
 const STALE_PAT: &str = "stalepat-VALUE-must-not-reach-upstream";
 const WRONG_SECRET: &str = "wrong-secret-VALUE-do-not-print";

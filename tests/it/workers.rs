@@ -2,17 +2,17 @@
 //! thread runs its own event loop and upstream pool, and the accepting runtime hands it
 //! connections. The same promises hold as on one runtime: every request gets a valid token, one
 //! acquisition serves them all, the connection limit answers its JSON 503, and shutdown drains
-//! what is in flight on every worker (the grace bound on workers is in tests/shutdown.rs).
-
-mod support;
+//! what is in flight on every worker (the grace bound on workers is in tests/it/shutdown.rs).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::entra::{FakeEntra, ADO_AUDIENCE};
-use support::patless::{config, metric, poll_status, Gate, Patless, ADO};
-use support::upstream::FakeUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support;
+use crate::support::entra::{FakeEntra, ADO_AUDIENCE};
+use crate::support::patless::{config, metric, poll_status, Gate, Patless, ADO};
+use crate::support::upstream::FakeUpstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_connections_over_workers_all_get_valid_tokens_from_one_acquisition() {

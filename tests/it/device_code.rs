@@ -5,8 +5,6 @@
 //! login made by another process, and answers `503` with "run `patless login`" once the session
 //! is revoked. Login tests run on paused time; `serve` tests on real time with short lifetimes.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,13 +15,15 @@ use patless::env::{Env, MapEnv};
 use patless::login::{login, LoginError};
 use patless::store::TokenStore;
 use serde_json::Value;
-use support::entra::{
+use tokio::time::Instant;
+
+use crate::support;
+use crate::support::entra::{
     DeviceStep, FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, DEFENDER_AUDIENCE, DEFENDER_SCOPE,
     PUBLIC_CLIENT_ID, TENANT, USER_UPN, VERIFICATION_URI,
 };
-use support::patless::Patless;
-use support::upstream::FakeUpstream;
-use tokio::time::Instant;
+use crate::support::patless::Patless;
+use crate::support::upstream::FakeUpstream;
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 

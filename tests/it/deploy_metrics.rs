@@ -9,8 +9,6 @@
 //! that skips strings, label matchers, ranges, grouping label lists, functions and keywords; names
 //! ending in `_bucket`, `_sum` or `_count` resolve to their family only when it is a histogram.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,9 +17,11 @@ use figment::providers::{Format as _, Yaml};
 use figment::Figment;
 use patless::env::MapEnv;
 use serde_json::Value;
-use support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
-use support::patless::{config, Patless, ADO};
-use support::upstream::FakeUpstream;
+
+use crate::support;
+use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
+use crate::support::patless::{config, Patless, ADO};
+use crate::support::upstream::FakeUpstream;
 
 /// Metrics of other exporters that the rules may use, each with where it comes from. Anything
 /// else that is not a patless metric is a mistake.

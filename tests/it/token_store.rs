@@ -4,8 +4,6 @@
 //! another process is never overwritten by an older one; logout forgets; no token in `Debug` or
 //! in errors.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,11 +16,13 @@ use patless::login::{logout, LoginError};
 use patless::secret::Secret;
 use patless::store::{SaveOutcome, StoreError, StoredLogin, TokenStore};
 use serde_json::Value;
-use support::entra::{
+use tempfile::TempDir;
+
+use crate::support;
+use crate::support::entra::{
     FakeEntra, Fault, RefreshTokenStatus, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, DEFENDER_AUDIENCE,
     DEFENDER_SCOPE, PUBLIC_CLIENT_ID, TENANT,
 };
-use tempfile::TempDir;
 
 const RT: &str = "1.AXoA-very-secret-refresh-token-value";
 
