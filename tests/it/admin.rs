@@ -130,11 +130,7 @@ async fn auto_uses_the_environment_service_principal() {
         ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
     ]);
     let p = Patless::start_with_env(&toml, env).await;
-    let r = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("req");
+    let r = p.get("/ado/org/_apis/projects").await;
     assert_eq!(r.status(), 200);
     assert_eq!(up.accepted(), 1);
     let form = &entra.requests()[0].form;
@@ -161,11 +157,7 @@ async fn auto_without_credentials_says_what_it_tried_and_how_to_fix_it() {
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.as_str()),
     ]);
     let p = Patless::start_with_env(&toml, env).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("req");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.expect("json");

@@ -4,12 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use patless::config::{load_from_str, ConfigSource, Format};
 use patless::env::MapEnv;
 use patless::App;
 
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, TENANT};
+use crate::support::patless::load;
 use crate::support::AbortOnDrop;
 
 /// A stand-in managed-identity endpoint (IMDS or App Service): records each request's path+query
@@ -49,11 +49,7 @@ async fn fake_msi() -> FakeMsi {
                     *r.status_mut() = http::StatusCode::BAD_REQUEST;
                     return r;
                 };
-                let expires_on = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .expect("clock")
-                    .as_secs()
-                    + 3600;
+                let expires_on = support::now_secs() + 3600;
                 let body = serde_json::json!({
                     "access_token": support::entra::mint_token(&resource, 3600),
                     "expires_in": "3599",
@@ -91,7 +87,7 @@ fn app(entra: &FakeEntra, env: MapEnv) -> App {
          [[routes]]\nprefix = \"/ado\"\nupstream = \"https://dev.azure.com\"\nprofile = \"auto\"\n",
         entra.authority()
     );
-    let loaded = load_from_str(&toml, Format::Toml, ConfigSource::Embedded, &env).expect("config");
+    let loaded = load(&toml, &env);
     App::new(loaded.config, Arc::new(env), prometheus::Registry::new()).expect("app")
 }
 

@@ -13,7 +13,9 @@ use tempfile::TempDir;
 
 use crate::support;
 use crate::support::entra::{ADO_AUDIENCE, ADO_SCOPE, DEFENDER_AUDIENCE, DEFENDER_SCOPE, TENANT};
-use crate::support::fake_cli::{assert_refresh_result, expect_503, proxy_config, FakeCli, Mode};
+use crate::support::fake_cli::{
+    assert_refresh_result, expect_503, proxy_config, request_succeeds, start_proxy, FakeCli, Mode,
+};
 use crate::support::patless::Patless;
 use crate::support::upstream::FakeUpstream;
 
@@ -31,32 +33,6 @@ fn credential(fake: &FakeCli) -> AzureCliCredential {
     AzureCliCredential::new(None, None, Arc::new(fake.env()))
 }
 
-async fn start(fake: &FakeCli, up: &FakeUpstream, profile_extra: &str) -> Patless {
-    Patless::start_with_env(
-        &proxy_config("azure_cli", &up.url(), profile_extra),
-        fake.env(),
-    )
-    .await
-}
-
-/// One request through the proxy; the upstream got the token the fake printed.
-async fn request_succeeds(p: &Patless, up: &FakeUpstream, fake: &FakeCli) {
-    let r = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("request through the proxy");
-    let status = r.status();
-    let body = r.text().await.unwrap_or_default();
-    assert_eq!(status, 200, "proxy answered {status}: {body}");
-    let rec = up.requests().pop().expect("upstream saw the request");
-    assert!(rec.token_valid, "upstream refused: {:?}", rec.token_error);
-    assert_eq!(
-        rec.headers["authorization"],
-        format!("Bearer {}", fake.token_for(ADO_AUDIENCE)).as_str()
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tokens through the proxy.
 // ---------------------------------------------------------------------------------------------
@@ -65,7 +41,7 @@ async fn request_succeeds(p: &Patless, up: &FakeUpstream, fake: &FakeCli) {
 async fn the_token_az_prints_reaches_the_upstream() {
     let fake = FakeCli::az(Mode::Success);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, "").await;
+    let p = start_proxy(&fake, &up, "").await;
     request_succeeds(&p, &up, &fake).await;
     // The resource, not the scope; nothing else.
     assert_eq!(fake.calls(), vec![argv(&["--resource", ADO_AUDIENCE])]);
@@ -80,7 +56,7 @@ async fn the_token_az_prints_reaches_the_upstream() {
 async fn tenant_and_subscription_are_passed_to_az() {
     let fake = FakeCli::az(Mode::Success);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(
+    let p = start_proxy(
         &fake,
         &up,
         &format!("tenant_id = \"{TENANT}\"\nsubscription = \"{SUBSCRIPTION}\""),
@@ -273,7 +249,7 @@ async fn exit_127_is_not_installed() {
 async fn not_logged_in_is_not_configured_and_says_run_az_login() {
     let fake = FakeCli::az(Mode::NotLoggedIn);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, "").await;
+    let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(msg.contains("not logged in: run `az login`"), "{msg}");
     assert!(
@@ -305,7 +281,7 @@ async fn not_logged_in_with_a_tenant_suggests_that_tenant() {
 async fn an_expired_sign_in_passes_the_aadsts_line_on_with_a_hint() {
     let fake = FakeCli::az(Mode::Aadsts700082);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, "").await;
+    let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(
         msg.contains("AADSTS700082: The refresh token has expired due to inactivity."),
@@ -347,7 +323,7 @@ async fn other_aadsts_codes_are_invalid_grant_with_entras_hint() {
 async fn garbage_on_stdout_is_a_bad_response() {
     let fake = FakeCli::az(Mode::Stdout("Welcome to Azure CLI!".into()));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, "").await;
+    let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(
         msg.contains("az printed something that is not a token"),

@@ -13,7 +13,9 @@ use tempfile::TempDir;
 
 use crate::support;
 use crate::support::entra::{ADO_AUDIENCE, ADO_SCOPE, DEFENDER_AUDIENCE, DEFENDER_SCOPE, TENANT};
-use crate::support::fake_cli::{assert_refresh_result, expect_503, proxy_config, FakeCli, Mode};
+use crate::support::fake_cli::{
+    assert_refresh_result, expect_503, proxy_config, request_succeeds, start_proxy, FakeCli, Mode,
+};
 use crate::support::patless::Patless;
 use crate::support::upstream::FakeUpstream;
 
@@ -29,36 +31,11 @@ fn credential(fake: &FakeCli) -> AzureDeveloperCliCredential {
     AzureDeveloperCliCredential::new(None, Arc::new(fake.env()))
 }
 
-async fn start(fake: &FakeCli, up: &FakeUpstream, profile_extra: &str) -> Patless {
-    Patless::start_with_env(
-        &proxy_config("azure_developer_cli", &up.url(), profile_extra),
-        fake.env(),
-    )
-    .await
-}
-
-async fn request_succeeds(p: &Patless, up: &FakeUpstream, fake: &FakeCli) {
-    let r = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("request through the proxy");
-    let status = r.status();
-    let body = r.text().await.unwrap_or_default();
-    assert_eq!(status, 200, "proxy answered {status}: {body}");
-    let rec = up.requests().pop().expect("upstream saw the request");
-    assert!(rec.token_valid, "upstream refused: {:?}", rec.token_error);
-    assert_eq!(
-        rec.headers["authorization"],
-        format!("Bearer {}", fake.token_for(ADO_AUDIENCE)).as_str()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_azd_prints_reaches_the_upstream() {
     let fake = FakeCli::azd(Mode::Success);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, "").await;
+    let p = start_proxy(&fake, &up, "").await;
     request_succeeds(&p, &up, &fake).await;
     // The scope as is (azd wants scopes, not resources).
     assert_eq!(fake.calls(), vec![argv(&["--scope", ADO_SCOPE])]);
@@ -70,7 +47,7 @@ async fn the_token_azd_prints_reaches_the_upstream() {
 async fn the_tenant_is_passed_as_tenant_id() {
     let fake = FakeCli::azd(Mode::Success);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, &format!("tenant_id = \"{TENANT}\"")).await;
+    let p = start_proxy(&fake, &up, &format!("tenant_id = \"{TENANT}\"")).await;
     request_succeeds(&p, &up, &fake).await;
     assert_eq!(
         fake.calls(),
@@ -119,10 +96,7 @@ async fn rfc3339_with_an_offset_and_fraction_is_read() {
         .await
         .expect("token");
     let want = 4_102_437_600u64; // 2099-12-31T22:00:00Z
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let now = support::now_secs();
     let got = now + t.expires_in.as_secs();
     assert!(got.abs_diff(want) <= 2, "read as {got}, expected {want}");
 }
@@ -173,7 +147,7 @@ async fn no_azd_on_path_is_not_configured_and_says_run_azd_auth_login() {
 async fn not_logged_in_is_not_configured_and_says_run_azd_auth_login() {
     let fake = FakeCli::azd(Mode::NotLoggedIn);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, "").await;
+    let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(msg.contains("not logged in: run `azd auth login`"), "{msg}");
     assert_refresh_result(&p, "not_configured").await;
@@ -209,7 +183,7 @@ async fn fetching_token_failures_are_not_logged_in_too() {
 async fn an_expired_sign_in_is_interaction_required_with_a_hint() {
     let fake = FakeCli::azd(Mode::Aadsts700082);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, "").await;
+    let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(msg.contains("AADSTS700082"), "{msg}");
     assert!(msg.contains("run `azd auth login` again"), "{msg}");
@@ -226,7 +200,7 @@ async fn garbage_on_stdout_is_a_bad_response_without_the_output() {
         r#"{{"token":"{token}","expiresOn":"2030-01-02 03:04:05.000000"}}"#
     )));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = start(&fake, &up, "").await;
+    let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(
         msg.contains("azd printed something that is not a token"),

@@ -6,9 +6,7 @@
 use std::sync::Arc;
 
 use patless::config::SecretSource;
-use patless::credentials::{
-    AzurePipelinesCredential, Credential, CredentialError, EntraClient, ErrorClass,
-};
+use patless::credentials::{AzurePipelinesCredential, Credential, CredentialError, ErrorClass};
 use patless::env::MapEnv;
 use serde_json::Value;
 
@@ -65,10 +63,9 @@ fn credential(
     oidc_request_uri: &str,
     system_token: SecretSource,
 ) -> AzurePipelinesCredential {
-    support::install_crypto_provider();
     AzurePipelinesCredential::new(
-        EntraClient::new(support::http_client()),
-        url::Url::parse(&entra.authority()).expect("authority"),
+        entra.client(),
+        entra.authority_url(),
         TENANT.into(),
         CLIENT_ID.into(),
         SERVICE_CONNECTION_ID.into(),
@@ -80,14 +77,6 @@ fn credential(
 
 fn system_token() -> SecretSource {
     SecretSource::Env("SYSTEM_ACCESSTOKEN".into())
-}
-
-fn assertions(entra: &FakeEntra) -> Vec<String> {
-    entra
-        .requests()
-        .iter()
-        .filter_map(|r| r.form.get("client_assertion").cloned())
-        .collect()
 }
 
 fn assert_no_secret(text: &str, pipelines: &FakePipelines) {
@@ -108,11 +97,7 @@ async fn a_service_connection_works_through_the_proxy_with_the_agent_environment
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let p =
         Patless::start_with_env(&ci_config(&entra, &up), MapEnv::new(agent_env(&pipelines))).await;
-    let r = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/org/_apis/projects").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(up.accepted(), 1);
 
@@ -166,7 +151,7 @@ async fn every_exchange_uses_a_new_oidc_token() {
     );
     let issued = pipelines.issued();
     assert_ne!(issued[0], issued[1]);
-    assert_eq!(assertions(&entra), issued);
+    assert_eq!(entra.client_assertions(), issued);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,11 +302,7 @@ async fn missing_agent_variables_are_a_503_naming_them() {
         })
         .collect();
     let p = Patless::start_with_env(&ci_config(&entra, &up), MapEnv::new(env)).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.expect("json");
     let msg = body["message"].as_str().expect("message");
@@ -338,11 +319,7 @@ async fn missing_agent_variables_are_a_503_naming_them() {
         .filter(|(k, _)| *k != "SYSTEM_ACCESSTOKEN")
         .collect();
     let p = Patless::start_with_env(&ci_config(&entra, &up), MapEnv::new(env)).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.expect("json");
     let msg = body["message"].as_str().expect("message");

@@ -2,118 +2,23 @@
 //! bad configs, `config`, `token`, `check`, `--help`, and `serve` (the default) until SIGTERM.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
 use crate::support;
 use crate::support::entra::{
     FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE,
     DEFENDER_SCOPE, TENANT,
 };
+use crate::support::now_secs;
+use crate::support::sandbox::{Run, Sandbox};
 use crate::support::upstream::FakeUpstream;
 
 const EXIT_CONFIG: i32 = 64;
 const WRONG_SECRET: &str = "wrong-secret-VALUE-do-not-print";
-
-/// A scratch HOME / working directory with an empty `XDG_CONFIG_HOME`, so no config of the
-/// developer's can be found.
-struct Sandbox {
-    dir: TempDir,
-}
-
-/// What a finished run produced.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-impl Sandbox {
-    fn new() -> Sandbox {
-        let dir = TempDir::new().expect("tempdir");
-        fs::create_dir_all(dir.path().join("xdg")).expect("xdg dir");
-        fs::create_dir_all(dir.path().join("home")).expect("home dir");
-        fs::create_dir_all(dir.path().join("work")).expect("work dir");
-        Sandbox { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path().join(name);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).expect("create dirs");
-        }
-        fs::write(&path, text).expect("write");
-        path
-    }
-
-    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patless"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path().join("home"))
-            .env("XDG_CONFIG_HOME", self.path().join("xdg"))
-            .env("XDG_STATE_HOME", self.path().join("state"))
-            .env("TZ", "UTC")
-            .env("NO_COLOR", "1")
-            .current_dir(self.path().join("work"))
-            .stdin(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    /// Runs patless to completion.
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let out = self
-            .command(args, env)
-            .output()
-            .expect("run the patless binary");
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-/// Runs patless off the async runtime (the fakes run on it), with owned arguments.
-async fn run_blocking(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = sandbox.command(args, env);
-    tokio::task::spawn_blocking(move || {
-        let out = cmd.output().expect("run the patless binary");
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("join blocking run")
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// The test helper's config with one extra `[[routes]]`, written to the sandbox.
 fn write_config(sandbox: &Sandbox, entra: &FakeEntra, routes: &[(&str, &str, &str)]) -> PathBuf {
@@ -400,18 +305,18 @@ async fn token_prints_az_compatible_json() {
     let sb = Sandbox::new();
     let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
     let before = now_secs();
-    let run = run_blocking(
-        &sb,
-        &[
-            "token",
-            "--profile",
-            "bot",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await;
+    let run = sb
+        .run_async(
+            &[
+                "token",
+                "--profile",
+                "bot",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
     let after = now_secs();
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_no_secret(&run);
@@ -468,20 +373,20 @@ async fn token_raw_prints_only_the_token() {
     let entra = FakeEntra::start().await;
     let sb = Sandbox::new();
     let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
-    let run = run_blocking(
-        &sb,
-        &[
-            "token",
-            "--profile",
-            "bot",
-            "--output",
-            "raw",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await;
+    let run = sb
+        .run_async(
+            &[
+                "token",
+                "--profile",
+                "bot",
+                "--output",
+                "raw",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_no_secret(&run);
     let issued = entra.issued_tokens();
@@ -514,22 +419,22 @@ async fn token_resource_and_scope_flags_choose_the_scope() {
         ),
     ] {
         let before = entra.requests().len();
-        let run = run_blocking(
-            &sb,
-            &[
-                "token",
-                "--profile",
-                "bot",
-                flag,
-                value,
-                "--output",
-                "raw",
-                "--config",
-                config,
-            ],
-            &[],
-        )
-        .await;
+        let run = sb
+            .run_async(
+                &[
+                    "token",
+                    "--profile",
+                    "bot",
+                    flag,
+                    value,
+                    "--output",
+                    "raw",
+                    "--config",
+                    config,
+                ],
+                &[],
+            )
+            .await;
         assert_eq!(run.code, Some(0), "{flag} {value}: {run:?}");
         let requests = entra.requests();
         assert_eq!(requests.len(), before + 1, "{flag} {value}");
@@ -557,18 +462,18 @@ async fn token_with_a_wrong_secret_fails_with_the_entra_error_and_hint() {
     let sb = Sandbox::new();
     let config =
         write_wrong_secret_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
-    let run = run_blocking(
-        &sb,
-        &[
-            "token",
-            "--profile",
-            "bot",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await;
+    let run = sb
+        .run_async(
+            &[
+                "token",
+                "--profile",
+                "bot",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
     assert_ne!(run.code, Some(0), "{run:?}");
     assert!(run.code.is_some(), "killed by a signal: {run:?}");
     assert!(run.stderr.contains("AADSTS7000215"), "{run:?}");
@@ -585,18 +490,18 @@ async fn token_for_an_unknown_profile_exits_64() {
     let entra = FakeEntra::start().await;
     let sb = Sandbox::new();
     let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
-    let run = run_blocking(
-        &sb,
-        &[
-            "token",
-            "--profile",
-            "ghost",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await;
+    let run = sb
+        .run_async(
+            &[
+                "token",
+                "--profile",
+                "ghost",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
     assert_eq!(run.code, Some(EXIT_CONFIG), "{run:?}");
     assert!(run.stderr.contains("ghost"), "{run:?}");
     assert_eq!(entra.token_requests(), 0);
@@ -612,7 +517,9 @@ async fn check_shows_the_token_and_probes_each_route() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
-    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    let run = sb
+        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
+        .await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_no_secret(&run);
     assert!(
@@ -654,7 +561,9 @@ async fn check_fails_when_the_upstream_rejects_the_token() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
-    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    let run = sb
+        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
+        .await;
     assert_ne!(run.code, Some(0), "{run:?}");
     assert!(run.code.is_some(), "killed by a signal: {run:?}");
     let probe_line = run
@@ -675,12 +584,12 @@ async fn check_no_probe_skips_the_probes() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
-    let run = run_blocking(
-        &sb,
-        &["check", "--no-probe", "--config", config.to_str().unwrap()],
-        &[],
-    )
-    .await;
+    let run = sb
+        .run_async(
+            &["check", "--no-probe", "--config", config.to_str().unwrap()],
+            &[],
+        )
+        .await;
     // The token is fine and the (rejecting) upstream is never asked.
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stdout.contains(ADO_AUDIENCE), "{run:?}");
@@ -696,7 +605,9 @@ async fn check_with_a_wrong_secret_explains_the_entra_error() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_wrong_secret_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
-    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    let run = sb
+        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
+        .await;
     assert_ne!(run.code, Some(0), "{run:?}");
     assert!(run.code.is_some(), "killed by a signal: {run:?}");
     let all = run.all();
@@ -729,7 +640,9 @@ async fn check_names_the_defender_permission_a_403_lacks() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_config(&sb, &entra, &[("/defender", &url, DEFENDER_SCOPE)]);
-    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    let run = sb
+        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
+        .await;
     assert_eq!(run.code, Some(1), "{run:?}");
     assert_no_secret(&run);
     // Before any probe: what the usual endpoints need, against what the token holds.
@@ -776,7 +689,9 @@ async fn check_passes_when_the_token_holds_the_defender_roles() {
             ("/mde", &mde_url, MDE_SCOPE),
         ],
     );
-    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    let run = sb
+        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
+        .await;
     assert_no_secret(&run);
     assert!(
         permission_row(&run, "api/incidents").contains("ok, has Incident.Read.All"),
@@ -819,7 +734,9 @@ async fn check_explains_azure_devops_permissions_come_from_membership() {
     let sb = Sandbox::new();
     let url = format!("{}/contoso", upstream.url());
     let config = write_config(&sb, &entra, &[("/ado", &url, ADO_SCOPE)]);
-    let run = run_blocking(&sb, &["check", "--config", config.to_str().unwrap()], &[]).await;
+    let run = sb
+        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
+        .await;
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(
         run.stdout.contains("Azure DevOps: the token grants"),

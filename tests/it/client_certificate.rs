@@ -2,15 +2,13 @@
 //! `x5c` leaf first, claims), Entra's refusal of an unregistered certificate, the file problems a
 //! user meets, and the file being read again at each acquisition.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use patless::config::SecretSource;
-use patless::credentials::{
-    ClientCertificateCredential, Credential, CredentialError, EntraClient, ErrorClass,
-};
+use patless::credentials::{ClientCertificateCredential, Credential, CredentialError, ErrorClass};
 use patless::env::MapEnv;
 use patless::secret::Secret;
 use serde_json::Value;
@@ -24,14 +22,9 @@ use crate::support::certs::{
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
 use crate::support::patless::{Patless, ADO};
 use crate::support::upstream::FakeUpstream;
+use crate::support::write_file;
 
 const PFX_PASSWORD: &str = "pfx-Password-not-to-be-shown-77";
-
-fn write(dir: &TempDir, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.path().join(name);
-    std::fs::write(&path, contents).expect("write test file");
-    path
-}
 
 /// A config with one `client_certificate` profile `cert` behind the route `/ado`.
 fn cert_config(entra: &FakeEntra, up: &FakeUpstream, file: &Path, extra: &str) -> String {
@@ -64,25 +57,15 @@ scope = "{ADO}"
     )
 }
 
-/// The client assertions Entra received, in order.
-fn assertions(entra: &FakeEntra) -> Vec<String> {
-    entra
-        .requests()
-        .iter()
-        .filter_map(|r| r.form.get("client_assertion").cloned())
-        .collect()
-}
-
 fn credential(
     entra: &FakeEntra,
     file: &Path,
     password: Option<SecretSource>,
     send_chain: bool,
 ) -> ClientCertificateCredential {
-    support::install_crypto_provider();
     ClientCertificateCredential::new(
-        EntraClient::new(support::http_client()),
-        url::Url::parse(&entra.authority()).expect("authority"),
+        entra.client(),
+        entra.authority_url(),
         TENANT.into(),
         CLIENT_ID.into(),
         file.to_path_buf(),
@@ -138,14 +121,10 @@ async fn a_pem_bundle_signs_a_ps256_assertion_that_entra_accepts() {
     entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
-    let file = write(&dir, "client.pem", pki.bundle_pem());
+    let file = write_file(dir.path(), "client.pem", pki.bundle_pem());
     let p = Patless::start(&cert_config(&entra, &up, &file, "")).await;
 
-    let r = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/org/_apis/projects").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(up.accepted(), 1, "the upstream verified the token");
 
@@ -193,8 +172,8 @@ async fn a_pfx_with_its_password_from_the_environment_works() {
     entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
-    let file = write(
-        &dir,
+    let file = write_file(
+        dir.path(),
         "client.pfx",
         pfx(&pki.leaf, &[&pki.leaf, &pki.ca], PFX_PASSWORD),
     );
@@ -205,14 +184,10 @@ async fn a_pfx_with_its_password_from_the_environment_works() {
         r#"certificate_password = { env = "CERT_PASSWORD" }"#,
     );
     let p = Patless::start_with_env(&toml, MapEnv::new([("CERT_PASSWORD", PFX_PASSWORD)])).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(up.accepted(), 1);
-    let assertion = &assertions(&entra)[0];
+    let assertion = &entra.client_assertions()[0];
     assert_eq!(
         jwt_header(assertion)["x5t#S256"],
         thumbprint_s256(&pki.leaf.der)
@@ -226,8 +201,8 @@ async fn a_pfx_is_recognised_by_its_content_whatever_its_name() {
     let entra = FakeEntra::start().await;
     entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
     let dir = TempDir::new().expect("tempdir");
-    let file = write(
-        &dir,
+    let file = write_file(
+        dir.path(),
         "client.cert",
         pfx(&pki.leaf, &[&pki.leaf], PFX_PASSWORD),
     );
@@ -244,7 +219,7 @@ async fn send_certificate_chain_puts_x5c_leaf_first_whatever_the_file_order() {
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
     // CA first, key last: the leaf is the certificate whose key is in the file.
-    let file = write(&dir, "client.pem", pki.bundle_pem_ca_first());
+    let file = write_file(dir.path(), "client.pem", pki.bundle_pem_ca_first());
     let p = Patless::start(&cert_config(
         &entra,
         &up,
@@ -252,13 +227,9 @@ async fn send_certificate_chain_puts_x5c_leaf_first_whatever_the_file_order() {
         "send_certificate_chain = true",
     ))
     .await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let header = jwt_header(&assertions(&entra)[0]);
+    let header = jwt_header(&entra.client_assertions()[0]);
     assert_eq!(header["alg"], "PS256");
     assert_eq!(header["x5t#S256"], thumbprint_s256(&pki.leaf.der));
     assert_eq!(
@@ -272,8 +243,8 @@ async fn send_certificate_chain_puts_x5c_leaf_first_whatever_the_file_order() {
     p.stop().await;
 
     // From a PFX listing the CA first, too.
-    let file = write(
-        &dir,
+    let file = write_file(
+        dir.path(),
         "chain.pfx",
         pfx(&pki.leaf, &[&pki.ca, &pki.leaf], PFX_PASSWORD),
     );
@@ -281,7 +252,7 @@ async fn send_certificate_chain_puts_x5c_leaf_first_whatever_the_file_order() {
         .acquire(ADO, None)
         .await
         .expect("token");
-    let header = jwt_header(assertions(&entra).last().expect("assertion"));
+    let header = jwt_header(entra.client_assertions().last().expect("assertion"));
     assert_eq!(
         header["x5c"],
         Value::from(vec![
@@ -298,17 +269,13 @@ async fn an_unregistered_certificate_is_a_503_with_aadsts700027_and_its_hint() {
     entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
-    let file = write(
-        &dir,
+    let file = write_file(
+        dir.path(),
         "other.pem",
         format!("{}{}", pki.other.pem, pki.other.key_pem),
     );
     let p = Patless::start(&cert_config(&entra, &up, &file, "")).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"], "token_unavailable");
@@ -339,8 +306,8 @@ async fn a_wrong_pfx_password_names_the_file_and_never_the_password() {
     let entra = FakeEntra::start().await;
     entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
     let dir = TempDir::new().expect("tempdir");
-    let file = write(
-        &dir,
+    let file = write_file(
+        dir.path(),
         "client.pfx",
         pfx(&pki.leaf, &[&pki.leaf], PFX_PASSWORD),
     );
@@ -368,11 +335,7 @@ async fn a_wrong_pfx_password_names_the_file_and_never_the_password() {
         &format!("certificate_password = \"{wrong}\""),
     );
     let p = Patless::start(&toml).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 503);
     let text = r.text().await.expect("body");
     assert!(text.contains("wrong certificate_password"), "{text}");
@@ -391,17 +354,21 @@ async fn file_problems_are_explained_and_name_the_file() {
     let missing = dir.path().join("missing.pem");
     expect_not_configured(&entra, &missing, None, "cannot read the file").await;
 
-    let cert_only = write(&dir, "cert-only.pem", &pki.leaf.pem);
+    let cert_only = write_file(dir.path(), "cert-only.pem", &pki.leaf.pem);
     expect_not_configured(&entra, &cert_only, None, "contains no private key").await;
 
-    let key_only = write(&dir, "key-only.pem", &pki.leaf.key_pem);
+    let key_only = write_file(dir.path(), "key-only.pem", &pki.leaf.key_pem);
     expect_not_configured(&entra, &key_only, None, "contains no certificate").await;
 
-    let ec = write(&dir, "ec.pem", format!("{}{}", pki.ec.pem, pki.ec.key_pem));
+    let ec = write_file(
+        dir.path(),
+        "ec.pem",
+        format!("{}{}", pki.ec.pem, pki.ec.key_pem),
+    );
     let msg = expect_not_configured(&entra, &ec, None, "only RSA certificates are supported").await;
     assert!(msg.contains("EC"), "{msg}");
 
-    let ec_pfx = write(&dir, "ec.pfx", pfx(&pki.ec, &[&pki.ec], PFX_PASSWORD));
+    let ec_pfx = write_file(dir.path(), "ec.pfx", pfx(&pki.ec, &[&pki.ec], PFX_PASSWORD));
     expect_not_configured(
         &entra,
         &ec_pfx,
@@ -410,17 +377,17 @@ async fn file_problems_are_explained_and_name_the_file() {
     )
     .await;
 
-    let mismatch = write(
-        &dir,
+    let mismatch = write_file(
+        dir.path(),
         "mismatch.pem",
         format!("{}{}", pki.leaf.pem, pki.other.key_pem),
     );
     expect_not_configured(&entra, &mismatch, None, "does not match the certificate").await;
 
-    let garbage = write(&dir, "garbage.pem", "this is not a certificate\n");
+    let garbage = write_file(dir.path(), "garbage.pem", "this is not a certificate\n");
     expect_not_configured(&entra, &garbage, None, "neither PEM").await;
 
-    let not_pfx = write(&dir, "broken.pfx", b"\x30\x03\x02\x01\x03");
+    let not_pfx = write_file(dir.path(), "broken.pfx", b"\x30\x03\x02\x01\x03");
     expect_not_configured(
         &entra,
         &not_pfx,
@@ -442,19 +409,20 @@ async fn the_file_is_read_again_at_each_acquisition() {
         CLIENT_ID,
     ));
     let dir = TempDir::new().expect("tempdir");
-    let file = write(&dir, "client.pem", pki.bundle_pem());
+    let file = write_file(dir.path(), "client.pem", pki.bundle_pem());
     let cred = credential(&entra, &file, None, false);
 
     cred.acquire(ADO, None).await.expect("first token");
     // The renewed certificate replaces the file (as cert-manager or a Key Vault sync does).
-    write(
-        &dir,
+    write_file(
+        dir.path(),
         "client.pem",
         format!("{}{}", pki.other.key_pem, pki.other.pem),
     );
     cred.acquire(ADO, None).await.expect("second token");
 
-    let sent: Vec<String> = assertions(&entra)
+    let sent: Vec<String> = entra
+        .client_assertions()
         .iter()
         .map(|a| {
             jwt_header(a)["x5t#S256"]
@@ -470,7 +438,8 @@ async fn the_file_is_read_again_at_each_acquisition() {
             thumbprint_s256(&pki.other.der)
         ]
     );
-    let jtis: Vec<Value> = assertions(&entra)
+    let jtis: Vec<Value> = entra
+        .client_assertions()
         .iter()
         .map(|a| jwt_claims(a)["jti"].clone())
         .collect();
@@ -484,18 +453,18 @@ async fn files_made_by_openssl_work() {
     entra.set_assertion_verifier(verifier_for(&cert, CLIENT_ID));
     let dir = TempDir::new().expect("tempdir");
 
-    let aes = write(&dir, "aes.pfx", support::certs::OPENSSL_AES_PFX);
+    let aes = write_file(dir.path(), "aes.pfx", support::certs::OPENSSL_AES_PFX);
     acquire(&entra, &aes, literal(FIXTURE_PASSWORD))
         .await
         .expect("OpenSSL 3 default PFX");
 
-    let legacy = write(&dir, "legacy.p12", support::certs::OPENSSL_LEGACY_PFX);
+    let legacy = write_file(dir.path(), "legacy.p12", support::certs::OPENSSL_LEGACY_PFX);
     acquire(&entra, &legacy, literal(FIXTURE_PASSWORD))
         .await
         .expect("legacy 3DES/RC2 PFX");
 
-    let encrypted = write(
-        &dir,
+    let encrypted = write_file(
+        dir.path(),
         "encrypted.pem",
         support::certs::OPENSSL_ENCRYPTED_KEY_PEM,
     );
@@ -518,7 +487,7 @@ async fn files_made_by_openssl_work() {
     .await;
     assert!(!msg.contains("nope-nope"));
 
-    for a in assertions(&entra) {
+    for a in entra.client_assertions() {
         assert_eq!(jwt_header(&a)["x5t#S256"], thumbprint_s256(&cert));
     }
     assert_eq!(entra.issued_tokens().len(), 3);
@@ -544,10 +513,7 @@ fn the_verifier_refuses_what_entra_would() {
     let pki = pki();
     let url = "http://127.0.0.1:1/t/oauth2/v2.0/token";
     let verify = verifier_for(&pki.leaf.der, CLIENT_ID);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let now = support::now_secs();
     let sign = |key_pem: &str, x5t: &str, aud: &str, nbf: u64, exp: u64| {
         let mut header = Header::new(Algorithm::PS256);
         header.x5t_s256 = Some(x5t.to_string());
@@ -638,19 +604,15 @@ async fn the_key_may_live_in_a_second_pem_file() {
     entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
-    let cert = write(
-        &dir,
+    let cert = write_file(
+        dir.path(),
         "client.crt",
         format!("{}{}", pki.leaf.pem, pki.ca.pem),
     );
-    let key = write(&dir, "client.key", pki.leaf.key_pem.clone());
+    let key = write_file(dir.path(), "client.key", pki.leaf.key_pem.clone());
     let extra = format!("certificate_key = \"{}\"", key.display());
     let p = Patless::start(&cert_config(&entra, &up, &cert, &extra)).await;
-    let r = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/org/_apis/projects").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(up.accepted(), 1);
     let header = jwt_header(&entra.requests()[0].form["client_assertion"]);
@@ -658,11 +620,7 @@ async fn the_key_may_live_in_a_second_pem_file() {
 
     // Without the key file, the certificate alone cannot sign: the error names the file.
     let p = Patless::start(&cert_config(&entra, &up, &cert, "")).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 503);
     let body = r.text().await.expect("body");
     assert!(body.contains("client.crt"), "{body}");

@@ -13,6 +13,8 @@ use patless::config::{
 use patless::env::MapEnv;
 use tempfile::TempDir;
 
+use crate::support::write_file;
+
 // ---------------------------------------------------------------------------------------------
 // helpers
 
@@ -22,16 +24,6 @@ fn env(pairs: &[(&str, &str)]) -> MapEnv {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
-}
-
-/// Writes `text` to `dir/name` (creating parent directories) and returns the path.
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).expect("create dirs");
-    }
-    fs::write(&path, text).expect("write file");
-    path
 }
 
 fn load_toml(text: &str, env: &MapEnv) -> Result<LoadedConfig, ConfigError> {
@@ -114,10 +106,10 @@ client_secret = "literal-bot-secret"
 #[test]
 fn explicit_path_wins_over_patless_config_and_xdg() {
     let dir = TempDir::new().unwrap();
-    let explicit = write(dir.path(), "explicit.toml", &marker_config(1001));
-    let from_env = write(dir.path(), "from-env.toml", &marker_config(1002));
+    let explicit = write_file(dir.path(), "explicit.toml", &marker_config(1001));
+    let from_env = write_file(dir.path(), "from-env.toml", &marker_config(1002));
     let xdg = dir.path().join("xdg");
-    write(&xdg, "patless/patless.toml", &marker_config(1003));
+    write_file(&xdg, "patless/patless.toml", &marker_config(1003));
     let e = env(&[
         ("PATLESS_CONFIG", path_str(&from_env)),
         ("XDG_CONFIG_HOME", path_str(&xdg)),
@@ -135,9 +127,9 @@ fn explicit_path_wins_over_patless_config_and_xdg() {
 #[test]
 fn patless_config_wins_over_xdg() {
     let dir = TempDir::new().unwrap();
-    let from_env = write(dir.path(), "from-env.toml", &marker_config(1002));
+    let from_env = write_file(dir.path(), "from-env.toml", &marker_config(1002));
     let xdg = dir.path().join("xdg");
-    write(&xdg, "patless/patless.toml", &marker_config(1003));
+    write_file(&xdg, "patless/patless.toml", &marker_config(1003));
     let e = env(&[
         ("PATLESS_CONFIG", path_str(&from_env)),
         ("XDG_CONFIG_HOME", path_str(&xdg)),
@@ -157,7 +149,7 @@ fn xdg_config_home_is_used_when_nothing_else_is_named() {
     );
     let dir = TempDir::new().unwrap();
     let xdg = dir.path().join("xdg");
-    let file = write(&xdg, "patless/patless.toml", &marker_config(1003));
+    let file = write_file(&xdg, "patless/patless.toml", &marker_config(1003));
     // An empty PATLESS_CONFIG counts as unset.
     let e = env(&[("XDG_CONFIG_HOME", path_str(&xdg)), ("PATLESS_CONFIG", "")]);
 
@@ -171,7 +163,7 @@ fn xdg_config_home_is_used_when_nothing_else_is_named() {
 fn home_dot_config_is_the_xdg_default() {
     assert!(!Path::new("patless.toml").exists(), "precondition");
     let dir = TempDir::new().unwrap();
-    let file = write(
+    let file = write_file(
         dir.path(),
         ".config/patless/patless.toml",
         &marker_config(1004),
@@ -257,7 +249,7 @@ fn missing_explicit_file_is_a_file_error() {
     let missing = dir.path().join("nope.toml");
     // A config in XDG must not be used as a silent fallback.
     let xdg = dir.path().join("xdg");
-    write(&xdg, "patless/patless.toml", &marker_config(1003));
+    write_file(&xdg, "patless/patless.toml", &marker_config(1003));
     let e = env(&[("XDG_CONFIG_HOME", path_str(&xdg))]);
 
     match load(Some(&missing), &e) {
@@ -277,7 +269,7 @@ fn missing_patless_config_file_is_a_file_error() {
     let dir = TempDir::new().unwrap();
     let missing = dir.path().join("gone.toml");
     let xdg = dir.path().join("xdg");
-    write(&xdg, "patless/patless.toml", &marker_config(1003));
+    write_file(&xdg, "patless/patless.toml", &marker_config(1003));
     let e = env(&[
         ("PATLESS_CONFIG", path_str(&missing)),
         ("XDG_CONFIG_HOME", path_str(&xdg)),
@@ -379,10 +371,10 @@ fn toml_yaml_yml_and_json_load_to_the_same_model() {
     let dir = TempDir::new().unwrap();
     let e = MapEnv::default();
     let files = [
-        write(dir.path(), "c.toml", SAME_TOML),
-        write(dir.path(), "c.yaml", SAME_YAML),
-        write(dir.path(), "c.yml", SAME_YAML),
-        write(dir.path(), "c.json", SAME_JSON),
+        write_file(dir.path(), "c.toml", SAME_TOML),
+        write_file(dir.path(), "c.yaml", SAME_YAML),
+        write_file(dir.path(), "c.yml", SAME_YAML),
+        write_file(dir.path(), "c.json", SAME_JSON),
     ];
     let loaded: Vec<LoadedConfig> = files
         .iter()
@@ -455,7 +447,7 @@ fn toml_yaml_yml_and_json_load_to_the_same_model() {
 fn unknown_extension_is_an_error() {
     let dir = TempDir::new().unwrap();
     for name in ["patless.ini", "patless.conf", "patless"] {
-        let path = write(dir.path(), name, SAME_TOML);
+        let path = write_file(dir.path(), name, SAME_TOML);
         match load(Some(&path), &MapEnv::default()) {
             Err(ConfigError::File { path: p, reason }) => {
                 assert_eq!(p, path);
@@ -581,7 +573,7 @@ fn bad_env_override_is_reported_under_its_key() {
 #[test]
 fn secret_literal_env_and_file_resolve() {
     let dir = TempDir::new().unwrap();
-    let file = write(dir.path(), "secret", "file-secret-one\n");
+    let file = write_file(dir.path(), "secret", "file-secret-one\n");
     let text = format!(
         r#"
 [server]
@@ -637,7 +629,7 @@ client_secret = {{ file = "{}" }}
 fn unresolvable_secrets_name_the_source_but_not_any_value() {
     let dir = TempDir::new().unwrap();
     let secret_values = ["env-secret-value", "file-secret-value", "other-secret"];
-    let present = write(dir.path(), "present", "file-secret-value\n");
+    let present = write_file(dir.path(), "present", "file-secret-value\n");
     let e = env(&[
         ("OTHER_SECRET", "other-secret"),
         ("BOT_SECRET_X", "env-secret-value"),
@@ -667,7 +659,7 @@ fn unresolvable_secrets_name_the_source_but_not_any_value() {
         "{missing_file}"
     );
 
-    let empty_path = write(dir.path(), "empty", "\n");
+    let empty_path = write_file(dir.path(), "empty", "\n");
     let empty_file = SecretSource::File(empty_path.clone())
         .resolve(&e)
         .unwrap_err();
@@ -1041,7 +1033,7 @@ profile = "half"
 fn toml_syntax_error_is_a_parse_error_with_its_line() {
     let dir = TempDir::new().unwrap();
     let text = "[server]\nhost_routes = false\nlisten = \"127.0.0.1:7070\n";
-    let path = write(dir.path(), "broken.toml", text);
+    let path = write_file(dir.path(), "broken.toml", text);
     let err = load(Some(&path), &MapEnv::default()).unwrap_err();
     let display = err.to_string();
     match &err {
@@ -1176,7 +1168,7 @@ fn scopes_are_inferred_for_known_hosts() {
 #[test]
 fn debug_and_redacted_raw_never_show_a_literal_secret() {
     let dir = TempDir::new().unwrap();
-    let secret_file = write(dir.path(), "s", "file-secret-content\n");
+    let secret_file = write_file(dir.path(), "s", "file-secret-content\n");
     let text = format!(
         r#"
 [server]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use patless::config::{load_from_str, Config, ConfigSource, Format};
+use patless::config::Config;
 use patless::env::{Env, MapEnv};
 use patless::login::{login, LoginError};
 use patless::store::TokenStore;
@@ -22,7 +22,7 @@ use crate::support::entra::{
     DeviceStep, FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, DEFENDER_AUDIENCE, DEFENDER_SCOPE,
     PUBLIC_CLIENT_ID, TENANT, USER_UPN, VERIFICATION_URI,
 };
-use crate::support::patless::Patless;
+use crate::support::patless::{load_config, Patless};
 use crate::support::upstream::FakeUpstream;
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -69,17 +69,6 @@ client_secret = "not-used"
     s
 }
 
-fn load(toml: &str) -> Config {
-    load_from_str(
-        toml,
-        Format::Toml,
-        ConfigSource::Embedded,
-        &MapEnv::default(),
-    )
-    .unwrap_or_else(|e| panic!("test config invalid: {e}"))
-    .config
-}
-
 fn env() -> Env {
     Arc::new(MapEnv::default())
 }
@@ -95,7 +84,7 @@ async fn setup(client_id: &str) -> Setup {
     let entra = FakeEntra::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let config = load(&toml(
+    let config = load_config(&toml(
         &entra,
         &state,
         client_id,
@@ -367,7 +356,7 @@ async fn serve_uses_one_refresh_token_for_every_route_and_follows_logins_and_rev
             ("/defender", &defender.url(), DEFENDER_SCOPE),
         ],
     );
-    let config = load(&text);
+    let config = load_config(&text);
     let mut out = Vec::new();
     login(&config, "team", env(), &mut out)
         .await
@@ -524,11 +513,7 @@ async fn serve_without_a_login_says_to_log_in() {
         &[("/ado", &ado.url(), ADO_SCOPE)],
     );
     let patless = Patless::start_with_env(&text, MapEnv::default()).await;
-    let r = support::http_client()
-        .get(patless.url("/ado/_apis/projects"))
-        .send()
-        .await
-        .expect("answer");
+    let r = patless.get("/ado/_apis/projects").await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.expect("JSON");
     let message = body["message"].as_str().expect("message");

@@ -17,12 +17,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
-use patless::config::{load_from_str, ConfigSource, Format};
 use patless::env::MapEnv;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -34,7 +33,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::support;
 use crate::support::entra::{FakeEntra, DEFENDER_AUDIENCE};
-use crate::support::patless::{config, Patless, DEFENDER};
+use crate::support::lock;
+use crate::support::patless::{config, load, Patless, DEFENDER};
+use crate::support::sandbox::Sandbox;
 use crate::support::upstream::FakeUpstream;
 use crate::support::AbortOnDrop;
 
@@ -106,10 +107,6 @@ fn pki() -> &'static TestPki {
             untrusted: server_config(&rogue, &rogue_key),
         }
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,8 +493,7 @@ fn basic(user: &str, password: &str) -> String {
 
 /// `patless config` as printed (the effective configuration).
 fn printed_config(toml: &str, env: &MapEnv) -> String {
-    let loaded =
-        load_from_str(toml, Format::Toml, ConfigSource::Embedded, env).expect("config loads");
+    let loaded = load(toml, env);
     toml::to_string_pretty(&loaded.config.effective(&loaded.raw)).expect("TOML")
 }
 
@@ -510,33 +506,17 @@ fn egress_line(printed: &str) -> Option<String> {
 }
 
 /// The real binary's `patless config` for `toml` (written to a file), in a scrubbed environment.
-async fn patless_config_command(dir: &Path, toml: &str) -> String {
-    let path = dir.join("patless.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let home = dir.join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_patless"));
-    cmd.args(["config", "--config"])
-        .arg(&path)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("XDG_CONFIG_HOME", dir.join("xdg"))
-        .env("XDG_STATE_HOME", dir.join("state"))
-        .stdin(std::process::Stdio::null());
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run patless config"))
-        .await
-        .expect("join");
-    assert!(
-        out.status.success(),
-        "patless config failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+async fn patless_config_command(toml: &str) -> String {
+    let sb = Sandbox::new();
+    let path = sb.write("patless.toml", toml);
+    let run = sb
+        .run_async(
+            &["config", "--config", path.to_str().expect("UTF-8 path")],
+            &[],
+        )
+        .await;
+    assert!(run.ok(), "patless config failed: {}", run.stderr);
+    run.all()
 }
 
 fn assert_token_from_entra(w: &World, path: &str) {
@@ -709,18 +689,12 @@ async fn proxy_credentials_go_on_connect_only_and_are_never_shown() {
         ),
         "{printed}"
     );
-    let command = patless_config_command(w.dir.path(), &toml).await;
+    let command = patless_config_command(&toml).await;
     assert!(
         command.contains(&format!("http://user:<redacted>@{}", w.proxy.authority())),
         "{command}"
     );
-    let loaded = load_from_str(
-        &toml,
-        Format::Toml,
-        ConfigSource::Embedded,
-        &MapEnv::default(),
-    )
-    .expect("config");
+    let loaded = load(&toml, &MapEnv::default());
     let debug = format!("{loaded:?}");
     let raw_redacted = toml::to_string(&loaded.raw.redacted()).expect("TOML");
 

@@ -4,10 +4,7 @@
 //! the `insteadOf` URL rewrite) and as git's credential helper (`patless git-credential`, the
 //! built binary, with no `serve` running).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -19,7 +16,9 @@ use crate::support::ado_git::{git, AdoGit};
 use crate::support::entra::{
     FakeEntra, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE, TENANT,
 };
+use crate::support::now_secs;
 use crate::support::patless::{config, Patless, ADO, DEFENDER};
+use crate::support::sandbox::{run_with_input, Run, Sandbox};
 use crate::support::upstream::{test_decoding_key, verify_bearer};
 
 const STALE_PAT: &str = "stalepat-VALUE-must-not-reach-upstream";
@@ -30,74 +29,10 @@ fn have_git() -> bool {
     support::clients::require_tool("git", INSTALL_GIT)
 }
 
-/// What a finished command produced.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-// By hand: a helper's answer holds a token, which no panic message shows.
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let stdout: Vec<&str> = self
-            .stdout
-            .lines()
-            .map(|l| {
-                if l.starts_with("password=") {
-                    "password=<redacted>"
-                } else {
-                    l
-                }
-            })
-            .collect();
-        f.debug_struct("Run")
-            .field("code", &self.code)
-            .field("stdout", &stdout)
-            .field("stderr", &self.stderr)
-            .finish()
-    }
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-/// Runs `cmd` (with `input` on stdin) off the async runtime, so the in-process fakes keep
-/// serving while it runs.
-async fn run(mut cmd: std::process::Command, input: &str) -> Run {
-    let input = input.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        // Dropped at the end of the block: the child sees EOF.
-        if let Some(mut stdin) = child.stdin.take() {
-            // A child that exits without reading (a usage error) closes the pipe first.
-            if let Err(e) = stdin.write_all(input.as_bytes()) {
-                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-            }
-        }
-        let out = child.wait_with_output().expect("wait");
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("join blocking run")
-}
-
 /// A git run that must succeed; returns its stdout.
 async fn git_ok(cmd: std::process::Command) -> String {
     let desc = format!("{cmd:?}");
-    let r = run(cmd, "").await;
+    let r = run_with_input(cmd, "").await;
     assert!(r.ok(), "{desc} failed: {r:?}");
     r.stdout
 }
@@ -114,13 +49,6 @@ fn incompressible(n: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(n);
     out
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,22 +176,23 @@ async fn insteadof_rewrites_azure_devops_urls_to_the_proxy() {
 
 /// A scratch directory with a config file for the helper.
 struct HelperSandbox {
-    dir: TempDir,
+    sb: Sandbox,
     config: PathBuf,
 }
 
 impl HelperSandbox {
     fn new(text: &str) -> HelperSandbox {
-        let dir = TempDir::new().expect("tempdir");
-        for d in ["home", "xdg", "state", "work"] {
-            std::fs::create_dir_all(dir.path().join(d)).expect("dir");
-        }
-        let config = dir.path().join("patless.toml");
-        std::fs::write(&config, text).expect("write config");
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path().join("state")).expect("state dir");
+        let config = sb.write("patless.toml", text);
         // It holds a literal client secret: owner-only, as patless asks of such a file.
         std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .expect("chmod 600");
-        HelperSandbox { dir, config }
+        HelperSandbox { sb, config }
+    }
+
+    fn path(&self) -> &Path {
+        self.sb.path()
     }
 
     fn command(&self, args: &[&str]) -> std::process::Command {
@@ -271,22 +200,13 @@ impl HelperSandbox {
     }
 
     fn command_with(&self, config: &Path, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_patless"));
-        cmd.arg("--config")
-            .arg(config)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path().join("home"))
-            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
-            .env("XDG_STATE_HOME", self.dir.path().join("state"))
-            .env("NO_COLOR", "1")
-            .current_dir(self.dir.path().join("work"));
-        cmd
+        let config = config.to_str().expect("UTF-8 path");
+        let args: Vec<&str> = ["--config", config].iter().chain(args).copied().collect();
+        self.sb.command(&args, &[])
     }
 
     async fn helper(&self, action: &str, input: &str) -> Run {
-        run(self.command(&["git-credential", action]), input).await
+        run_with_input(self.command(&["git-credential", action]), input).await
     }
 }
 
@@ -467,7 +387,7 @@ async fn helper_store_and_erase_accept_and_do_nothing() {
         Path::new("/nonexistent/patless.toml"),
         &["git-credential", "erase"],
     );
-    let r = run(cmd, input).await;
+    let r = run_with_input(cmd, input).await;
     assert_eq!(r.code, Some(0), "{r:?}");
     assert_eq!(entra.token_requests(), 0);
     // An unknown action is a usage error.
@@ -507,10 +427,10 @@ async fn git_clones_over_https_with_patless_as_its_credential_helper() {
     let ado = AdoGit::start_tls().await;
     ado.create_repo("org", "project", "repo");
     let sb = HelperSandbox::new(&config(&entra, &[("/ado", &ado.url(), ADO)], "", ""));
-    let ca = sb.dir.path().join("ca.pem");
+    let ca = sb.path().join("ca.pem");
     std::fs::write(&ca, &support::certs::pki().ca.pem).expect("write CA");
-    let home = sb.dir.path().join("home");
-    let work = sb.dir.path().join("clone");
+    let home = sb.path().join("home");
+    let work = sb.path().join("clone");
     let helper = format!(
         "credential.helper=!'{}' --config '{}' git-credential",
         env!("CARGO_BIN_EXE_patless"),
@@ -532,7 +452,7 @@ async fn git_clones_over_https_with_patless_as_its_credential_helper() {
             &url,
         ])
         .arg(&work);
-    let r = run(clone, "").await;
+    let r = run_with_input(clone, "").await;
     assert!(r.ok(), "git clone failed: {r:?}\n{}", ado.summary());
     assert_eq!(
         Some(head(&home, &work).await),

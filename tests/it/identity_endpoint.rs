@@ -6,7 +6,7 @@
 //! App Service protocol from `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`. Every token handed out is
 //! verified (signature, audience, expiry) with the fake Entra's key.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
@@ -15,6 +15,7 @@ use crate::support;
 use crate::support::capture::Hygiene;
 use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, OBJECT_ID};
 use crate::support::patless::{config, metric, Patless, ADO};
+use crate::support::sandbox::Sandbox;
 use crate::support::upstream::{test_decoding_key, verify_bearer, FakeUpstream};
 
 /// The header secret the tests configure.
@@ -104,13 +105,6 @@ fn asked_for(entra: &FakeEntra, scope: &str) -> usize {
 const ONLY_GRAPH: &str = "resources = [\"https://graph.microsoft.com\"]\n";
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_the_app_service_shape_from_the_shared_cache() {
     let (entra, upstream, p) = start("").await;
@@ -129,7 +123,7 @@ async fn answers_the_app_service_shape_from_the_shared_cache() {
     );
     let expires_on: u64 = expires_on.parse().expect("epoch seconds");
     assert!(
-        expires_on > now() + 60,
+        expires_on > support::now_secs() + 60,
         "expires_on {expires_on} is not in the future"
     );
     let token = v["access_token"].as_str().expect("access_token");
@@ -153,11 +147,7 @@ async fn answers_the_app_service_shape_from_the_shared_cache() {
             "resource is echoed as asked"
         );
     }
-    let resp = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("proxied request");
+    let resp = p.get("/ado/org/_apis/projects").await;
     assert_eq!(resp.status(), 200);
     let rec = upstream.requests().pop().expect("upstream saw it");
     assert_eq!(
@@ -430,28 +420,15 @@ async fn header_profile_and_resources_follow_a_reload_but_the_listener_does_not(
 
 /// `patless ARGS --config FILE` with `toml` in a scrubbed environment plus `env`.
 fn run_patless(args: &[&str], toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("patless.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_patless"));
-    cmd.args(args)
-        .arg("--config")
-        .arg(&path)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir.path())
-        .env("NO_COLOR", "1")
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run patless");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let sb = Sandbox::new();
+    let path = sb.write("patless.toml", toml);
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--config", path.to_str().expect("UTF-8 path")])
+        .collect();
+    let run = sb.run(&args, env);
+    (run.code, run.stdout, run.stderr)
 }
 
 const BASE: &str = r#"
@@ -666,7 +643,7 @@ async fn assert_sdk_tokens(p: &Patless, entra: &FakeEntra, got: &Value) {
     }
     let expires = got["expires_on"].as_f64().expect("expires_on");
     assert!(
-        expires > now() as f64,
+        expires > support::now_secs() as f64,
         "the SDK parsed expires_on: {expires}"
     );
     let m = p.metrics().await;

@@ -5,14 +5,13 @@
 //! and keeps the page it got — or the test itself, reading the printed URL.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use patless::config::{load_from_str, Config, ConfigSource, Format};
+use patless::config::Config;
 use patless::env::{Env, MapEnv};
 use patless::login::{login_with, LoginError, LoginOptions};
 use patless::store::TokenStore;
@@ -22,6 +21,8 @@ use crate::support;
 use crate::support::entra::{
     pkce_challenge, AuthorizeStep, FakeEntra, ADO_SCOPE, PUBLIC_CLIENT_ID, TENANT, USER_UPN,
 };
+use crate::support::patless::load_config;
+use crate::support::SharedBuf;
 
 struct Setup {
     entra: FakeEntra,
@@ -60,14 +61,7 @@ scope = "{ADO_SCOPE}"
         state = state.display(),
         authority = entra.authority()
     );
-    let config = load_from_str(
-        &text,
-        Format::Toml,
-        ConfigSource::Embedded,
-        &MapEnv::default(),
-    )
-    .unwrap_or_else(|e| panic!("test config invalid: {e}"))
-    .config;
+    let config = load_config(&text);
     Setup {
         entra,
         dir,
@@ -100,26 +94,6 @@ fn env_with(pairs: &[(&str, String)]) -> Env {
     )];
     vars.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Arc::new(MapEnv::new(vars))
-}
-
-/// Output the test can read while `login` still writes to it.
-#[derive(Clone, Default)]
-struct SharedOut(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedOut {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl SharedOut {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
-    }
 }
 
 /// The page the browser script saved: `login` returns once the page is sent, the browser may
@@ -166,7 +140,7 @@ fn nothing_stored(s: &Setup) {
 }
 
 async fn login_with_browser(s: &Setup, env: Env) -> (Result<String, LoginError>, String) {
-    let mut out = SharedOut::default();
+    let mut out = SharedBuf::default();
     let result = login_with(&s.config, "web", env, &mut out, &options(20)).await;
     (result, out.text())
 }
@@ -279,7 +253,7 @@ async fn without_a_browser_the_url_is_printed_for_the_person_to_open() {
     let empty = s.dir.path().join("empty-bin");
     std::fs::create_dir(&empty).expect("mkdir");
     let env: Env = Arc::new(MapEnv::new([("PATH", empty.display().to_string())]));
-    let out = SharedOut::default();
+    let out = SharedBuf::default();
     let mut writer = out.clone();
     let opts = options(20);
     let login = login_with(&s.config, "web", env, &mut writer, &opts);
@@ -373,7 +347,7 @@ async fn no_answer_in_time_is_a_timeout() {
     let empty = s.dir.path().join("empty-bin");
     std::fs::create_dir(&empty).expect("mkdir");
     let env: Env = Arc::new(MapEnv::new([("PATH", empty.display().to_string())]));
-    let mut out = SharedOut::default();
+    let mut out = SharedBuf::default();
     let err = login_with(&s.config, "web", env, &mut out, &options(1))
         .await
         .expect_err("nobody signed in");

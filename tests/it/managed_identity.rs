@@ -50,11 +50,7 @@ scope = "{ADO_SCOPE}"
 /// Sends one request through the proxy and checks the upstream accepted the token the fake
 /// issued.
 async fn proxied_request_succeeds(p: &Patless, upstream: &FakeUpstream, fake: &FakeMsi) {
-    let resp = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("request through the proxy");
+    let resp = p.get("/ado/org/_apis/projects").await;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     assert_eq!(status, 200, "proxy answered {status}: {body}");
@@ -707,11 +703,7 @@ async fn wrong_identity_header_is_refused_and_never_shown() {
     // Through the proxy: the 503 and the metrics say nothing of it either.
     let ado = FakeUpstream::start(ADO_AUDIENCE).await;
     let p = Patless::start_with_env(&mi_config(&ado, ""), env(&vars)).await;
-    let resp = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let resp = p.get("/ado/x").await;
     assert_eq!(resp.status(), 503);
     let body = resp.text().await.expect("body");
     assert!(body.contains("X-IDENTITY-HEADER"), "{body}");

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support;
 use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, DEFENDER_AUDIENCE};
-use crate::support::patless::{config, Patless, ADO, DEFENDER};
+use crate::support::patless::{config, load, Patless, ADO, DEFENDER};
 use crate::support::upstream::FakeUpstream;
 
 async fn json(resp: reqwest::Response) -> Value {
@@ -498,7 +498,7 @@ async fn shutdown_drains_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_on_a_unix_socket_and_replaces_a_stale_one() {
     use http_body_util::BodyExt;
-    use patless::config::{load_from_str, ConfigSource, Format, ListenAddr};
+    use patless::config::ListenAddr;
     use patless::env::MapEnv;
     use patless::server::Listener;
 
@@ -510,7 +510,7 @@ async fn serves_on_a_unix_socket_and_replaces_a_stale_one() {
     drop(std::os::unix::net::UnixListener::bind(&sock).expect("stale socket"));
     let env = MapEnv::default();
     let toml = config(&entra, &[("/ado", &up.url(), ADO)], "", "");
-    let loaded = load_from_str(&toml, Format::Toml, ConfigSource::Embedded, &env).expect("config");
+    let loaded = load(&toml, &env);
     let app = patless::App::new(
         loaded.config,
         std::sync::Arc::new(env),

@@ -9,14 +9,12 @@
 //! The capture is shared by the tests of this binary, which run in parallel: see
 //! [`support::capture`] for why checking at the end of each test covers every line.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use patless::config::{load_from_str, Config, ConfigSource, Format};
+use patless::config::Config;
 use patless::env::{Env, MapEnv};
 use patless::login::{login, login_with, LoginError, LoginOptions};
 use patless::store::TokenStore;
@@ -33,9 +31,13 @@ use crate::support::entra::{
 };
 use crate::support::fake_cli::{FakeCli, Mode as CliMode};
 use crate::support::msi::FakeMsi;
-use crate::support::patless::{Patless, ADO};
+use crate::support::now_secs;
+use crate::support::patless::{load, load_config, Patless, ADO};
 use crate::support::pipelines::{FakePipelines, SERVICE_CONNECTION_ID, SYSTEM_TOKEN};
+use crate::support::sandbox::Sandbox;
 use crate::support::upstream::FakeUpstream;
+use crate::support::write_file;
+use crate::support::SharedBuf;
 
 const PAT: &str = "ghp-like-stale-PAT-0123456789abcdef";
 const ENV_SECRET: &str = "env-provided-secret-XYZ-987";
@@ -95,8 +97,7 @@ async fn admin_outputs(h: &mut Hygiene, p: &Patless, when: &str) {
 /// The `Debug` of the loaded config, its redacted raw form, and exactly what `patless config`
 /// prints (`src/cli.rs` `print_config`: the effective config as pretty TOML) as outputs.
 fn config_outputs(h: &mut Hygiene, what: &str, toml_text: &str, env: &MapEnv) {
-    let loaded = load_from_str(toml_text, Format::Toml, ConfigSource::Embedded, env)
-        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let loaded = load(toml_text, env);
     h.output(
         &format!("Debug of the loaded config ({what})"),
         format!("{loaded:?}"),
@@ -120,8 +121,7 @@ async fn app_outputs(
     env: &MapEnv,
     profile: &str,
 ) -> bool {
-    let loaded = load_from_str(toml_text, Format::Toml, ConfigSource::Embedded, env)
-        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let loaded = load(toml_text, env);
     let app = App::new(
         loaded.config,
         Arc::new(env.clone()),
@@ -210,30 +210,6 @@ scope = "{ADO}"
     )
 }
 
-fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).expect("write test file");
-    path
-}
-
-/// The client assertions Entra received, in order.
-fn assertions(entra: &FakeEntra) -> Vec<String> {
-    entra
-        .requests()
-        .iter()
-        .filter_map(|r| r.form.get("client_assertion").cloned())
-        .collect()
-}
-
-/// The last form field `name` Entra's token endpoint received.
-fn last_form(entra: &FakeEntra, name: &str) -> Option<String> {
-    entra
-        .requests()
-        .iter()
-        .rev()
-        .find_map(|r| r.form.get(name).cloned())
-}
-
 /// The bearer token of the upstream's last request.
 fn upstream_token(up: &FakeUpstream) -> String {
     let rec = up.requests().pop().expect("the upstream saw a request");
@@ -243,44 +219,6 @@ fn upstream_token(up: &FakeUpstream) -> String {
         .expect("ascii")
         .trim_start_matches("Bearer ")
         .to_string()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-fn load_config(toml_text: &str) -> Config {
-    load_from_str(
-        toml_text,
-        Format::Toml,
-        ConfigSource::Embedded,
-        &MapEnv::default(),
-    )
-    .unwrap_or_else(|e| panic!("test config invalid: {e}"))
-    .config
-}
-
-/// Output the test can read while `login` still writes to it.
-#[derive(Clone, Default)]
-struct SharedOut(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedOut {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl SharedOut {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,7 +260,7 @@ async fn client_secret_accepted_and_refused() {
     p.stop().await;
     assert_eq!(up.accepted(), 1, "the upstream verified the token");
     assert_eq!(
-        last_form(&entra, "client_secret").as_deref(),
+        entra.last_form("client_secret").as_deref(),
         Some(CLIENT_SECRET)
     );
     assert!(app_outputs(&mut h, "literal secret", &literal, &env, "bot").await);
@@ -340,7 +278,7 @@ async fn client_secret_accepted_and_refused() {
     admin_outputs(&mut h, &p, "after a refusal").await;
     p.stop().await;
     assert_eq!(
-        last_form(&entra, "client_secret").as_deref(),
+        entra.last_form("client_secret").as_deref(),
         Some(ENV_SECRET)
     );
     assert!(!app_outputs(&mut h, "secret refused", &env_toml, &env, "bot").await);
@@ -370,8 +308,8 @@ async fn client_certificate_accepted_refused_and_unreadable() {
     entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
-    let pem = write(dir.path(), "client.pem", pki.bundle_pem());
-    let unregistered = write(
+    let pem = write_file(dir.path(), "client.pem", pki.bundle_pem());
+    let unregistered = write_file(
         dir.path(),
         "unregistered.pfx",
         pfx(&pki.other, &[&pki.other], PFX_PASSWORD),
@@ -392,7 +330,11 @@ async fn client_certificate_accepted_refused_and_unreadable() {
     admin_outputs(&mut h, &p, "after a success").await;
     p.stop().await;
     assert_eq!(up.accepted(), 1);
-    assert_eq!(assertions(&entra).len(), 1, "a signed assertion was sent");
+    assert_eq!(
+        entra.client_assertions().len(),
+        1,
+        "a signed assertion was sent"
+    );
     assert!(app_outputs(&mut h, "PEM", &happy, &no_env, "cert").await);
 
     // Entra refuses an unregistered certificate (a PFX whose password is in the environment).
@@ -407,7 +349,7 @@ async fn client_certificate_accepted_refused_and_unreadable() {
         "",
     );
     let env = MapEnv::new([("CERT_PASSWORD", PFX_PASSWORD)]);
-    let sent = assertions(&entra).len();
+    let sent = entra.client_assertions().len();
     let p = Patless::start_with_env(&refused, env.clone()).await;
     let b = request(&p, 503).await;
     assert!(b.contains("AADSTS700027"), "{b}");
@@ -415,7 +357,7 @@ async fn client_certificate_accepted_refused_and_unreadable() {
     admin_outputs(&mut h, &p, "after a refusal").await;
     p.stop().await;
     assert!(
-        assertions(&entra).len() > sent,
+        entra.client_assertions().len() > sent,
         "the refused assertion was sent"
     );
     assert!(!app_outputs(&mut h, "unregistered", &refused, &env, "cert").await);
@@ -443,7 +385,7 @@ async fn client_certificate_accepted_refused_and_unreadable() {
     config_outputs(&mut h, "PEM", &happy, &no_env);
     config_outputs(&mut h, "PFX, password from the environment", &refused, &env);
     config_outputs(&mut h, "PFX, literal password", &unreadable, &no_env);
-    assert!(h.forbid_all("signed client assertion", assertions(&entra)) >= 2);
+    assert!(h.forbid_all("signed client assertion", entra.client_assertions()) >= 2);
     assert!(h.forbid_all("access token", entra.issued_tokens()) >= 1);
     h.expect_logged(&["token acquired", "profile=cert"]);
     h.expect_logged(&["token acquisition failed", "profile=cert", "AADSTS700027"]);
@@ -479,8 +421,8 @@ async fn workload_identity_accepted_and_refused() {
     h.forbid("federated token (assertion)", &good);
     h.forbid("unmatched federated token (assertion)", &bad);
     entra.accept_federated_assertion(&good);
-    let good_file = write(dir.path(), "good-token", format!("{good}\n"));
-    let bad_file = write(dir.path(), "bad-token", format!("{bad}\n"));
+    let good_file = write_file(dir.path(), "good-token", format!("{good}\n"));
+    let bad_file = write_file(dir.path(), "bad-token", format!("{bad}\n"));
     let body = |file: &Path| {
         format!(
             "kind = \"workload_identity\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\n\
@@ -497,7 +439,7 @@ async fn workload_identity_accepted_and_refused() {
     p.stop().await;
     assert_eq!(up.accepted(), 1);
     assert_eq!(
-        last_form(&entra, "client_assertion").as_deref(),
+        entra.last_form("client_assertion").as_deref(),
         Some(good.as_str())
     );
     assert!(app_outputs(&mut h, "accepted", &happy, &no_env, "wi").await);
@@ -510,7 +452,7 @@ async fn workload_identity_accepted_and_refused() {
     admin_outputs(&mut h, &p, "after a refusal").await;
     p.stop().await;
     assert_eq!(
-        last_form(&entra, "client_assertion").as_deref(),
+        entra.last_form("client_assertion").as_deref(),
         Some(bad.as_str())
     );
     assert!(!app_outputs(&mut h, "refused", &refused, &no_env, "wi").await);
@@ -567,7 +509,7 @@ async fn azure_pipelines_accepted_and_refused() {
     assert_eq!(up.accepted(), 1);
     assert_eq!(authorization(), Some(format!("Bearer {SYSTEM_TOKEN}")));
     assert_eq!(
-        assertions(&entra),
+        entra.client_assertions(),
         pipelines.issued(),
         "the oidcToken was the assertion"
     );
@@ -602,7 +544,7 @@ async fn azure_pipelines_accepted_and_refused() {
     admin_outputs(&mut h, &p, "after a refused exchange").await;
     p.stop().await;
     assert!(pipelines.issued().len() > issued, "an oidcToken was issued");
-    assert_eq!(assertions(&entra).last(), pipelines.issued().last());
+    assert_eq!(entra.client_assertions().last(), pipelines.issued().last());
     assert!(!app_outputs(&mut h, "exchange refused", &literal, &no_token, "ci").await);
 
     config_outputs(&mut h, "system token from the environment", &from_env, &env);
@@ -945,7 +887,7 @@ async fn browser_login(
     let empty = dir.join("empty-bin");
     std::fs::create_dir_all(&empty).expect("mkdir");
     let env: Env = Arc::new(MapEnv::new([("PATH", empty.display().to_string())]));
-    let out = SharedOut::default();
+    let out = SharedBuf::default();
     let mut writer = out.clone();
     let opts = LoginOptions {
         browser_timeout: Duration::from_secs(10),
@@ -1093,7 +1035,7 @@ async fn auto_environment_service_principal_accepted_and_refused() {
     p.stop().await;
     assert_eq!(up.accepted(), 1);
     assert_eq!(
-        last_form(&entra, "client_secret").as_deref(),
+        entra.last_form("client_secret").as_deref(),
         Some(CLIENT_SECRET)
     );
     assert!(app_outputs(&mut h, "accepted", &toml_text, &good, "auto").await);
@@ -1106,7 +1048,7 @@ async fn auto_environment_service_principal_accepted_and_refused() {
     admin_outputs(&mut h, &p, "after a refusal").await;
     p.stop().await;
     assert_eq!(
-        last_form(&entra, "client_secret").as_deref(),
+        entra.last_form("client_secret").as_deref(),
         Some(WRONG_AUTO_SECRET)
     );
     assert!(!app_outputs(&mut h, "refused", &toml_text, &bad, "auto").await);
@@ -1265,7 +1207,7 @@ fn every_kind_secret(what: &str) -> &'static str {
 /// `{ file }`), written in `dir` (the file secret beside it). Returns (text, secret file).
 fn every_kind_config(dir: &Path) -> (String, PathBuf) {
     let s = every_kind_secret;
-    let secret_file = write(
+    let secret_file = write_file(
         dir,
         "client-secret",
         format!("{}\n", s("client_secret from { file }")),
@@ -1386,26 +1328,21 @@ fn patless_config_redacts_every_kind_of_secret() {
     for (what, value) in EVERY_KIND_SECRETS {
         h.forbid(what, value);
     }
-    let dir = TempDir::new().expect("tempdir");
-    let (toml_text, secret_file) = every_kind_config(dir.path());
-    let path = write(dir.path(), "patless.toml", &toml_text);
+    let sb = Sandbox::new();
+    let (toml_text, secret_file) = every_kind_config(sb.path());
+    let path = sb.write("patless.toml", &toml_text);
     // Readable by others: patless warns about the inline secrets (by key, never by value).
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut env = every_kind_env();
+    env.push(("PATLESS_LOG", "trace"));
+    let mut cmd = sb.command(
+        &["config", "--config", path.to_str().expect("UTF-8 path")],
+        &env,
+    );
+    // No PATH: `patless config` runs no program.
+    cmd.env_remove("PATH");
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_patless"))
-        .args(["config", "--config"])
-        .arg(&path)
-        .env_clear()
-        .env("HOME", dir.path())
-        .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
-        .env("XDG_STATE_HOME", dir.path().join("state"))
-        .env("PATLESS_LOG", "trace")
-        .env("NO_COLOR", "1")
-        .envs(every_kind_env())
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run patless config");
+    let out = cmd.output().expect("run patless config");
     assert!(started.elapsed() < Duration::from_secs(5));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -1432,8 +1369,7 @@ fn patless_config_redacts_every_kind_of_secret() {
 
     // The same in process: `print_config`'s function, and the `Debug` of the loaded config.
     let env = MapEnv::new(every_kind_env());
-    let loaded = load_from_str(&toml_text, Format::Toml, ConfigSource::Embedded, &env)
-        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let loaded = load(&toml_text, &env);
     h.output("Debug of the loaded config", format!("{loaded:?}"));
     h.output(
         "effective config (`patless config`)",
@@ -1453,8 +1389,7 @@ fn raw_config_redacted_hides_every_literal_secret() {
     let dir = TempDir::new().expect("tempdir");
     let (toml_text, _) = every_kind_config(dir.path());
     let env = MapEnv::new(every_kind_env());
-    let loaded = load_from_str(&toml_text, Format::Toml, ConfigSource::Embedded, &env)
-        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let loaded = load(&toml_text, &env);
     let redacted = toml::to_string(&loaded.raw.redacted()).expect("toml");
     assert!(redacted.contains("<redacted>"), "{redacted}");
     h.output("redacted raw config", redacted);

@@ -9,6 +9,7 @@ use crate::support::entra::{
     self, FakeEntra, Fault, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE,
     DEFENDER_SCOPE, TENANT,
 };
+use crate::support::now_secs;
 use crate::support::upstream::FakeUpstream;
 use crate::support::{fnv1a, http_client, pattern_byte, FNV_OFFSET};
 
@@ -45,13 +46,6 @@ fn claims_of(token: &str) -> Value {
         .decode(payload)
         .expect("base64url payload");
     serde_json::from_slice(&bytes).expect("JSON claims")
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[test]

@@ -53,11 +53,7 @@ fn upstream_errors(metrics: &str, kind: &str) -> u64 {
 /// A normal request through the same route succeeds (on a new or pooled upstream connection),
 /// with the profile's token.
 async fn expect_recovered(p: &Patless, up: &FaultServer, entra: &FakeEntra) {
-    let r = support::http_client()
-        .get(p.url("/up/again"))
-        .send()
-        .await
-        .expect("request after the fault");
+    let r = p.get("/up/again").await;
     assert_eq!(r.status(), 200, "the upstream pool recovers");
     assert_eq!(r.json::<Value>().await.expect("json")["ok"], true);
     let last = up.received().pop().expect("a request");
@@ -242,11 +238,7 @@ async fn a_reset_mid_answer_cuts_the_clients_connection_never_a_clean_short_200(
         sent: SENT,
         end: End::Close,
     });
-    let r = support::http_client()
-        .get(p.url("/up/download"))
-        .send()
-        .await
-        .expect("headers arrive");
+    let r = p.get("/up/download").await;
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.is_err(), "reading the body must fail");
     expect_recovered(&p, &up, &entra).await;

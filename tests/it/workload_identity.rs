@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use patless::credentials::{Credential, EntraClient, ErrorClass, WorkloadIdentityCredential};
+use patless::credentials::{Credential, ErrorClass, WorkloadIdentityCredential};
 use patless::env::MapEnv;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -19,10 +19,7 @@ const SUBJECT: &str = "system:serviceaccount:build:patless";
 
 /// A projected service-account token as the kubelet writes it (`n` makes each one different).
 fn service_account_token(n: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let now = support::now_secs();
     sign_token(&json!({
         "aud": ["api://AzureADTokenExchange"],
         "iss": ISSUER,
@@ -44,19 +41,10 @@ fn write_token(dir: &TempDir, token: &str) -> PathBuf {
     path
 }
 
-fn assertions(entra: &FakeEntra) -> Vec<String> {
-    entra
-        .requests()
-        .iter()
-        .filter_map(|r| r.form.get("client_assertion").cloned())
-        .collect()
-}
-
 fn credential(entra: &FakeEntra, file: &Path) -> WorkloadIdentityCredential {
-    support::install_crypto_provider();
     WorkloadIdentityCredential::new(
-        EntraClient::new(support::http_client()),
-        url::Url::parse(&entra.authority()).expect("authority"),
+        entra.client(),
+        entra.authority_url(),
         TENANT.into(),
         CLIENT_ID.into(),
         file.to_path_buf(),
@@ -104,11 +92,7 @@ async fn the_projected_token_is_the_client_assertion() {
         file.display()
     );
     let p = Patless::start(&wi_config(Some(&entra.authority()), &up, &profile)).await;
-    let r = support::http_client()
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/org/_apis/projects").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(up.accepted(), 1);
     let requests = entra.requests();
@@ -142,13 +126,9 @@ async fn settings_default_from_the_webhook_environment() {
         ("AZURE_AUTHORITY_HOST", format!("{}/", entra.authority())),
     ]);
     let p = Patless::start_with_env(&wi_config(None, &up, ""), env).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    assert_eq!(assertions(&entra), vec![token]);
+    assert_eq!(entra.client_assertions(), vec![token]);
     p.stop().await;
 }
 
@@ -160,11 +140,7 @@ async fn missing_environment_is_a_503_naming_the_variables() {
         MapEnv::new([("AZURE_CLIENT_ID", CLIENT_ID)]),
     )
     .await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.expect("json");
     let msg = body["message"].as_str().expect("message");
@@ -193,7 +169,7 @@ async fn a_rotated_token_is_sent_at_the_next_acquisition() {
     write_token(&dir, &second); // the kubelet's rotation
     cred.acquire(ADO, None).await.expect("second token");
 
-    assert_eq!(assertions(&entra), vec![first, second]);
+    assert_eq!(entra.client_assertions(), vec![first, second]);
     assert_eq!(entra.issued_tokens().len(), 2);
 }
 
@@ -234,11 +210,7 @@ async fn an_unmatched_token_is_aadsts70021_with_its_issuer_subject_and_audience(
         file.display()
     );
     let p = Patless::start(&wi_config(Some(&entra.authority()), &up, &profile)).await;
-    let r = support::http_client()
-        .get(p.url("/ado/x"))
-        .send()
-        .await
-        .expect("request");
+    let r = p.get("/ado/x").await;
     assert_eq!(r.status(), 503);
     let text = r.text().await.expect("body");
     assert!(

@@ -33,7 +33,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::entra::ADO_AUDIENCE;
 use super::upstream::{test_decoding_key, verify_bearer};
-use super::{full, AbortOnDrop, Body};
+use super::{full, lock, AbortOnDrop, Body};
 
 /// The realm of the TLS mode's Basic challenge.
 pub const REALM: &str = "patless-test";
@@ -105,10 +105,6 @@ struct State {
     stale_pat: Mutex<Option<String>>,
     saw_stale_pat: AtomicBool,
     backend_errors: Mutex<Vec<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Shared {

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::upstream::{test_decoding_key, verify_bearer};
-use super::{full, pattern_byte, AbortOnDrop, Body};
+use super::{full, lock, pattern_byte, AbortOnDrop, Body};
 
 /// Azure DevOps' Entra resource (the token audience).
 pub const ADO_RESOURCE: &str = "499b84ac-1321-427f-aa17-267ca6975798";
@@ -94,10 +94,6 @@ struct State {
     artifact_sent: Arc<AtomicU64>,
     hold_after: Mutex<Option<u64>>,
     release: watch::Sender<bool>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The stand-in; stops when dropped.

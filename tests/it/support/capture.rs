@@ -9,28 +9,11 @@
 //!
 //! (`log`-crate records of dependencies are not bridged: patless itself logs through `tracing`.)
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
-/// A `Write` into a shared buffer.
-#[derive(Clone, Default)]
-pub struct Captured(Arc<Mutex<Vec<u8>>>);
+use super::{lock, SharedBuf};
 
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        lock(&self.0).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-static CAPTURED: OnceLock<Captured> = OnceLock::new();
+static CAPTURED: OnceLock<SharedBuf> = OnceLock::new();
 
 /// The TRACE event [`init`] logs, to prove the capture holds TRACE.
 const INSTALLED: &str = "secret hygiene: TRACE capture installed";
@@ -39,9 +22,9 @@ const INSTALLED: &str = "secret hygiene: TRACE capture installed";
 static FORBIDDEN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 /// Installs the TRACE subscriber for the whole binary (idempotent).
-pub fn init() -> &'static Captured {
+pub fn init() -> &'static SharedBuf {
     CAPTURED.get_or_init(|| {
-        let captured = Captured::default();
+        let captured = SharedBuf::default();
         let writer = captured.clone();
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
@@ -56,7 +39,7 @@ pub fn init() -> &'static Captured {
 
 /// Everything logged so far by this process.
 pub fn logs() -> String {
-    String::from_utf8_lossy(&lock(&init().0)).into_owned()
+    init().text()
 }
 
 /// What to look for besides the secret itself: each `.`-separated segment longer than 20

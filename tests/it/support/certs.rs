@@ -16,7 +16,6 @@
 //! ```
 
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -262,10 +261,7 @@ pub fn verifier_for_any(certs: &[&[u8]], client_id: &str) -> AssertionVerifier {
                         _ => (700_027, format!("Client assertion is invalid: {e}.")),
                     }
                 })?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
+        let now = super::now_secs();
         let exp = data.claims["exp"].as_u64().unwrap_or_default();
         if exp > now + 600 + 30 {
             return Err((

@@ -23,7 +23,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -36,7 +36,7 @@ use rand::distr::Alphanumeric;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use super::{full, AbortOnDrop, Body};
+use super::{full, lock, now_secs, AbortOnDrop, Body};
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
@@ -203,10 +203,6 @@ struct State {
 /// it must name as `aud`.
 pub type AssertionVerifier = Arc<dyn Fn(&str, &str) -> Result<(), (u32, String)> + Send + Sync>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The fake Entra server; stops when dropped.
 pub struct FakeEntra {
     addr: SocketAddr,
@@ -271,6 +267,16 @@ impl FakeEntra {
         format!("http://{}", self.addr)
     }
 
+    /// [`FakeEntra::authority`] as a URL, the way a credential under test is given it.
+    pub fn authority_url(&self) -> url::Url {
+        url::Url::parse(&self.authority()).expect("authority URL")
+    }
+
+    /// An `EntraClient` over [`super::http_client`], for a credential under test.
+    pub fn client(&self) -> patless::credentials::EntraClient {
+        patless::credentials::EntraClient::new(super::http_client())
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -288,6 +294,22 @@ impl FakeEntra {
     /// Every token endpoint request, in arrival order.
     pub fn requests(&self) -> Vec<TokenRequestRecord> {
         lock(&self.state.requests).clone()
+    }
+
+    /// The client assertions (`client_assertion` form fields) it received, in order.
+    pub fn client_assertions(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter_map(|r| r.form.get("client_assertion").cloned())
+            .collect()
+    }
+
+    /// The form field `name` of the last token request that had one.
+    pub fn last_form(&self, name: &str) -> Option<String> {
+        self.requests()
+            .iter()
+            .rev()
+            .find_map(|r| r.form.get(name).cloned())
     }
 
     /// Every access token issued so far, in order.
@@ -446,13 +468,6 @@ fn exp_after(lifetime_secs: u64) -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970");
     now.as_secs() + lifetime_secs + u64::from(now.subsec_nanos() > 0)
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 fn random_string(len: usize) -> String {

@@ -10,7 +10,6 @@
 //! is made for each of [`FakeCli::AUDIENCES`]; any other audience gets an error and exit 1.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Local, SecondsFormat};
 use patless::env::MapEnv;
@@ -247,7 +246,7 @@ impl FakeCli {
     }
 
     fn answer(&self, token: &str, local_only: bool) -> String {
-        let expires = now() + LIFETIME_SECS as i64;
+        let expires = (super::now_secs() + LIFETIME_SECS) as i64;
         let local = DateTime::from_timestamp(expires, 0)
             .expect("valid time")
             .with_timezone(&Local)
@@ -283,13 +282,6 @@ impl FakeCli {
             ),
         }
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
 }
 
 fn stderr_exit(text: &str, code: i32) -> String {
@@ -352,6 +344,43 @@ pub async fn expect_503(p: &super::patless::Patless) -> String {
     assert_eq!(body["error"], "token_unavailable", "{body}");
     assert_eq!(body["profile"], "me", "{body}");
     body["message"].as_str().expect("message").to_string()
+}
+
+/// Starts patless with [`proxy_config`] for this fake's kind (`azure_cli` or
+/// `azure_developer_cli`) and `profile_extra`, in the fake's environment.
+pub async fn start_proxy(
+    fake: &FakeCli,
+    up: &super::upstream::FakeUpstream,
+    profile_extra: &str,
+) -> super::patless::Patless {
+    let kind = match fake.which {
+        Which::Az => "azure_cli",
+        Which::Azd => "azure_developer_cli",
+    };
+    super::patless::Patless::start_with_env(
+        &proxy_config(kind, &up.url(), profile_extra),
+        fake.env(),
+    )
+    .await
+}
+
+/// Sends `GET /ado/org/_apis/projects` through `p` and asserts it was answered 200, and that the
+/// upstream got (and accepted) the token the fake printed.
+pub async fn request_succeeds(
+    p: &super::patless::Patless,
+    up: &super::upstream::FakeUpstream,
+    fake: &FakeCli,
+) {
+    let r = p.get("/ado/org/_apis/projects").await;
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "proxy answered {status}: {body}");
+    let rec = up.requests().pop().expect("upstream saw the request");
+    assert!(rec.token_valid, "upstream refused: {:?}", rec.token_error);
+    assert_eq!(
+        rec.headers["authorization"],
+        format!("Bearer {}", fake.token_for(ADO_AUDIENCE)).as_str()
+    );
 }
 
 /// Asserts `/metrics` counted one refresh of profile `me` with `result`.

@@ -1,7 +1,8 @@
 #![allow(dead_code)]
-//! In-process test doubles shared by the integration tests: a fake Microsoft Entra token endpoint
-//! ([`entra::FakeEntra`]) and a fake upstream API that verifies the injected bearer tokens
-//! ([`upstream::FakeUpstream`]).
+//! In-process test doubles shared by the integration tests (`tests/it` and `tests/soak.rs`): a
+//! fake Microsoft Entra token endpoint ([`entra::FakeEntra`]), a fake upstream API that verifies
+//! the injected bearer tokens ([`upstream::FakeUpstream`]), patless started in process or as the
+//! real binary ([`patless`]), and the small helpers the tests share.
 
 pub mod ado_git;
 pub mod ado_rest;
@@ -14,11 +15,15 @@ pub mod faults;
 pub mod msi;
 pub mod patless;
 pub mod pipelines;
+pub mod sandbox;
 pub mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Once;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -66,6 +71,52 @@ pub fn pattern_fnv(n: u64) -> u64 {
         i = end;
     }
     hash
+}
+
+/// Locks `m`, taking over a lock poisoned by a panicking test thread (its data is still what the
+/// fakes recorded).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Seconds since the Unix epoch, by the system clock (what token `iat`/`exp` are made of).
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Writes `contents` to `dir/name` (making the directories on the way) and returns the path.
+pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create dirs");
+    }
+    std::fs::write(&path, contents).expect("write test file");
+    path
+}
+
+/// A `Write` into a shared buffer: what a writer (a log subscriber, `login`'s output) wrote, read
+/// by the test while the writer still holds a clone.
+#[derive(Clone, Default)]
+pub struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(lock(&self.0).clone()).expect("UTF-8 output")
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Installs the aws-lc-rs rustls crypto provider as the process default (idempotent). reqwest is

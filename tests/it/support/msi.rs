@@ -21,8 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -30,7 +29,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::entra::mint_token;
-use super::{full, AbortOnDrop, Body};
+use super::{full, lock, now_secs, AbortOnDrop, Body};
 
 /// Path of the IMDS and Arc token endpoints.
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
@@ -123,10 +122,6 @@ struct State {
     issued: Mutex<Vec<String>>,
     lifetime: AtomicU64,
     numbers_as_strings: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A fake managed identity endpoint; stops when dropped.
@@ -273,13 +268,6 @@ impl FakeMsi {
     pub fn set_numbers_as_strings(&self, on: bool) {
         self.state.numbers_as_strings.store(on, Ordering::SeqCst);
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

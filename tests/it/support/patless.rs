@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use patless::config::{load_from_str, ConfigSource, Format};
+use patless::config::{load_from_str, Config, ConfigSource, Format, LoadedConfig};
 use patless::env::MapEnv;
 use patless::server::reload::{ReloadHandle, Reloader};
 use patless::server::Listener;
@@ -53,8 +53,7 @@ impl Patless {
     }
 
     async fn start_inner(toml: &str, env: MapEnv, workers: Option<usize>) -> Patless {
-        let mut loaded = load_from_str(toml, Format::Toml, ConfigSource::Embedded, &env)
-            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let mut loaded = load(toml, &env);
         if loaded.raw.server.shutdown_delay.is_none() {
             loaded.config.server.shutdown_delay = Duration::ZERO;
         }
@@ -164,6 +163,16 @@ impl Patless {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// `GET {path}` through the proxy, on a new [`super::http_client`]; panics when no answer
+    /// comes (any status is an answer).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        super::http_client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} through the proxy: {e}"))
+    }
+
     /// `http://127.0.0.1:PORT{path}` on the identity endpoint (the config must have one).
     pub fn identity_url(&self, path: &str) -> String {
         let addr = self.identity.expect("the config has [identity_endpoint]");
@@ -204,6 +213,17 @@ impl Drop for Patless {
             t.abort();
         }
     }
+}
+
+/// Loads `toml` as an embedded config read with `env`; panics with the errors when it is invalid.
+pub fn load(toml: &str, env: &MapEnv) -> LoadedConfig {
+    load_from_str(toml, Format::Toml, ConfigSource::Embedded, env)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"))
+}
+
+/// The validated config of `toml`, read with an empty environment (see [`load`]).
+pub fn load_config(toml: &str) -> Config {
+    load(toml, &MapEnv::default()).config
 }
 
 /// A config with one `client_secret` profile `bot` (the fake Entra's app) and the given routes

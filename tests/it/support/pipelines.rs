@@ -8,8 +8,7 @@
 //! Azure DevOps sends. [`FakePipelines::set_mode`] makes it misbehave on purpose.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -17,7 +16,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::entra::{sign_token, FakeEntra};
-use super::{full, AbortOnDrop, Body};
+use super::{full, lock, AbortOnDrop, Body};
 
 /// The job's system access token the fake accepts.
 pub const SYSTEM_TOKEN: &str = "SYSTEM-access-token-never-shown-4242";
@@ -63,10 +62,6 @@ struct State {
     mode: Mutex<Mode>,
     requests: Mutex<Vec<OidcRequest>>,
     issued: Mutex<Vec<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The fake OIDC endpoint; stops when dropped.
@@ -250,10 +245,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             "expected application/json",
         );
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let now = super::now_secs();
     let token = sign_token(&json!({
         "jti": format!("{:032x}", rand::random::<u128>()),
         "sub": SUBJECT,

@@ -22,7 +22,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Map, Value};
 
-use super::{empty, fnv1a, full, pattern_byte, AbortOnDrop, Body, FNV_OFFSET};
+use super::{empty, fnv1a, full, lock, pattern_byte, AbortOnDrop, Body, FNV_OFFSET};
 
 /// `WWW-Authenticate` value of the fake's 401 answers.
 pub const WWW_AUTHENTICATE: &str =
@@ -102,10 +102,6 @@ struct State {
     required_claims: Mutex<Option<Value>>,
     /// (path prefix, role): a token without the role gets Defender's `403` on those paths.
     required_roles: Mutex<Vec<(String, String)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The fake upstream server; stops when dropped.
