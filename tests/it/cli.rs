@@ -1,10 +1,8 @@
 //! The command line (SPEC §1), run as the real binary in a scrubbed environment: exit codes for
 //! bad configs, `config`, `token`, `check`, `--help`, and `serve` (the default) until SIGTERM.
 
-use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -14,6 +12,7 @@ use crate::support::entra::{
     DEFENDER_SCOPE, TENANT,
 };
 use crate::support::now_secs;
+use crate::support::patless::{poll_status, PatlessProcess};
 use crate::support::sandbox::{Run, Sandbox};
 use crate::support::upstream::FakeUpstream;
 
@@ -777,111 +776,43 @@ fn help_lists_the_subcommands() {
     }
 }
 
-/// Kills the child (by its own handle) if the test ends before it exits.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A port that was free a moment ago (bind `127.0.0.1:0`, read the port, let it go).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
-}
-
-async fn poll_status(client: &reqwest::Client, url: &str, want: u16) -> bool {
-    for _ in 0..200 {
-        if let Ok(resp) = client.get(url).send().await {
-            if resp.status().as_u16() == want {
-                return true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_subcommand_serves_until_sigterm() {
     let entra = FakeEntra::start().await;
     let upstream = FakeUpstream::start(ADO_AUDIENCE).await;
     let sb = Sandbox::new();
-    let [proxy_port, admin_port] = free_ports::<2>();
     let url = upstream.url();
-    let text = support::patless::config(&entra, &[("/api", &url, ADO_SCOPE)], "", "")
-        .replace(
-            "\nlisten = \"127.0.0.1:0\"\n",
-            &format!("\nlisten = \"127.0.0.1:{proxy_port}\"\n"),
-        )
-        .replace(
-            "\nadmin_listen = \"127.0.0.1:0\"\n",
-            &format!("\nadmin_listen = \"127.0.0.1:{admin_port}\"\n"),
-        );
-    assert!(text.contains(&format!(":{proxy_port}\"")), "{text}");
-    assert!(text.contains(&format!(":{admin_port}\"")), "{text}");
+    let text = support::patless::config(&entra, &[("/api", &url, ADO_SCOPE)], "", "");
     let config = sb.write("patless.toml", &text);
+    let mut child =
+        PatlessProcess::spawn_args(sb.path(), &["--config", config.to_str().unwrap()]).await;
 
-    let log = fs::File::create(sb.path().join("serve.log")).unwrap();
-    let child = sb
-        .command(&["--config", config.to_str().unwrap()], &[])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn patless");
-    let pid = child.id();
-    let mut guard = ChildGuard(Some(child));
-    let log_text = || fs::read_to_string(sb.path().join("serve.log")).unwrap_or_default();
-
-    let client = support::http_client();
-    let admin = format!("http://127.0.0.1:{admin_port}");
+    let within = Duration::from_secs(5);
     assert!(
-        poll_status(&client, &format!("{admin}/healthz"), 200).await,
+        poll_status(&child.admin_url("/healthz"), 200, within).await,
         "/healthz never answered 200; log:\n{}",
-        log_text()
+        child.log()
     );
     assert!(
-        poll_status(&client, &format!("{admin}/readyz"), 200).await,
+        poll_status(&child.admin_url("/readyz"), 200, within).await,
         "/readyz never turned 200; log:\n{}",
-        log_text()
+        child.log()
     );
     // It really proxies.
-    let resp = client
-        .get(format!("http://127.0.0.1:{proxy_port}/api/echo"))
+    let resp = support::http_client()
+        .get(child.url("/api/echo"))
         .send()
         .await
         .expect("request through the proxy");
-    assert_eq!(resp.status(), 200, "log:\n{}", log_text());
+    assert_eq!(resp.status(), 200, "log:\n{}", child.log());
     assert_eq!(upstream.accepted(), 1);
-    drop(client);
 
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(kill.success());
-
-    let started = Instant::now();
-    let status = loop {
-        let child = guard.0.as_mut().unwrap();
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            guard.0 = None;
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "patless did not exit within 5s of SIGTERM; log:\n{}",
-            log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0), "log:\n{}", log_text());
-    assert!(!log_text().contains(CLIENT_SECRET));
+    child.signal("TERM");
+    assert_eq!(
+        child.wait(within).await,
+        Some(Some(0)),
+        "patless did not exit 0 within 5s of SIGTERM; log:\n{}",
+        child.log()
+    );
+    assert!(!child.log().contains(CLIENT_SECRET));
 }

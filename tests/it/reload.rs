@@ -19,7 +19,7 @@ use crate::support::entra::{
     FakeEntra, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE, TENANT,
 };
 use crate::support::patless::{
-    config, free_ports, metric, on_ports, poll_status, Gate, Patless, PatlessProcess, ADO, DEFENDER,
+    config, free_port, metric, poll_status, Gate, Patless, PatlessProcess, ADO, DEFENDER,
 };
 use crate::support::upstream::FakeUpstream;
 
@@ -376,7 +376,7 @@ async fn listener_changes_are_refused_and_the_rest_applies() {
     let p = Patless::start_file(&path, MapEnv::default(), Duration::from_secs(1)).await;
     assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
 
-    let [elsewhere, _] = free_ports();
+    let elsewhere = free_port();
     let moved = base
         .replace(
             "\nlisten = \"127.0.0.1:0\"\n",
@@ -466,19 +466,10 @@ async fn sighup_reloads_the_running_binary() {
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("patless.toml");
-    let [proxy, admin] = free_ports();
-    let base = on_ports(
-        &config(&entra, &[("/one", &up.url(), ADO)], "", ""),
-        proxy,
-        admin,
-    );
+    let base = config(&entra, &[("/one", &up.url(), ADO)], "", "");
     write(&path, &base);
-    let mut child = PatlessProcess::spawn(dir.path(), &path, proxy, admin);
-    assert!(
-        poll_status(&child.admin_url("/readyz"), 200, Duration::from_secs(5)).await,
-        "never ready; log:\n{}",
-        child.log()
-    );
+    let mut child = PatlessProcess::spawn(dir.path(), &path).await;
+    child.wait_ready().await;
     let (status, _) = get(child.url("/two/x")).await;
     assert_eq!(status, 404);
 

@@ -12,9 +12,7 @@ use tempfile::TempDir;
 
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE};
-use crate::support::patless::{
-    config, free_ports, on_ports, poll_status, Gate, Patless, PatlessProcess, ADO,
-};
+use crate::support::patless::{config, poll_status, Gate, Patless, PatlessProcess, ADO};
 use crate::support::upstream::FakeUpstream;
 
 /// A status over a fresh connection, or `None` when nothing accepts one.
@@ -225,20 +223,11 @@ async fn sigterm_to_the_binary_turns_readyz_503_before_the_listener_closes() {
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("patless.toml");
-    let [proxy, admin] = free_ports();
-    let toml = on_ports(
-        &config(&entra, &[("/api", &up.url(), ADO)], "", ""),
-        proxy,
-        admin,
-    )
-    .replace("shutdown_delay = \"0s\"", "shutdown_delay = \"1500ms\"");
+    let toml = config(&entra, &[("/api", &up.url(), ADO)], "", "")
+        .replace("shutdown_delay = \"0s\"", "shutdown_delay = \"1500ms\"");
     std::fs::write(&path, &toml).expect("write");
-    let mut child = PatlessProcess::spawn(dir.path(), &path, proxy, admin);
-    assert!(
-        poll_status(&child.admin_url("/readyz"), 200, Duration::from_secs(5)).await,
-        "never ready; log:\n{}",
-        child.log()
-    );
+    let mut child = PatlessProcess::spawn(dir.path(), &path).await;
+    child.wait_ready().await;
 
     child.signal("TERM");
     let began = Instant::now();
@@ -284,20 +273,11 @@ async fn a_second_sigterm_cuts_the_delay_short() {
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("patless.toml");
-    let [proxy, admin] = free_ports();
-    let toml = on_ports(
-        &config(&entra, &[("/api", &up.url(), ADO)], "", ""),
-        proxy,
-        admin,
-    )
-    .replace("shutdown_delay = \"0s\"", "shutdown_delay = \"60s\"");
+    let toml = config(&entra, &[("/api", &up.url(), ADO)], "", "")
+        .replace("shutdown_delay = \"0s\"", "shutdown_delay = \"60s\"");
     std::fs::write(&path, &toml).expect("write");
-    let mut child = PatlessProcess::spawn(dir.path(), &path, proxy, admin);
-    assert!(
-        poll_status(&child.admin_url("/readyz"), 200, Duration::from_secs(5)).await,
-        "never ready; log:\n{}",
-        child.log()
-    );
+    let mut child = PatlessProcess::spawn(dir.path(), &path).await;
+    child.wait_ready().await;
     child.signal("TERM");
     assert!(poll_status(&child.admin_url("/readyz"), 503, Duration::from_secs(1)).await);
     child.signal("INT");

@@ -264,37 +264,20 @@ client_secret = "{CLIENT_SECRET}"
     s
 }
 
-/// Two ports that were free a moment ago (bind `127.0.0.1:0` twice, read the ports, let them go):
-/// for the real binary, which binds what its config names.
-pub fn free_ports() -> [u16; 2] {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    [
-        a.local_addr().expect("addr").port(),
-        b.local_addr().expect("addr").port(),
-    ]
+/// A port that was free a moment ago (bind `127.0.0.1:0`, read the port, let it go): for a
+/// config that names a listen address nothing binds.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
-/// `text` (from [`config`]) listening on these ports instead of `127.0.0.1:0`.
-pub fn on_ports(text: &str, proxy: u16, admin: u16) -> String {
-    let out = text
-        .replacen(
-            "\nlisten = \"127.0.0.1:0\"\n",
-            &format!("\nlisten = \"127.0.0.1:{proxy}\"\n"),
-            1,
-        )
-        .replacen(
-            "\nadmin_listen = \"127.0.0.1:0\"\n",
-            &format!("\nadmin_listen = \"127.0.0.1:{admin}\"\n"),
-            1,
-        );
-    assert!(out.contains(&format!(":{proxy}\"")), "{out}");
-    assert!(out.contains(&format!(":{admin}\"")), "{out}");
-    out
-}
-
-/// The real `patless serve --config FILE`, in a scrubbed environment, its log in a file; killed
-/// (by its own handle) if the test ends before it exits.
+/// The real patless binary serving, in a scrubbed environment, its log in a file; killed (by
+/// its own handle) if the test ends before it exits. Its config listens on `127.0.0.1:0`, and
+/// the addresses it bound are read from its log: no port is chosen before it binds, so none can
+/// be taken by another test in between.
 pub struct PatlessProcess {
     child: Option<std::process::Child>,
     log: std::path::PathBuf,
@@ -305,16 +288,22 @@ pub struct PatlessProcess {
 }
 
 impl PatlessProcess {
-    /// Spawns it with `config` in `dir` (HOME, XDG dirs and the log live there too), listening
-    /// on `proxy` and `admin` (the ports `config` names).
-    pub fn spawn(dir: &Path, config: &Path, proxy: u16, admin: u16) -> PatlessProcess {
+    /// `patless serve --config CONFIG` in `dir` (HOME, XDG dirs and the log live there too),
+    /// once it has bound its listeners.
+    pub async fn spawn(dir: &Path, config: &Path) -> PatlessProcess {
+        let config = config.to_str().expect("UTF-8 path");
+        Self::spawn_args(dir, &["serve", "--config", config]).await
+    }
+
+    /// `patless ARGS` (which name a config listening on `127.0.0.1:0`, with an admin listener),
+    /// logging at `info`; waits up to 5 s for the log to say where it listens.
+    pub async fn spawn_args(dir: &Path, args: &[&str]) -> PatlessProcess {
         let log = dir.join("serve.log");
         let file = std::fs::File::create(&log).expect("log file");
         let home = dir.join("home");
         std::fs::create_dir_all(&home).expect("home");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_patless"))
-            .args(["serve", "--config"])
-            .arg(config)
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &home)
@@ -328,12 +317,42 @@ impl PatlessProcess {
             .stderr(file)
             .spawn()
             .expect("spawn patless");
-        PatlessProcess {
+        let mut p = PatlessProcess {
             child: Some(child),
             log,
-            addr: SocketAddr::from(([127, 0, 0, 1], proxy)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let started = std::time::Instant::now();
+        loop {
+            let log = p.log();
+            let bound = |what: &str| {
+                log.lines()
+                    .find(|l| l.contains(what))
+                    .and_then(|l| l.split("listen=").nth(1))
+                    .and_then(|a| a.split_whitespace().next()?.parse().ok())
+            };
+            if let (Some(addr), Some(admin)) = (bound("proxy listening"), bound("admin listening"))
+            {
+                p.addr = addr;
+                p.admin = admin;
+                return p;
+            }
+            assert!(
+                p.running() && started.elapsed() < Duration::from_secs(5),
+                "patless never said where it listens; log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits up to 5 s for `/readyz` to answer 200; panics with the log if it does not.
+    pub async fn wait_ready(&self) {
+        assert!(
+            poll_status(&self.admin_url("/readyz"), 200, Duration::from_secs(5)).await,
+            "never ready; log:\n{}",
+            self.log()
+        );
     }
 
     /// Its log so far.
