@@ -171,11 +171,6 @@ impl AdoGit {
         format!("{scheme}://{}", self.addr)
     }
 
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
     /// The bare repository behind `/{org}/{project}/_git/{repo}`.
     pub fn repo_path(&self, org: &str, project: &str, repo: &str) -> PathBuf {
         self.shared

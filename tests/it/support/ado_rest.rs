@@ -21,7 +21,6 @@
 //! `POST` and `PATCH` without an `api-version` (query or `Accept`) are `400`, as there.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,7 +97,6 @@ struct State {
 
 /// The stand-in; stops when dropped.
 pub struct FakeAdo {
-    addr: SocketAddr,
     state: Arc<State>,
     _server: AbortOnDrop,
 }
@@ -123,7 +121,6 @@ impl FakeAdo {
         let handler_state = state.clone();
         let server = super::serve(listener, move |req| handle(handler_state.clone(), req));
         FakeAdo {
-            addr,
             state,
             _server: server,
         }

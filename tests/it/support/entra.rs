@@ -99,7 +99,6 @@ pub struct TokenRequestRecord {
 #[derive(Debug, Clone)]
 pub struct AuthorizeRecord {
     pub query: HashMap<String, String>,
-    pub at: Instant,
 }
 
 /// What the person does at the device code page, as the next poll sees it.
@@ -1319,7 +1318,6 @@ fn authorize_endpoint(state: Arc<State>, tenant: String, req: Request<Incoming>)
     let mut u = lock(&state.users);
     u.authorize_requests.push(AuthorizeRecord {
         query: query.clone(),
-        at: Instant::now(),
     });
     if req.method() != Method::GET {
         return html_error(

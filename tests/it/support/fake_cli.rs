@@ -133,11 +133,6 @@ impl FakeCli {
             .collect()
     }
 
-    /// The argv of every run, each joined with spaces.
-    pub fn call_lines(&self) -> Vec<String> {
-        self.calls().iter().map(|c| c.join(" ")).collect()
-    }
-
     /// The exported environment of the last run, as `NAME=value` lines.
     pub fn last_env(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("env.log"))

@@ -248,12 +248,14 @@ pub struct Received {
     /// Arrival on the tokio clock (virtual in paused-time tests).
     pub at: tokio::time::Instant,
     /// `POST`, `GET`, …
+    #[allow(dead_code)] // shown by `{:?}` when a test fails
     pub method: String,
     /// Request target.
     pub target: String,
     /// Headers, names lower-cased.
     pub headers: Vec<(String, String)>,
     /// The body, when the action read it whole (not `Drain`).
+    #[allow(dead_code)] // shown by `{:?}` when a test fails
     pub body: Vec<u8>,
 }
 
@@ -274,7 +276,6 @@ struct State {
     dropped: Mutex<Vec<Dropped>>,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
-    connections: AtomicUsize,
     body_bytes: AtomicU64,
 }
 
@@ -298,7 +299,6 @@ impl FaultServer {
             dropped: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
         });
         let st = Arc::clone(&state);
@@ -311,7 +311,6 @@ impl FaultServer {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                st.connections.fetch_add(1, Ordering::SeqCst);
                 conns.spawn(connection(Arc::clone(&st), stream));
             }
         }));
@@ -355,11 +354,6 @@ impl FaultServer {
     /// The most requests ever in flight at once.
     pub fn peak_in_flight(&self) -> usize {
         self.state.peak_in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Request body bytes received by `Drain` actions so far.

@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! In-process test doubles shared by the integration tests (`tests/it` and `tests/soak.rs`): a
 //! fake Microsoft Entra token endpoint ([`entra::FakeEntra`]), a fake upstream API that verifies
 //! the injected bearer tokens ([`upstream::FakeUpstream`]), patless started in process or as the

@@ -486,11 +486,6 @@ impl Gate {
         format!("http://{}", self.addr)
     }
 
-    /// Its name, as it answers.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// Requests that reached it.
     pub fn arrived(&self) -> usize {
         self.arrived.load(std::sync::atomic::Ordering::SeqCst)

@@ -177,6 +177,7 @@ impl FakeUpstream {
     }
 
     /// Stops recording requests (counting only), for long runs.
+    #[allow(dead_code)] // tests/soak.rs
     pub fn stop_recording(&self) {
         self.state
             .recording
@@ -191,6 +192,7 @@ impl FakeUpstream {
     /// Revokes the presented token with probability `p` (a revoked session, at random), but only
     /// a token first presented at least `min_age` ago: a replacement just acquired is served, so
     /// a replay succeeds.
+    #[allow(dead_code)] // tests/soak.rs
     pub fn revoke_at_random(&self, p: f64, min_age: std::time::Duration) {
         *lock(&self.state.random_revocation) = Some((p, min_age));
     }
