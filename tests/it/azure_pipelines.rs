@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
-use crate::support::patless::{Patless, ADO};
+use crate::support::patless::{profile_config, Patless, ADO};
 use crate::support::pipelines::{
     FakePipelines, Mode, ISSUER, SERVICE_CONNECTION_ID, SUBJECT, SYSTEM_TOKEN,
 };
@@ -34,28 +34,8 @@ fn agent_env(pipelines: &FakePipelines) -> Vec<(&'static str, String)> {
 
 /// A config whose route `/ado` uses the profile `ci` (`kind = "azure_pipelines"` and nothing else).
 fn ci_config(entra: &FakeEntra, up: &FakeUpstream) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-
-[entra]
-authority_host = "{authority}"
-
-[profiles.ci]
-kind = "azure_pipelines"
-
-[[routes]]
-prefix = "/ado"
-upstream = "{up}"
-profile = "ci"
-scope = "{ADO}"
-"#,
-        authority = entra.authority(),
-        up = up.url(),
-    )
+    let kind = "kind = \"azure_pipelines\"";
+    profile_config(Some(&entra.authority()), &up.url(), "ci", kind, "")
 }
 
 fn credential(

@@ -20,7 +20,7 @@ use crate::support::certs::{
     verifier_for_any, FIXTURE_PASSWORD,
 };
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
-use crate::support::patless::{Patless, ADO};
+use crate::support::patless::{profile_config, Patless, ADO};
 use crate::support::upstream::FakeUpstream;
 use crate::support::write_file;
 
@@ -28,33 +28,12 @@ const PFX_PASSWORD: &str = "pfx-Password-not-to-be-shown-77";
 
 /// A config with one `client_certificate` profile `cert` behind the route `/ado`.
 fn cert_config(entra: &FakeEntra, up: &FakeUpstream, file: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-
-[entra]
-authority_host = "{authority}"
-
-[profiles.cert]
-kind = "client_certificate"
-tenant_id = "{TENANT}"
-client_id = "{CLIENT_ID}"
-certificate = "{file}"
-{extra}
-
-[[routes]]
-prefix = "/ado"
-upstream = "{up}"
-profile = "cert"
-scope = "{ADO}"
-"#,
-        authority = entra.authority(),
-        file = file.display(),
-        up = up.url(),
-    )
+    let body = format!(
+        "kind = \"client_certificate\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\n\
+         certificate = \"{}\"\n{extra}",
+        file.display()
+    );
+    profile_config(Some(&entra.authority()), &up.url(), "cert", &body, "")
 }
 
 fn credential(

@@ -22,7 +22,7 @@ use crate::support::entra::{
     DeviceStep, FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, DEFENDER_AUDIENCE, DEFENDER_SCOPE,
     PUBLIC_CLIENT_ID, TENANT, USER_UPN, VERIFICATION_URI,
 };
-use crate::support::patless::{load_config, Patless};
+use crate::support::patless::{load_config, route_toml, server_toml, Patless};
 use crate::support::upstream::FakeUpstream;
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -35,15 +35,12 @@ fn toml(
     client_id: &str,
     routes: &[(&str, &str, &str)],
 ) -> String {
+    let server = format!(
+        "shutdown_grace = \"1s\"\nstate_dir = \"{}\"",
+        state_dir.display()
+    );
     let mut s = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-shutdown_grace = "1s"
-state_dir = "{state}"
-
+        r#"{server}
 [entra]
 authority_host = "{authority}"
 
@@ -58,13 +55,11 @@ tenant_id = "{TENANT}"
 client_id = "{CLIENT_ID}"
 client_secret = "not-used"
 "#,
-        state = state_dir.display(),
+        server = server_toml(&server),
         authority = entra.authority()
     );
     for (prefix, upstream, scope) in routes {
-        s.push_str(&format!(
-            "\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nprofile = \"team\"\nscope = \"{scope}\"\n"
-        ));
+        s.push_str(&route_toml(prefix, upstream, "team", scope));
     }
     s
 }

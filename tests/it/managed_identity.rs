@@ -15,7 +15,7 @@ use url::Url;
 use crate::support;
 use crate::support::entra::{ADO_AUDIENCE, ADO_SCOPE};
 use crate::support::msi::{FakeMsi, Scripted};
-use crate::support::patless::Patless;
+use crate::support::patless::{profile_config, Patless};
 use crate::support::upstream::FakeUpstream;
 
 const UA_CLIENT_ID: &str = "44444444-4444-4444-4444-444444444444";
@@ -25,25 +25,13 @@ const UA_RESOURCE_ID: &str = "/subscriptions/6b1c2d3e-0000-4000-8000-00000000000
 /// A config with one `managed_identity` profile `mi` (plus `profile_extra` keys) and one route
 /// `/ado` → `upstream` with the Azure DevOps scope.
 fn mi_config(upstream: &FakeUpstream, profile_extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-shutdown_grace = "5s"
-
-[profiles.mi]
-kind = "managed_identity"
-{profile_extra}
-
-[[routes]]
-prefix = "/ado"
-upstream = "{upstream}"
-profile = "mi"
-scope = "{ADO_SCOPE}"
-"#,
-        upstream = upstream.url()
+    let body = format!("kind = \"managed_identity\"\n{profile_extra}");
+    profile_config(
+        None,
+        &upstream.url(),
+        "mi",
+        &body,
+        "shutdown_grace = \"5s\"",
     )
 }
 

@@ -19,7 +19,8 @@ use crate::support::entra::{
     FakeEntra, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE, TENANT,
 };
 use crate::support::patless::{
-    config, free_port, metric, poll_status, Gate, Patless, PatlessProcess, ADO, DEFENDER,
+    config, free_port, metric, poll_status, route_toml, server_toml, Gate, Patless, PatlessProcess,
+    ADO, DEFENDER,
 };
 use crate::support::upstream::FakeUpstream;
 
@@ -31,18 +32,6 @@ fn profile(name: &str, entra: &FakeEntra) -> String {
     format!(
         "\n[profiles.{name}]\nkind = \"client_secret\"\nauthority_host = \"{}\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
         entra.authority()
-    )
-}
-
-fn route(prefix: &str, upstream: &str, profile: &str, scope: &str) -> String {
-    format!(
-        "\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nprofile = \"{profile}\"\nscope = \"{scope}\"\n"
-    )
-}
-
-fn server(extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nhost_routes = false\nshutdown_delay = \"0s\"\n{extra}\n"
     )
 }
 
@@ -91,13 +80,13 @@ async fn unchanged_profiles_keep_their_tokens_changed_and_removed_ones_stop() {
     let path = dir.path().join("patless.toml");
     let before = format!(
         "{}{}{}{}{}{}{}",
-        server(""),
+        server_toml("shutdown_delay = \"0s\""),
         profile("a", &entra_a),
         profile("b", &entra_b),
         profile("c", &entra_b),
-        route("/one", &ado.url(), "a", ADO),
-        route("/two", &defender.url(), "b", DEFENDER),
-        route("/gone", &ado.url(), "c", ADO),
+        route_toml("/one", &ado.url(), "a", ADO),
+        route_toml("/two", &defender.url(), "b", DEFENDER),
+        route_toml("/gone", &ado.url(), "c", ADO),
     );
     write(&path, &before);
     let started = Instant::now();
@@ -124,13 +113,13 @@ async fn unchanged_profiles_keep_their_tokens_changed_and_removed_ones_stop() {
 
     let after = format!(
         "{}{}{}{}{}{}",
-        server(""),
+        server_toml("shutdown_delay = \"0s\""),
         profile("a", &entra_a),
         profile("b", &entra_c),
-        route("/one", &ado.url(), "a", ADO),
-        route("/two", &defender.url(), "b", DEFENDER),
+        route_toml("/one", &ado.url(), "a", ADO),
+        route_toml("/two", &defender.url(), "b", DEFENDER),
         // New: a new entry of the kept profile, which must start refreshing.
-        route("/three", &defender.url(), "a", DEFENDER),
+        route_toml("/three", &defender.url(), "a", DEFENDER),
     );
     write(&path, &after);
     let report = p.reloader().reload().await.expect("reload");
@@ -286,7 +275,7 @@ async fn an_invalid_config_keeps_the_running_one_and_says_why() {
     // Fixed: applies.
     write(
         &path,
-        &format!("{good}{}", route("/two", &up.url(), "bot", ADO)),
+        &format!("{good}{}", route_toml("/two", &up.url(), "bot", ADO)),
     );
     p.reloader().reload().await.expect("reload");
     let (status, _) = get(p.url("/two/x")).await;
@@ -317,7 +306,7 @@ async fn watch_config_reloads_when_the_file_changes() {
 
     write(
         &path,
-        &format!("{base}{}", route("/two", &up.url(), "bot", ADO)),
+        &format!("{base}{}", route_toml("/two", &up.url(), "bot", ADO)),
     );
     assert!(
         poll_status(&p.url("/two/x"), 200, Duration::from_secs(5)).await,
@@ -346,12 +335,12 @@ async fn watch_config_reloads_when_the_file_changes() {
     let off = base.replace("watch_config = true", "watch_config = false");
     write(
         &path,
-        &format!("{off}{}", route("/three", &up.url(), "bot", ADO)),
+        &format!("{off}{}", route_toml("/three", &up.url(), "bot", ADO)),
     );
     assert!(poll_status(&p.url("/three/x"), 200, Duration::from_secs(5)).await);
     write(
         &path,
-        &format!("{off}{}", route("/four", &up.url(), "bot", ADO)),
+        &format!("{off}{}", route_toml("/four", &up.url(), "bot", ADO)),
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (status, _) = get(p.url("/four/x")).await;
@@ -392,7 +381,7 @@ async fn listener_changes_are_refused_and_the_rest_applies() {
         );
     write(
         &path,
-        &format!("{moved}{}", route("/two", &up.url(), "bot", ADO)),
+        &format!("{moved}{}", route_toml("/two", &up.url(), "bot", ADO)),
     );
     let report = p.reloader().reload().await.expect("reload");
     assert_eq!(
@@ -475,7 +464,7 @@ async fn sighup_reloads_the_running_binary() {
 
     write(
         &path,
-        &format!("{base}{}", route("/two", &up.url(), "bot", ADO)),
+        &format!("{base}{}", route_toml("/two", &up.url(), "bot", ADO)),
     );
     child.signal("HUP");
     assert!(

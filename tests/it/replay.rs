@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLAIMS_REQUEST_CLAIM, DEFENDER_AUDIENCE};
 use crate::support::msi::FakeMsi;
-use crate::support::patless::{config, Patless, ADO, DEFENDER};
+use crate::support::patless::{config, profile_config, Patless, ADO, DEFENDER};
 use crate::support::upstream::{FakeUpstream, RevokedAnswer};
 
 fn metric(m: &str, line_start: &str) -> u64 {
@@ -460,26 +460,8 @@ async fn the_cp1_capability_is_declared_and_merged_with_a_challenge() {
 async fn managed_identity_cannot_pass_claims_so_the_challenge_bypasses_the_cache() {
     let imds = FakeMsi::imds().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-
-[profiles.mi]
-kind = "managed_identity"
-endpoint = "{imds}"
-
-[[routes]]
-prefix = "/ado"
-upstream = "{up}"
-profile = "mi"
-scope = "{ADO}"
-"#,
-        imds = imds.url(),
-        up = up.url()
-    );
+    let body = format!("kind = \"managed_identity\"\nendpoint = \"{}\"", imds.url());
+    let toml = profile_config(None, &up.url(), "mi", &body, "");
     let p = Patless::start(&toml).await;
     let client = support::http_client();
     assert_eq!(

@@ -32,7 +32,7 @@ use crate::support::entra::{
 use crate::support::fake_cli::{FakeCli, Mode as CliMode};
 use crate::support::msi::FakeMsi;
 use crate::support::now_secs;
-use crate::support::patless::{load, load_config, Patless, ADO};
+use crate::support::patless::{load, load_config, profile_config, Patless, ADO};
 use crate::support::pipelines::{FakePipelines, SERVICE_CONNECTION_ID, SYSTEM_TOKEN};
 use crate::support::sandbox::Sandbox;
 use crate::support::upstream::FakeUpstream;
@@ -175,8 +175,7 @@ async fn app_outputs(
     ok
 }
 
-/// A config with one profile (`[profiles.{profile}]` holding `body`) behind the route `/ado` →
-/// `up`, with `[entra] authority_host` when `entra` is given.
+/// A config with the one profile `profile` (`body`, its `kind` first) behind `/ado` → `up`.
 fn proxy_toml(
     entra: Option<&FakeEntra>,
     up: &FakeUpstream,
@@ -184,30 +183,9 @@ fn proxy_toml(
     body: &str,
     server_extra: &str,
 ) -> String {
-    let entra = entra
-        .map(|e| format!("[entra]\nauthority_host = \"{}\"\n", e.authority()))
-        .unwrap_or_default();
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-shutdown_grace = "1s"
-{server_extra}
-
-{entra}
-[profiles.{profile}]
-{body}
-
-[[routes]]
-prefix = "/ado"
-upstream = "{up}"
-profile = "{profile}"
-scope = "{ADO}"
-"#,
-        up = up.url()
-    )
+    let authority = entra.map(FakeEntra::authority);
+    let server = format!("shutdown_grace = \"1s\"\n{server_extra}");
+    profile_config(authority.as_deref(), &up.url(), profile, body, &server)
 }
 
 /// The bearer token of the upstream's last request.

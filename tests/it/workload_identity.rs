@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::support;
 use crate::support::entra::{sign_token, FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
-use crate::support::patless::{Patless, ADO};
+use crate::support::patless::{profile_config, Patless, ADO};
 use crate::support::upstream::FakeUpstream;
 
 const ISSUER: &str = "https://oidc.prod-aks.azure.com/88888888-8888-8888-8888-888888888888/";
@@ -53,30 +53,8 @@ fn credential(entra: &FakeEntra, file: &Path) -> WorkloadIdentityCredential {
 
 /// A config with the route `/ado` on the profile `wi`, whose body is `profile`.
 fn wi_config(authority: Option<&str>, up: &FakeUpstream, profile: &str) -> String {
-    let entra = authority
-        .map(|a| format!("[entra]\nauthority_host = \"{a}\"\n"))
-        .unwrap_or_default();
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-
-{entra}
-
-[profiles.wi]
-kind = "workload_identity"
-{profile}
-
-[[routes]]
-prefix = "/ado"
-upstream = "{up}"
-profile = "wi"
-scope = "{ADO}"
-"#,
-        up = up.url()
-    )
+    let body = format!("kind = \"workload_identity\"\n{profile}");
+    profile_config(authority, &up.url(), "wi", &body, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

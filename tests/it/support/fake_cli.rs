@@ -303,26 +303,8 @@ fn set_mode_755(p: &Path) {
 /// A config with one profile `me` of `kind` (plus `profile_extra` keys) and one route `/ado` →
 /// `upstream` with the Azure DevOps scope.
 pub fn proxy_config(kind: &str, upstream: &str, profile_extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-shutdown_grace = "5s"
-
-[profiles.me]
-kind = "{kind}"
-{profile_extra}
-
-[[routes]]
-prefix = "/ado"
-upstream = "{upstream}"
-profile = "me"
-scope = "{scope}"
-"#,
-        scope = super::entra::ADO_SCOPE
-    )
+    let body = format!("kind = \"{kind}\"\n{profile_extra}");
+    super::patless::profile_config(None, upstream, "me", &body, "shutdown_grace = \"5s\"")
 }
 
 /// Sends `GET /ado/org/_apis/projects` through `p`, expects `503 token_unavailable` for profile

@@ -33,33 +33,8 @@ pub fn config(
     server_extra: &str,
     entra_extra: &str,
 ) -> String {
-    use super::entra::{CLIENT_ID, CLIENT_SECRET, TENANT};
-    let mut s = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-shutdown_grace = "5s"
-{server_extra}
-
-[entra]
-authority_host = "{authority}"
-{entra_extra}
-
-[profiles.bot]
-kind = "client_secret"
-tenant_id = "{TENANT}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-"#
-    );
-    for (prefix, upstream, scope) in routes {
-        s.push_str(&format!(
-            "\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nprofile = \"bot\"\nscope = \"{scope}\"\n"
-        ));
-    }
-    s
+    let server = format!("shutdown_grace = \"5s\"\n{server_extra}");
+    super::patless::bot_config(authority, routes, &server, entra_extra)
 }
 
 /// A loopback listener that completes no new handshake: its accept queue (backlog 0) is filled

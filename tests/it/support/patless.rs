@@ -226,6 +226,21 @@ pub fn load_config(toml: &str) -> Config {
     load(toml, &MapEnv::default()).config
 }
 
+/// `[server]` for a patless under test: proxy and admin on `127.0.0.1:0`, no host routes, then
+/// the `extra` keys (one a line).
+pub fn server_toml(extra: &str) -> String {
+    format!(
+        "\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nhost_routes = false\n{extra}\n"
+    )
+}
+
+/// A `[[routes]]` table: `prefix` → `upstream` with `profile`'s token for `scope`.
+pub fn route_toml(prefix: &str, upstream: &str, profile: &str, scope: &str) -> String {
+    format!(
+        "\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nprofile = \"{profile}\"\nscope = \"{scope}\"\n"
+    )
+}
+
 /// A config with one `client_secret` profile `bot` (the fake Entra's app) and the given routes
 /// `(prefix, upstream, scope)`; `extra` is appended (more `[server]` keys go in `server_extra`).
 pub fn config(
@@ -234,18 +249,25 @@ pub fn config(
     server_extra: &str,
     extra: &str,
 ) -> String {
-    let mut s = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-host_routes = false
-shutdown_grace = "5s"
-shutdown_delay = "0s"
-{server_extra}
+    let server = format!("shutdown_grace = \"5s\"\nshutdown_delay = \"0s\"\n{server_extra}");
+    let mut s = bot_config(&entra.authority(), routes, &server, "");
+    s.push_str(extra);
+    s
+}
 
+/// The profile `bot` (the fake Entra's app and secret) with Entra at `authority` (`entra_extra`
+/// inside `[entra]`), and its routes `(prefix, upstream, scope)`; `server_extra` in `[server]`.
+pub fn bot_config(
+    authority: &str,
+    routes: &[(&str, &str, &str)],
+    server_extra: &str,
+    entra_extra: &str,
+) -> String {
+    let mut s = format!(
+        r#"{server}
 [entra]
 authority_host = "{authority}"
+{entra_extra}
 
 [profiles.bot]
 kind = "client_secret"
@@ -253,15 +275,32 @@ tenant_id = "{TENANT}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 "#,
-        authority = entra.authority()
+        server = server_toml(server_extra)
     );
     for (prefix, upstream, scope) in routes {
-        s.push_str(&format!(
-            "\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nprofile = \"bot\"\nscope = \"{scope}\"\n"
-        ));
+        s.push_str(&route_toml(prefix, upstream, "bot", scope));
     }
-    s.push_str(extra);
     s
+}
+
+/// A config with the one profile `profile` (its keys, `kind` first, in `body`) behind the route
+/// `/ado` → `upstream` with the Azure DevOps scope, Entra at `authority` when given, and
+/// `server_extra` in `[server]`.
+pub fn profile_config(
+    authority: Option<&str>,
+    upstream: &str,
+    profile: &str,
+    body: &str,
+    server_extra: &str,
+) -> String {
+    let entra = authority
+        .map(|a| format!("\n[entra]\nauthority_host = \"{a}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "{}{entra}\n[profiles.{profile}]\n{body}\n{}",
+        server_toml(server_extra),
+        route_toml("/ado", upstream, profile, ADO)
+    )
 }
 
 /// A port that was free a moment ago (bind `127.0.0.1:0`, read the port, let it go): for a
