@@ -18,17 +18,9 @@ async fn readyz_turns_green_once_every_route_holds_a_token_and_metrics_follow() 
     let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
     let client = support::http_client();
 
-    let r = client
-        .get(p.admin_url("/healthz"))
-        .send()
-        .await
-        .expect("healthz");
+    let r = support::get(&client, p.admin_url("/healthz")).await;
     assert_eq!(r.status(), 200);
-    let r = client
-        .get(p.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
+    let r = support::get(&client, p.admin_url("/readyz")).await;
     assert_eq!(
         r.status(),
         503,
@@ -40,14 +32,7 @@ async fn readyz_turns_green_once_every_route_holds_a_token_and_metrics_follow() 
 
     let mut ready = false;
     for _ in 0..50 {
-        if client
-            .get(p.admin_url("/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status()
-            == 200
-        {
+        if support::get(&client, p.admin_url("/readyz")).await.status() == 200 {
             ready = true;
             break;
         }
@@ -56,20 +41,8 @@ async fn readyz_turns_green_once_every_route_holds_a_token_and_metrics_follow() 
     assert!(ready, "ready after the prefetch, without any request");
     assert_eq!(entra.token_requests(), 1);
 
-    assert_eq!(
-        client
-            .get(p.url("/ado/a"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        200
-    );
-    let m = client
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics");
+    assert_eq!(support::get(&client, p.url("/ado/a")).await.status(), 200);
+    let m = support::get(&client, p.admin_url("/metrics")).await;
     assert!(m.headers()["content-type"]
         .to_str()
         .expect("ascii")
@@ -99,7 +72,7 @@ async fn readyz_turns_green_once_every_route_holds_a_token_and_metrics_follow() 
         (expiry - now - 3599.0).abs() < 30.0,
         "expiry {expiry} vs now {now}"
     );
-    let r = client.get(p.admin_url("/nope")).send().await.expect("404");
+    let r = support::get(&client, p.admin_url("/nope")).await;
     assert_eq!(r.status(), 404);
 }
 

@@ -320,7 +320,7 @@ async fn neither_the_system_token_nor_an_oidc_token_is_logged_or_shown() {
         Patless::start_with_env(&ci_config(&entra, &up), MapEnv::new(agent_env(&pipelines))).await;
     let client = support::http_client();
     let mut outputs = Vec::new();
-    let r = client.get(p.url("/ado/x")).send().await.expect("request");
+    let r = support::get(&client, p.url("/ado/x")).await;
     assert_eq!(r.status(), 200);
     outputs.push(p.metrics().await);
     p.stop().await;
@@ -328,15 +328,12 @@ async fn neither_the_system_token_nor_an_oidc_token_is_logged_or_shown() {
     pipelines.set_mode(Mode::Redirect302);
     let p =
         Patless::start_with_env(&ci_config(&entra, &up), MapEnv::new(agent_env(&pipelines))).await;
-    let r = client.get(p.url("/ado/x")).send().await.expect("request");
+    let r = support::get(&client, p.url("/ado/x")).await;
     assert_eq!(r.status(), 503);
     outputs.push(r.text().await.expect("body"));
     outputs.push(
-        client
-            .get(p.admin_url("/readyz"))
-            .send()
+        support::get(&client, p.admin_url("/readyz"))
             .await
-            .expect("readyz")
             .text()
             .await
             .expect("text"),

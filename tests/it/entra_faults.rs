@@ -35,7 +35,7 @@ const REQUEST_TIMEOUT: &str = "request_timeout = \"600ms\"";
 /// the client's `Retry-After` seconds.
 async fn expect_failure(p: &Patless, class: &str, needle: &str) -> u64 {
     let client = support::http_client();
-    let r = client.get(p.url("/ado/x")).send().await.expect("request");
+    let r = support::get(&client, p.url("/ado/x")).await;
     assert_eq!(r.status(), 503, "{class}");
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
@@ -52,11 +52,7 @@ async fn expect_failure(p: &Patless, class: &str, needle: &str) -> u64 {
     let msg = body["message"].as_str().expect("message");
     assert!(msg.contains(needle), "{class}: client message: {msg}");
 
-    let r = client
-        .get(p.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
+    let r = support::get(&client, p.admin_url("/readyz")).await;
     assert_eq!(r.status(), 503, "{class}: not ready without a token");
     let text = r.text().await.expect("body");
     assert!(!text.contains(CLIENT_SECRET), "{class}: the secret leaked");
@@ -117,7 +113,7 @@ async fn expect_recovery(p: &Patless, up: &FakeUpstream) {
     let client = support::http_client();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = client.get(p.url("/ado/after")).send().await.expect("req");
+        let r = support::get(&client, p.url("/ado/after")).await;
         if r.status() == 200 {
             break;
         }
@@ -129,11 +125,7 @@ async fn expect_recovery(p: &Patless, up: &FakeUpstream) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(up.rejected(), 0, "nothing forwarded without a valid token");
-    let ready = client
-        .get(p.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
+    let ready = support::get(&client, p.admin_url("/readyz")).await;
     assert_eq!(ready.status(), 200);
     assert!(refresh_count(&p.metrics().await, "success") >= 1);
 }
@@ -196,11 +188,8 @@ async fn a_connection_reset_is_network() {
     expect_failure(&p, "network", "broke before a complete answer").await;
     let m = p.metrics().await;
     let client = support::http_client();
-    let msg = client
-        .get(p.url("/ado/x"))
-        .send()
+    let msg = support::get(&client, p.url("/ado/x"))
         .await
-        .expect("req")
         .json::<Value>()
         .await
         .expect("json")["message"]
@@ -341,7 +330,7 @@ async fn a_429_holds_off_the_next_attempt_for_retry_after() {
     assert_eq!(entra.token_requests(), 1, "no attempt before Retry-After");
     entra.set_fault(None);
     tokio::time::sleep_until(t0 + Duration::from_millis(30_100)).await;
-    let r = client.get(p.url("/ado/x")).send().await.expect("req");
+    let r = support::get(&client, p.url("/ado/x")).await;
     assert_eq!(r.status(), 200);
     let requests = entra.requests();
     assert_eq!(requests.len(), 2);
@@ -370,15 +359,7 @@ async fn retry_after_on_a_503_is_honoured_too() {
     burst_of_503s(&client, &p.url("/ado/x"), 10).await;
     assert_eq!(entra.requests(), 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        client
-            .get(p.url("/ado/x"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
-        200
-    );
+    assert_eq!(support::get(&client, p.url("/ado/x")).await.status(), 200);
     assert!(entra.received()[1].at - t0 >= Duration::from_secs(20));
 }
 

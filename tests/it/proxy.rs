@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support;
 use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, DEFENDER_AUDIENCE};
-use crate::support::patless::{config, load, Patless, ADO, DEFENDER};
+use crate::support::patless::{config, load, start_ado, Patless, ADO, DEFENDER};
 use crate::support::upstream::FakeUpstream;
 
 async fn json(resp: reqwest::Response) -> Value {
@@ -105,27 +105,13 @@ async fn routes_on_whole_segments_longest_prefix_first() {
     .await;
     let client = support::http_client();
 
-    let r = json(client.get(p.url("/ado")).send().await.expect("req")).await;
+    let r = json(support::get(&client, p.url("/ado")).await).await;
     assert_eq!(r["path"], "/");
-    let r = json(client.get(p.url("/ado/x/y?q=1")).send().await.expect("req")).await;
+    let r = json(support::get(&client, p.url("/ado/x/y?q=1")).await).await;
     assert_eq!(r["path"], "/x/y?q=1");
-    let r = json(
-        client
-            .get(p.url("/ado/special/z"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let r = json(support::get(&client, p.url("/ado/special/z")).await).await;
     assert_eq!(r["path"], "/base/z");
-    let r = json(
-        client
-            .get(p.url("/ado/specialist"))
-            .send()
-            .await
-            .expect("req"),
-    )
-    .await;
+    let r = json(support::get(&client, p.url("/ado/specialist")).await).await;
     assert_eq!(
         r["path"], "/specialist",
         "a prefix matches whole segments only"
@@ -134,7 +120,7 @@ async fn routes_on_whole_segments_longest_prefix_first() {
     assert_eq!(b.requests().len(), 1);
 
     for path in ["/adox", "/", "/other/ado", "/dev.azure.com/org"] {
-        let resp = client.get(p.url(path)).send().await.expect("req");
+        let resp = support::get(&client, p.url(path)).await;
         assert_eq!(resp.status(), 404, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/json");
         let body = json(resp).await;
@@ -150,9 +136,7 @@ async fn routes_on_whole_segments_longest_prefix_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_paths_that_could_escape_their_prefix() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let (_entra, up, p) = start_ado("").await;
     for path in [
         "/ado/../admin",
         "/ado/%2e%2e/admin",
@@ -180,22 +164,12 @@ async fn refuses_paths_that_could_escape_their_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrites_redirects_into_the_upstream_back_to_the_proxy() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let (_entra, _up, p) = start_ado("").await;
     let client = support::http_client();
-    let r = client
-        .get(p.url("/ado/redirect"))
-        .send()
-        .await
-        .expect("req");
+    let r = support::get(&client, p.url("/ado/redirect")).await;
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], "/ado/echo/after-redirect?x=1");
-    let r = client
-        .get(p.url("/ado/redirect-relative"))
-        .send()
-        .await
-        .expect("req");
+    let r = support::get(&client, p.url("/ado/redirect-relative")).await;
     assert_eq!(r.headers()["location"], "/ado/echo/relative");
     // A client that follows redirects stays behind the proxy and keeps working.
     let following = reqwest::Client::builder()
@@ -240,13 +214,13 @@ async fn upstream_unreachable_and_timeout_are_json_errors() {
     ))
     .await;
     let client = support::http_client();
-    let r = client.get(p.url("/closed/x")).send().await.expect("req");
+    let r = support::get(&client, p.url("/closed/x")).await;
     assert_eq!(r.status(), 502);
     let body = json(r).await;
     assert_eq!(body["error"], "upstream_unreachable");
     assert_eq!(body["route"], "/closed");
     assert_eq!(body["profile"], "bot");
-    let r = client.get(p.url("/silent/x")).send().await.expect("req");
+    let r = support::get(&client, p.url("/silent/x")).await;
     assert_eq!(r.status(), 504);
     assert_eq!(json(r).await["error"], "upstream_timeout");
     let metrics = p.metrics().await;
@@ -305,7 +279,7 @@ async fn an_entra_outage_serves_the_cached_token_until_the_skew_margin_then_503(
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
     let client = support::http_client();
-    let r = client.get(p.url("/ado/a")).send().await.expect("req");
+    let r = support::get(&client, p.url("/ado/a")).await;
     assert_eq!(r.status(), 200);
     let t0 = std::time::Instant::now();
     entra.set_fault(Some(Fault::ServerError));
@@ -313,7 +287,7 @@ async fn an_entra_outage_serves_the_cached_token_until_the_skew_margin_then_503(
     let mut last_ok = t0;
     let mut first_503 = None;
     while t0.elapsed() < Duration::from_secs(6) {
-        let r = client.get(p.url("/ado/b")).send().await.expect("req");
+        let r = support::get(&client, p.url("/ado/b")).await;
         match r.status().as_u16() {
             200 => last_ok = std::time::Instant::now(),
             503 => {
@@ -359,14 +333,7 @@ async fn an_entra_outage_serves_the_cached_token_until_the_skew_margin_then_503(
     entra.set_fault(None);
     let mut recovered = false;
     for _ in 0..100 {
-        if client
-            .get(p.url("/ado/c"))
-            .send()
-            .await
-            .expect("req")
-            .status()
-            == 200
-        {
+        if support::get(&client, p.url("/ado/c")).await.status() == 200 {
             recovered = true;
             break;
         }
@@ -378,9 +345,7 @@ async fn an_entra_outage_serves_the_cached_token_until_the_skew_margin_then_503(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_mib_streams_intact_both_ways() {
     const N: u64 = 10 * 1024 * 1024;
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let (_entra, _up, p) = start_ado("").await;
     let client = support::http_client();
 
     let payload: Vec<u8> = (0..N).map(support::pattern_byte).collect();
@@ -395,11 +360,7 @@ async fn ten_mib_streams_intact_both_ways() {
     assert_eq!(body["len"], N);
     assert_eq!(body["fnv"], format!("{:016x}", support::pattern_fnv(N)));
 
-    let mut r = client
-        .get(p.url(&format!("/ado/download/{N}")))
-        .send()
-        .await
-        .expect("download");
+    let mut r = support::get(&client, p.url(&format!("/ado/download/{N}"))).await;
     assert_eq!(r.status(), 200);
     let (mut len, mut fnv) = (0u64, support::FNV_OFFSET);
     while let Some(chunk) = r.chunk().await.expect("chunk") {
@@ -417,7 +378,7 @@ async fn entra_rejection_is_a_503_with_the_aadsts_hint_and_no_secret() {
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
     let client = support::http_client();
-    let r = client.get(p.url("/ado/x")).send().await.expect("req");
+    let r = support::get(&client, p.url("/ado/x")).await;
     assert_eq!(r.status(), 503);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
@@ -566,15 +527,7 @@ async fn serves_on_a_unix_socket_and_replaces_a_stale_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_page_cannot_act_with_the_proxys_identity() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(
-        &entra,
-        &[("/ado", &up.url(), ADO)],
-        "allowed_hosts = [\"patless.tools.svc\"]",
-        "",
-    ))
-    .await;
+    let (_entra, up, p) = start_ado("allowed_hosts = [\"patless.tools.svc\"]").await;
     let client = support::http_client();
     let cases: [(&str, &str, &str); 4] = [
         ("sec-fetch-site", "cross-site", "cross_site_request"),
@@ -650,7 +603,7 @@ async fn an_answer_given_before_the_body_was_read_closes_the_connection_and_says
     assert!(text.contains("connection: close"), "{text}");
     // A bodyless request keeps its connection.
     let client = support::http_client();
-    let r = client.get(p.url("/ado/x")).send().await.expect("req");
+    let r = support::get(&client, p.url("/ado/x")).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("connection").is_none());
     assert!(up.requests().is_empty());

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLAIMS_REQUEST_CLAIM, DEFENDER_AUDIENCE};
 use crate::support::msi::FakeMsi;
-use crate::support::patless::{config, profile_config, Patless, ADO, DEFENDER};
+use crate::support::patless::{config, profile_config, start_ado, Patless, ADO, DEFENDER};
 use crate::support::upstream::{FakeUpstream, RevokedAnswer};
 
 fn metric(m: &str, line_start: &str) -> u64 {
@@ -52,15 +52,9 @@ fn fnv_hex(data: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_drops_the_token_acquires_once_and_replays_every_waiting_request_intact() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let (entra, up, p) = start_ado("").await;
     let client = support::http_client();
-    let r = client
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("req");
+    let r = support::get(&client, p.url("/ado/org/_apis/projects")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(entra.token_requests(), 1);
     // The session behind the token is revoked: the upstream now refuses it.
@@ -137,17 +131,10 @@ async fn chunked_upload(addr: std::net::SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_and_streaming_bodies_pass_the_refusal_through_and_the_token_is_replaced_for_the_next(
 ) {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let (entra, up, p) = start_ado("").await;
     let client = support::http_client();
     assert_eq!(
-        client
-            .get(p.url("/ado/warm"))
-            .send()
-            .await
-            .expect("req")
-            .status(),
+        support::get(&client, p.url("/ado/warm")).await.status(),
         200
     );
     up.revoke(&current_token(&entra));
@@ -204,11 +191,7 @@ async fn azure_devops_sign_in_redirect_is_replayed_its_2xx_sign_in_pages_are_not
     // the request is replayed with a fresh token.
     up.set_revoked_answer(RevokedAnswer::AdoSignInRedirect);
     let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
-    let r = client
-        .get(p.url("/ado/org/_apis/projects"))
-        .send()
-        .await
-        .expect("req");
+    let r = support::get(&client, p.url("/ado/org/_apis/projects")).await;
     assert_eq!(r.status(), 200);
     let before = entra.token_requests();
     up.revoke(&current_token(&entra));
@@ -229,7 +212,7 @@ async fn azure_devops_sign_in_redirect_is_replayed_its_2xx_sign_in_pages_are_not
     for answer in [RevokedAnswer::AdoNonAuthoritative, RevokedAnswer::AdoHtml] {
         up.set_revoked_answer(answer);
         let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
-        let warm = client.get(p.url("/ado/warm")).send().await.expect("req");
+        let warm = support::get(&client, p.url("/ado/warm")).await;
         assert_eq!(warm.status(), 200, "{answer:?}");
         let before = entra.token_requests();
         up.revoke(&current_token(&entra));
@@ -283,7 +266,7 @@ async fn azure_devops_sign_in_redirect_is_replayed_its_2xx_sign_in_pages_are_not
     // request not replayed, the token kept.
     up.set_revoked_answer(RevokedAnswer::ForeignSignInRedirect);
     let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
-    let warm = client.get(p.url("/ado/warm")).send().await.expect("req");
+    let warm = support::get(&client, p.url("/ado/warm")).await;
     assert_eq!(warm.status(), 200);
     let before = entra.token_requests();
     up.revoke(&current_token(&entra));
@@ -306,12 +289,7 @@ async fn azure_devops_sign_in_redirect_is_replayed_its_2xx_sign_in_pages_are_not
     up.set_revoked_answer(RevokedAnswer::AdoHtml);
     let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
     assert_eq!(
-        client
-            .get(p.url("/ado/warm"))
-            .send()
-            .await
-            .expect("r")
-            .status(),
+        support::get(&client, p.url("/ado/warm")).await.status(),
         200
     );
     up.revoke(&current_token(&entra));
@@ -337,11 +315,7 @@ async fn a_replacement_that_is_refused_too_is_passed_through_without_a_token_sto
     up.refuse_every_token();
     let mut statuses = Vec::new();
     for i in 0..20 {
-        let r = client
-            .get(p.url(&format!("/def/api/machines/{i}")))
-            .send()
-            .await
-            .expect("req");
+        let r = support::get(&client, p.url(&format!("/def/api/machines/{i}"))).await;
         statuses.push(r.status().as_u16());
     }
     assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
@@ -355,17 +329,10 @@ async fn a_replacement_that_is_refused_too_is_passed_through_without_a_token_sto
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claims_challenge_is_answered_with_a_token_carrying_those_claims() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let (entra, up, p) = start_ado("").await;
     let client = support::http_client();
     assert_eq!(
-        client
-            .get(p.url("/ado/warm"))
-            .send()
-            .await
-            .expect("r")
-            .status(),
+        support::get(&client, p.url("/ado/warm")).await.status(),
         200
     );
     // The session changed (a CAE event): the API wants a token issued after it.
@@ -387,11 +354,7 @@ async fn a_claims_challenge_is_answered_with_a_token_carrying_those_claims() {
     // The new token serves what follows: no more challenges, no more token requests.
     let before = entra.token_requests();
     for i in 0..5 {
-        let r = client
-            .get(p.url(&format!("/ado/x/{i}")))
-            .send()
-            .await
-            .expect("r");
+        let r = support::get(&client, p.url(&format!("/ado/x/{i}"))).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(entra.token_requests(), before);
@@ -409,12 +372,7 @@ async fn the_cp1_capability_is_declared_and_merged_with_a_challenge() {
     let p = Patless::start(&toml).await;
     let client = support::http_client();
     assert_eq!(
-        client
-            .get(p.url("/ado/warm"))
-            .send()
-            .await
-            .expect("r")
-            .status(),
+        support::get(&client, p.url("/ado/warm")).await.status(),
         200
     );
     let cp1 = json!({"access_token": {"xms_cc": {"values": ["cp1"]}}});
@@ -424,11 +382,7 @@ async fn the_cp1_capability_is_declared_and_merged_with_a_challenge() {
 
     let challenge = json!({"access_token": {"nbf": {"essential": true, "value": "1726000000"}}});
     up.require_claims(challenge);
-    let r = client
-        .get(p.url("/ado/after-event"))
-        .send()
-        .await
-        .expect("r");
+    let r = support::get(&client, p.url("/ado/after-event")).await;
     assert_eq!(r.status(), 200);
     let last = entra.requests().last().cloned().expect("token request");
     let sent: Value = serde_json::from_str(last.form.get("claims").expect("claims")).unwrap();
@@ -465,21 +419,12 @@ async fn managed_identity_cannot_pass_claims_so_the_challenge_bypasses_the_cache
     let p = Patless::start(&toml).await;
     let client = support::http_client();
     assert_eq!(
-        client
-            .get(p.url("/ado/warm"))
-            .send()
-            .await
-            .expect("r")
-            .status(),
+        support::get(&client, p.url("/ado/warm")).await.status(),
         200
     );
     assert_eq!(imds.requests().len(), 1);
     up.require_claims(json!({"access_token": {"nbf": {"essential": true, "value": "1"}}}));
-    let r = client
-        .get(p.url("/ado/challenged"))
-        .send()
-        .await
-        .expect("r");
+    let r = support::get(&client, p.url("/ado/challenged")).await;
     // IMDS was asked again (the cached token was bypassed), without claims: it cannot satisfy
     // the challenge, so the upstream's answer is passed on.
     assert_eq!(imds.requests().len(), 2, "the cache entry was bypassed");

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE};
-use crate::support::patless::{config, Patless, ADO};
+use crate::support::patless::{config, start_ado, Patless, ADO};
 use crate::support::upstream::FakeUpstream;
 
 const INBOUND: &str = "inbound-shared-secret-0123456789";
@@ -146,15 +146,7 @@ async fn not_an_open_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_trip_cleanly_and_the_process_keeps_serving() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(
-        &entra,
-        &[("/ado", &up.url(), ADO)],
-        "max_uri_bytes = 1024\nmax_header_bytes = 16384\nheader_read_timeout = \"400ms\"\nmax_connections = 3",
-        "",
-    ))
-    .await;
+    let (_entra, up, p) = start_ado("max_uri_bytes = 1024\nmax_header_bytes = 16384\nheader_read_timeout = \"400ms\"\nmax_connections = 3").await;
 
     // Request target too long.
     let long = format!("/ado/{}", "a".repeat(2000));
@@ -240,14 +232,9 @@ async fn a_non_loopback_listen_needs_an_inbound_token_or_an_explicit_opt_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_attacks_sent_raw_are_refused_before_anything_reaches_the_upstream() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(
-        &entra,
-        &[("/ado", &up.url(), ADO)],
+    let (_entra, up, p) = start_ado(
         "allowed_hosts = [\"patless.tools.svc\"]\nallowed_origins = [\"http://127.0.0.1:3000\"]",
-        "",
-    ))
+    )
     .await;
     let post = |host: &str, extra: &str| {
         format!(
@@ -350,15 +337,8 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_and_head_clocks_are_separate_and_spare_requests_in_flight() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(
-        &entra,
-        &[("/ado", &up.url(), ADO)],
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"1500ms\"",
-        "",
-    ))
-    .await;
+    let (_entra, up, p) =
+        start_ado("header_read_timeout = \"300ms\"\nidle_timeout = \"1500ms\"").await;
     let keep_alive = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
 
     // A kept-alive connection outlives the head clock while idle, and is reused…
@@ -543,9 +523,7 @@ async fn a_bracketed_host_is_an_ipv6_literal_and_a_port_or_it_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_is_refused_and_never_forwarded() {
-    let entra = FakeEntra::start().await;
-    let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(&entra, &[("/ado", &up.url(), ADO)], "", "")).await;
+    let (_entra, up, p) = start_ado("").await;
     let (status, json, text) = raw(
         p.addr,
         "TRACE /ado/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",

@@ -143,7 +143,7 @@ async fn a_refused_connection_is_502_upstream_unreachable() {
     .await;
     let client = support::http_client();
     for _ in 0..2 {
-        let r = client.get(p.url("/up/x")).send().await.expect("req");
+        let r = support::get(&client, p.url("/up/x")).await;
         assert_eq!(r.status(), 502);
         assert_eq!(r.headers()["content-type"], "application/json");
         let body: Value = r.json().await.expect("json");
@@ -167,7 +167,7 @@ async fn slow_response_headers_are_504_and_the_upstream_request_is_dropped() {
     let client = support::http_client();
     for n in 0..2 {
         let started = std::time::Instant::now();
-        let r = client.get(p.url("/up/slow")).send().await.expect("req");
+        let r = support::get(&client, p.url("/up/slow")).await;
         assert_eq!(r.status(), 504);
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["error"], "upstream_timeout");
@@ -262,16 +262,12 @@ async fn a_body_broken_off_mid_answer_is_counted_as_kind_body() {
             sent: 16 * 1024,
             end,
         });
-        let r = client
-            .get(p.url("/up/download"))
-            .send()
-            .await
-            .expect("headers arrive");
+        let r = support::get(&client, p.url("/up/download")).await;
         assert_eq!(r.status(), 200);
         assert!(r.bytes().await.is_err(), "{framing:?} {end:?}: incomplete");
     }
     // A complete answer is not an error.
-    let r = client.get(p.url("/up/fine")).send().await.expect("req");
+    let r = support::get(&client, p.url("/up/fine")).await;
     assert_eq!(
         r.bytes().await.expect("complete").as_ref(),
         br#"{"ok":true}"#
@@ -378,7 +374,7 @@ async fn an_upstream_head_over_256_kib_is_502_and_a_large_one_passes() {
         Action::Reply(reply)
     };
     up.push(with_headers(48, 4));
-    let r = client.get(p.url("/up/large")).send().await.expect("req");
+    let r = support::get(&client, p.url("/up/large")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()
@@ -390,7 +386,7 @@ async fn an_upstream_head_over_256_kib_is_502_and_a_large_one_passes() {
     assert_eq!(r.text().await.expect("body"), r#"{"big":true}"#);
 
     up.push(with_headers(90, 8));
-    let r = client.get(p.url("/up/huge")).send().await.expect("req");
+    let r = support::get(&client, p.url("/up/huge")).await;
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"], "upstream_unreachable");

@@ -139,6 +139,16 @@ pub fn http_client() -> reqwest::Client {
         .expect("build reqwest client")
 }
 
+/// `GET url` on `client` (its pooled connections reused); panics when no answer comes (any
+/// status is an answer).
+pub async fn get(client: &reqwest::Client, url: String) -> reqwest::Response {
+    client
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 /// Response body type used by the fakes.
 pub type Body = BoxBody<Bytes, Infallible>;
 

@@ -215,6 +215,21 @@ impl Drop for Patless {
     }
 }
 
+/// A fake Entra, an Azure DevOps upstream and patless routing `/ado` to it with the profile
+/// `bot` ([`config`], `server_extra` in `[server]`): where most proxy tests start.
+pub async fn start_ado(server_extra: &str) -> (FakeEntra, super::upstream::FakeUpstream, Patless) {
+    let entra = FakeEntra::start().await;
+    let up = super::upstream::FakeUpstream::start(super::entra::ADO_AUDIENCE).await;
+    let p = Patless::start(&config(
+        &entra,
+        &[("/ado", &up.url(), ADO)],
+        server_extra,
+        "",
+    ))
+    .await;
+    (entra, up, p)
+}
+
 /// Loads `toml` as an embedded config read with `env`; panics with the errors when it is invalid.
 pub fn load(toml: &str, env: &MapEnv) -> LoadedConfig {
     load_from_str(toml, Format::Toml, ConfigSource::Embedded, env)
