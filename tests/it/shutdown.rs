@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE};
-use crate::support::patless::{config, poll_status, Gate, Patless, PatlessProcess, ADO};
+use crate::support::patless::{config, poll_status, refused, Gate, Patless, PatlessProcess, ADO};
 use crate::support::upstream::FakeUpstream;
 
 /// A status over a fresh connection, or `None` when nothing accepts one.
@@ -23,10 +23,6 @@ async fn status(url: &str) -> Option<u16> {
         .await
         .ok()
         .map(|r| r.status().as_u16())
-}
-
-fn refused(addr: std::net::SocketAddr) -> bool {
-    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,19 +84,8 @@ async fn requests_in_flight_drain_after_the_listener_closes() {
     let in_flight = tokio::spawn(status_and_body(p.url("/slow/x")));
     gate.wait_arrived(1).await;
     p.begin_shutdown();
-    let began = Instant::now();
-    while !refused(p.addr) {
-        assert!(
-            began.elapsed() < Duration::from_secs(2),
-            "listener never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // Closed to new connections, the request in flight still gets its answer.
-    assert!(
-        !p.wait_stopped(Duration::from_millis(200)).await,
-        "run returned before the drain"
-    );
+    p.assert_closed_while_draining().await;
     gate.open(1);
     let (code, body) = in_flight.await.expect("join");
     assert_eq!((code, body["from"].as_str()), (200, Some("slow")));

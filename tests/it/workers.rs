@@ -165,18 +165,7 @@ async fn shutdown_drains_requests_in_flight_on_every_worker() {
         .collect();
     gate.wait_arrived(2).await;
     p.begin_shutdown();
-    let began = Instant::now();
-    while std::net::TcpStream::connect_timeout(&p.addr, Duration::from_millis(200)).is_ok() {
-        assert!(
-            began.elapsed() < Duration::from_secs(2),
-            "listener never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        !p.wait_stopped(Duration::from_millis(200)).await,
-        "run returned before the drain"
-    );
+    p.assert_closed_while_draining().await;
     gate.open(2);
     for t in in_flight {
         assert_eq!(t.await.expect("join"), (200, Some("slow".to_string())));

@@ -1306,15 +1306,7 @@ fn loopback_redirect(uri: &str) -> bool {
 }
 
 fn authorize_endpoint(state: Arc<State>, tenant: String, req: Request<Incoming>) -> Response<Body> {
-    let query: HashMap<String, String> = req
-        .uri()
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let query = super::query_params(req.uri());
     let mut u = lock(&state.users);
     u.authorize_requests.push(AuthorizeRecord {
         query: query.clone(),

@@ -149,6 +149,13 @@ pub async fn get(client: &reqwest::Client, url: String) -> reqwest::Response {
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
+/// The query parameters of `uri`, decoded (the last of a repeated name wins).
+pub fn query_params(uri: &hyper::Uri) -> std::collections::HashMap<String, String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
 /// Response body type used by the fakes.
 pub type Body = BoxBody<Bytes, Infallible>;
 

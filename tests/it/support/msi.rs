@@ -324,15 +324,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let query: HashMap<String, String> = parts
-        .uri
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let query = super::query_params(&parts.uri);
     let is_form = parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -198,6 +198,24 @@ impl Patless {
         }
     }
 
+    /// After [`Patless::begin_shutdown`] with requests in flight: waits up to 2 s for the proxy
+    /// listener to refuse connections, then asserts that `run` has not returned 200 ms later
+    /// (it is draining them).
+    pub async fn assert_closed_while_draining(&mut self) {
+        let began = std::time::Instant::now();
+        while !refused(self.addr) {
+            assert!(
+                began.elapsed() < Duration::from_secs(2),
+                "listener never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !self.wait_stopped(Duration::from_millis(200)).await,
+            "run returned before the drain"
+        );
+    }
+
     /// Signals shutdown and waits for `run` to return (after draining).
     pub async fn stop(mut self) {
         self.begin_shutdown();
@@ -470,6 +488,11 @@ impl Drop for PatlessProcess {
             let _ = c.wait();
         }
     }
+}
+
+/// Whether `addr` refuses a connection (or does not accept one within 200 ms).
+pub fn refused(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
 }
 
 /// Polls `url` (a fresh connection each time) until it answers `want`, for up to `within`.
