@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::support;
 use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, CLIENT_ID, CLIENT_SECRET, TENANT};
-use crate::support::patless::{config, Patless, ADO};
+use crate::support::patless::{config, try_load, Patless, ADO};
 use crate::support::upstream::FakeUpstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,16 +48,17 @@ async fn readyz_turns_green_once_every_route_holds_a_token_and_metrics_follow() 
         .expect("ascii")
         .starts_with("text/plain"));
     let m = m.text().await.expect("text");
-    for needle in [
-        r#"patless_token_refreshes_total{profile="bot",result="success"} 1"#,
-        r#"patless_token_refresh_duration_seconds_count{profile="bot"} 1"#,
-        r#"patless_token_expiry_timestamp_seconds{profile="bot",scope="499b84ac-1321-427f-aa17-267ca6975798/.default"}"#,
-        r#"patless_requests_total{route="/ado",status="200"} 1"#,
-        r#"patless_request_duration_seconds_count{route="/ado"} 1"#,
-        r#"patless_build_info{version=""#,
-    ] {
-        assert!(m.contains(needle), "missing {needle} in\n{m}");
-    }
+    support::assert_contains_all(
+        &m,
+        &[
+            r#"patless_token_refreshes_total{profile="bot",result="success"} 1"#,
+            r#"patless_token_refresh_duration_seconds_count{profile="bot"} 1"#,
+            r#"patless_token_expiry_timestamp_seconds{profile="bot",scope="499b84ac-1321-427f-aa17-267ca6975798/.default"}"#,
+            r#"patless_requests_total{route="/ado",status="200"} 1"#,
+            r#"patless_request_duration_seconds_count{route="/ado"} 1"#,
+            r#"patless_build_info{version=""#,
+        ],
+    );
     let expiry: f64 = m
         .lines()
         .find(|l| l.starts_with("patless_token_expiry_timestamp_seconds{"))
@@ -262,16 +263,7 @@ async fn the_admin_listener_refuses_browsers_and_foreign_hosts_and_guards_metric
 
 #[test]
 fn a_non_loopback_admin_listen_needs_a_token_or_an_explicit_opt_in() {
-    use patless::config::{load_from_str, ConfigSource, Format};
-    let env = MapEnv::default();
-    let load = |server: &str| {
-        load_from_str(
-            &format!("[server]\n{server}\n"),
-            Format::Toml,
-            ConfigSource::Embedded,
-            &env,
-        )
-    };
+    let load = |server: &str| try_load(&format!("[server]\n{server}\n"));
     let err = load("admin_listen = \"0.0.0.0:7071\"").expect_err("refused");
     let text = err.to_string();
     assert!(

@@ -254,19 +254,16 @@ async fn a_token_no_federated_credential_matches_is_explained() {
     ))
     .await;
     assert_eq!(err.codes, vec![70021]);
-    for wanted in [
-        "AADSTS70021",
-        "check issuer, subject and audience",
-        ISSUER,
-        SUBJECT,
-        SERVICE_CONNECTION_ID,
-    ] {
-        assert!(
-            err.message.contains(wanted),
-            "expected `{wanted}` in: {}",
-            err.message
-        );
-    }
+    support::assert_contains_all(
+        &err.message,
+        &[
+            "AADSTS70021",
+            "check issuer, subject and audience",
+            ISSUER,
+            SUBJECT,
+            SERVICE_CONNECTION_ID,
+        ],
+    );
     assert_no_secret(&err.message, &pipelines);
 }
 

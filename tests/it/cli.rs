@@ -305,16 +305,7 @@ async fn token_prints_az_compatible_json() {
     let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
     let before = now_secs();
     let run = sb
-        .run_async(
-            &[
-                "token",
-                "--profile",
-                "bot",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            &[],
-        )
+        .run_with_config(&["token", "--profile", "bot"], &config)
         .await;
     let after = now_secs();
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -373,18 +364,7 @@ async fn token_raw_prints_only_the_token() {
     let sb = Sandbox::new();
     let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
     let run = sb
-        .run_async(
-            &[
-                "token",
-                "--profile",
-                "bot",
-                "--output",
-                "raw",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            &[],
-        )
+        .run_with_config(&["token", "--profile", "bot", "--output", "raw"], &config)
         .await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_no_secret(&run);
@@ -462,16 +442,7 @@ async fn token_with_a_wrong_secret_fails_with_the_entra_error_and_hint() {
     let config =
         write_wrong_secret_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
     let run = sb
-        .run_async(
-            &[
-                "token",
-                "--profile",
-                "bot",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            &[],
-        )
+        .run_with_config(&["token", "--profile", "bot"], &config)
         .await;
     assert_ne!(run.code, Some(0), "{run:?}");
     assert!(run.code.is_some(), "killed by a signal: {run:?}");
@@ -490,16 +461,7 @@ async fn token_for_an_unknown_profile_exits_64() {
     let sb = Sandbox::new();
     let config = write_config(&sb, &entra, &[("/ado", "http://127.0.0.1:9", ADO_SCOPE)]);
     let run = sb
-        .run_async(
-            &[
-                "token",
-                "--profile",
-                "ghost",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            &[],
-        )
+        .run_with_config(&["token", "--profile", "ghost"], &config)
         .await;
     assert_eq!(run.code, Some(EXIT_CONFIG), "{run:?}");
     assert!(run.stderr.contains("ghost"), "{run:?}");
@@ -516,9 +478,7 @@ async fn check_shows_the_token_and_probes_each_route() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
-    let run = sb
-        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
-        .await;
+    let run = sb.run_with_config(&["check"], &config).await;
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_no_secret(&run);
     assert!(
@@ -560,9 +520,7 @@ async fn check_fails_when_the_upstream_rejects_the_token() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
-    let run = sb
-        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
-        .await;
+    let run = sb.run_with_config(&["check"], &config).await;
     assert_ne!(run.code, Some(0), "{run:?}");
     assert!(run.code.is_some(), "killed by a signal: {run:?}");
     let probe_line = run
@@ -583,12 +541,7 @@ async fn check_no_probe_skips_the_probes() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
-    let run = sb
-        .run_async(
-            &["check", "--no-probe", "--config", config.to_str().unwrap()],
-            &[],
-        )
-        .await;
+    let run = sb.run_with_config(&["check", "--no-probe"], &config).await;
     // The token is fine and the (rejecting) upstream is never asked.
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stdout.contains(ADO_AUDIENCE), "{run:?}");
@@ -604,9 +557,7 @@ async fn check_with_a_wrong_secret_explains_the_entra_error() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_wrong_secret_config(&sb, &entra, &[("/api", &url, ADO_SCOPE)]);
-    let run = sb
-        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
-        .await;
+    let run = sb.run_with_config(&["check"], &config).await;
     assert_ne!(run.code, Some(0), "{run:?}");
     assert!(run.code.is_some(), "killed by a signal: {run:?}");
     let all = run.all();
@@ -639,9 +590,7 @@ async fn check_names_the_defender_permission_a_403_lacks() {
     let sb = Sandbox::new();
     let url = upstream.url();
     let config = write_config(&sb, &entra, &[("/defender", &url, DEFENDER_SCOPE)]);
-    let run = sb
-        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
-        .await;
+    let run = sb.run_with_config(&["check"], &config).await;
     assert_eq!(run.code, Some(1), "{run:?}");
     assert_no_secret(&run);
     // Before any probe: what the usual endpoints need, against what the token holds.
@@ -688,9 +637,7 @@ async fn check_passes_when_the_token_holds_the_defender_roles() {
             ("/mde", &mde_url, MDE_SCOPE),
         ],
     );
-    let run = sb
-        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
-        .await;
+    let run = sb.run_with_config(&["check"], &config).await;
     assert_no_secret(&run);
     assert!(
         permission_row(&run, "api/incidents").contains("ok, has Incident.Read.All"),
@@ -733,9 +680,7 @@ async fn check_explains_azure_devops_permissions_come_from_membership() {
     let sb = Sandbox::new();
     let url = format!("{}/contoso", upstream.url());
     let config = write_config(&sb, &entra, &[("/ado", &url, ADO_SCOPE)]);
-    let run = sb
-        .run_async(&["check", "--config", config.to_str().unwrap()], &[])
-        .await;
+    let run = sb.run_with_config(&["check"], &config).await;
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(
         run.stdout.contains("Azure DevOps: the token grants"),

@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use crate::support;
 use crate::support::certs::{
     cert_der_from_pem, jwt_claims, jwt_header, pfx, pki, thumbprint_s256, verifier_for,
-    verifier_for_any, FIXTURE_PASSWORD,
+    verifier_for_any, Pki, FIXTURE_PASSWORD,
 };
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLIENT_ID, TENANT};
 use crate::support::patless::{profile_config, Patless, ADO};
@@ -34,6 +34,15 @@ fn cert_config(entra: &FakeEntra, up: &FakeUpstream, file: &Path, extra: &str) -
         file.display()
     );
     profile_config(Some(&entra.authority()), &up.url(), "cert", &body, "")
+}
+
+/// The test PKI, a fake Entra on which only its leaf certificate is registered for the app, and
+/// a directory for the files.
+async fn leaf_registered() -> (&'static Pki, FakeEntra, TempDir) {
+    let pki = pki();
+    let entra = FakeEntra::start().await;
+    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
+    (pki, entra, TempDir::new().expect("tempdir"))
 }
 
 fn credential(
@@ -95,11 +104,8 @@ async fn expect_not_configured(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pem_bundle_signs_a_ps256_assertion_that_entra_accepts() {
-    let pki = pki();
-    let entra = FakeEntra::start().await;
-    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
+    let (pki, entra, dir) = leaf_registered().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let dir = TempDir::new().expect("tempdir");
     let file = write_file(dir.path(), "client.pem", pki.bundle_pem());
     let p = Patless::start(&cert_config(&entra, &up, &file, "")).await;
 
@@ -146,11 +152,8 @@ async fn a_pem_bundle_signs_a_ps256_assertion_that_entra_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pfx_with_its_password_from_the_environment_works() {
-    let pki = pki();
-    let entra = FakeEntra::start().await;
-    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
+    let (pki, entra, dir) = leaf_registered().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let dir = TempDir::new().expect("tempdir");
     let file = write_file(
         dir.path(),
         "client.pfx",
@@ -176,10 +179,7 @@ async fn a_pfx_with_its_password_from_the_environment_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pfx_is_recognised_by_its_content_whatever_its_name() {
-    let pki = pki();
-    let entra = FakeEntra::start().await;
-    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
-    let dir = TempDir::new().expect("tempdir");
+    let (pki, entra, dir) = leaf_registered().await;
     let file = write_file(
         dir.path(),
         "client.cert",
@@ -192,11 +192,8 @@ async fn a_pfx_is_recognised_by_its_content_whatever_its_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_certificate_chain_puts_x5c_leaf_first_whatever_the_file_order() {
-    let pki = pki();
-    let entra = FakeEntra::start().await;
-    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
+    let (pki, entra, dir) = leaf_registered().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let dir = TempDir::new().expect("tempdir");
     // CA first, key last: the leaf is the certificate whose key is in the file.
     let file = write_file(dir.path(), "client.pem", pki.bundle_pem_ca_first());
     let p = Patless::start(&cert_config(
@@ -243,11 +240,8 @@ async fn send_certificate_chain_puts_x5c_leaf_first_whatever_the_file_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unregistered_certificate_is_a_503_with_aadsts700027_and_its_hint() {
-    let pki = pki();
-    let entra = FakeEntra::start().await;
-    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
+    let (pki, entra, dir) = leaf_registered().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let dir = TempDir::new().expect("tempdir");
     let file = write_file(
         dir.path(),
         "other.pem",
@@ -281,10 +275,7 @@ async fn an_unregistered_certificate_is_a_503_with_aadsts700027_and_its_hint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pfx_password_names_the_file_and_never_the_password() {
-    let pki = pki();
-    let entra = FakeEntra::start().await;
-    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
-    let dir = TempDir::new().expect("tempdir");
+    let (pki, entra, dir) = leaf_registered().await;
     let file = write_file(
         dir.path(),
         "client.pfx",
@@ -325,10 +316,7 @@ async fn a_wrong_pfx_password_names_the_file_and_never_the_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_problems_are_explained_and_name_the_file() {
-    let pki = pki();
-    let entra = FakeEntra::start().await;
-    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
-    let dir = TempDir::new().expect("tempdir");
+    let (pki, entra, dir) = leaf_registered().await;
 
     let missing = dir.path().join("missing.pem");
     expect_not_configured(&entra, &missing, None, "cannot read the file").await;
@@ -578,11 +566,8 @@ fn the_verifier_refuses_what_entra_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_may_live_in_a_second_pem_file() {
-    let pki = pki();
-    let entra = FakeEntra::start().await;
-    entra.set_assertion_verifier(verifier_for(&pki.leaf.der, CLIENT_ID));
+    let (pki, entra, dir) = leaf_registered().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let dir = TempDir::new().expect("tempdir");
     let cert = write_file(
         dir.path(),
         "client.crt",

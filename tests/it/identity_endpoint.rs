@@ -454,15 +454,16 @@ fn bad_identity_endpoint_settings_exit_64_naming_each_key() {
     );
     let (code, _, stderr) = run_patless(&["config"], &bad, &[]);
     assert_eq!(code, Some(64), "{stderr}");
-    for needle in [
-        "identity_endpoint.listen: 0.0.0.0:7072 is not a loopback address",
-        "identity_endpoint.header: missing",
-        "identity_endpoint.profile: profile `nobody` is not defined",
-        "identity_endpoint.resources[0]",
-        "identity_endpoint.resources[1]",
-    ] {
-        assert!(stderr.contains(needle), "no `{needle}` in:\n{stderr}");
-    }
+    support::assert_contains_all(
+        &stderr,
+        &[
+            "identity_endpoint.listen: 0.0.0.0:7072 is not a loopback address",
+            "identity_endpoint.header: missing",
+            "identity_endpoint.profile: profile `nobody` is not defined",
+            "identity_endpoint.resources[0]",
+            "identity_endpoint.resources[1]",
+        ],
+    );
 
     let short =
         format!("{BASE}\n[identity_endpoint]\nheader = \"short\"\nlisten = \"127.0.0.1:7070\"\n");

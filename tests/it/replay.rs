@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, CLAIMS_REQUEST_CLAIM, DEFENDER_AUDIENCE};
 use crate::support::msi::FakeMsi;
-use crate::support::patless::{config, profile_config, start_ado, Patless, ADO, DEFENDER};
+use crate::support::patless::{
+    config, profile_config, start_ado, try_load, Patless, ADO, DEFENDER,
+};
 use crate::support::upstream::{FakeUpstream, RevokedAnswer};
 
 fn metric(m: &str, line_start: &str) -> u64 {
@@ -396,14 +398,7 @@ async fn the_cp1_capability_is_declared_and_merged_with_a_challenge() {
     );
     // A kind that cannot send claims cannot declare capabilities.
     let bad = toml.replace("kind = \"client_secret\"", "kind = \"azure_cli\"");
-    let env = patless::env::MapEnv::default();
-    let err = patless::config::load_from_str(
-        &bad,
-        patless::config::Format::Toml,
-        patless::config::ConfigSource::Embedded,
-        &env,
-    )
-    .expect_err("refused");
+    let err = try_load(&bad).expect_err("refused");
     assert!(
         err.to_string().contains("profiles.bot.client_capabilities"),
         "{err}"

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE};
-use crate::support::patless::{config, start_ado, Patless, ADO};
+use crate::support::patless::{config, start_ado, try_load, Patless, ADO};
 use crate::support::upstream::FakeUpstream;
 
 const INBOUND: &str = "inbound-shared-secret-0123456789";
@@ -201,16 +201,7 @@ async fn limits_trip_cleanly_and_the_process_keeps_serving() {
 
 #[tokio::test]
 async fn a_non_loopback_listen_needs_an_inbound_token_or_an_explicit_opt_in() {
-    use patless::config::{load_from_str, ConfigSource, Format};
-    let env = MapEnv::default();
-    let load = |server: &str| {
-        load_from_str(
-            &format!("[server]\n{server}\n"),
-            Format::Toml,
-            ConfigSource::Embedded,
-            &env,
-        )
-    };
+    let load = |server: &str| try_load(&format!("[server]\n{server}\n"));
     let err = load("listen = \"0.0.0.0:7070\"").expect_err("refused");
     let text = err.to_string();
     assert!(

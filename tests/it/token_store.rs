@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use patless::config::{load_from_str, ConfigSource, Format};
 use patless::credentials::{Credential, EntraClient, ErrorClass, RefreshTokenCredential};
 use patless::env::{Env, MapEnv};
 use patless::login::{logout, LoginError};
@@ -23,6 +22,7 @@ use crate::support::entra::{
     FakeEntra, Fault, RefreshTokenStatus, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, DEFENDER_AUDIENCE,
     DEFENDER_SCOPE, PUBLIC_CLIENT_ID, TENANT,
 };
+use crate::support::patless::load_config;
 
 const RT: &str = "1.AXoA-very-secret-refresh-token-value";
 
@@ -540,14 +540,7 @@ client_secret = "x"
 "#,
         state.display()
     );
-    let config = load_from_str(
-        &text,
-        Format::Toml,
-        ConfigSource::Embedded,
-        &MapEnv::default(),
-    )
-    .expect("valid")
-    .config;
+    let config = load_config(&text);
     let env: Env = Arc::new(MapEnv::default());
     let store = TokenStore::new(state.clone());
     store.save("team", &a_login(RT)).expect("save");

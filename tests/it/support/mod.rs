@@ -78,6 +78,14 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Asserts that `text` contains every one of `needles`, naming the first missing one.
+#[track_caller]
+pub fn assert_contains_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "expected `{needle}` in:\n{text}");
+    }
+}
+
 /// Seconds since the Unix epoch, by the system clock (what token `iat`/`exp` are made of).
 pub fn now_secs() -> u64 {
     SystemTime::now()

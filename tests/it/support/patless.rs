@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use patless::config::{load_from_str, Config, ConfigSource, Format, LoadedConfig};
+use patless::config::{load_from_str, Config, ConfigError, ConfigSource, Format, LoadedConfig};
 use patless::env::MapEnv;
 use patless::server::reload::{ReloadHandle, Reloader};
 use patless::server::Listener;
@@ -246,6 +246,16 @@ pub async fn start_ado(server_extra: &str) -> (FakeEntra, super::upstream::FakeU
     ))
     .await;
     (entra, up, p)
+}
+
+/// Loads `toml` as an embedded config read with an empty environment: the errors, when invalid.
+pub fn try_load(toml: &str) -> Result<LoadedConfig, ConfigError> {
+    load_from_str(
+        toml,
+        Format::Toml,
+        ConfigSource::Embedded,
+        &MapEnv::default(),
+    )
 }
 
 /// Loads `toml` as an embedded config read with `env`; panics with the errors when it is invalid.

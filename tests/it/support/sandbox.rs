@@ -65,6 +65,13 @@ impl Sandbox {
     pub async fn run_async(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         run(self.command(args, env)).await
     }
+
+    /// [`Sandbox::run_async`] of `patless ARGS --config CONFIG`.
+    pub async fn run_with_config(&self, args: &[&str], config: &Path) -> Run {
+        let config = config.to_str().expect("UTF-8 path");
+        let args: Vec<&str> = args.iter().copied().chain(["--config", config]).collect();
+        self.run_async(&args, &[]).await
+    }
 }
 
 /// What a finished run produced.
