@@ -28,7 +28,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::support;
@@ -127,33 +126,26 @@ impl TlsFront {
         let sni = Arc::new(Mutex::new(Vec::new()));
         let seen = sni.clone();
         let acceptor = TlsAcceptor::from(tls);
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                while conns.try_join_next().is_some() {}
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
+        let task = support::accept_each(listener, move |tcp| {
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            async move {
+                // A client that refuses the certificate ends the handshake: nothing to relay.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
                 };
-                let acceptor = acceptor.clone();
-                let seen = seen.clone();
-                conns.spawn(async move {
-                    // A client that refuses the certificate ends the handshake: nothing to relay.
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let name = tls.get_ref().1.server_name().unwrap_or("").to_string();
-                    lock(&seen).push(name);
-                    let Ok(mut plain) = TcpStream::connect(backend).await else {
-                        return;
-                    };
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                });
+                let name = tls.get_ref().1.server_name().unwrap_or("").to_string();
+                lock(&seen).push(name);
+                let Ok(mut plain) = TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
             }
         });
         TlsFront {
             addr,
             sni,
-            _task: AbortOnDrop(task),
+            _task: task,
         }
     }
 
@@ -224,20 +216,11 @@ impl FakeConnectProxy {
             requests: Mutex::new(Vec::new()),
         });
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                while conns.try_join_next().is_some() {}
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                conns.spawn(proxy_connection(shared.clone(), tcp));
-            }
-        });
+        let task = support::accept_each(listener, move |tcp| proxy_connection(shared.clone(), tcp));
         FakeConnectProxy {
             addr,
             state,
-            _task: AbortOnDrop(task),
+            _task: task,
         }
     }
 

@@ -91,7 +91,7 @@ async fn unchanged_profiles_keep_their_tokens_changed_and_removed_ones_stop() {
     write(&path, &before);
     let started = Instant::now();
     let p = Patless::start_file(&path, MapEnv::default(), Duration::from_secs(1)).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
     assert_eq!((entra_a.token_requests(), entra_b.token_requests()), (1, 2));
     let (status, _) = get(p.url("/one/x")).await;
     assert_eq!(status, 200);
@@ -143,7 +143,7 @@ async fn unchanged_profiles_keep_their_tokens_changed_and_removed_ones_stop() {
     drop(new);
 
     // New entries refresh on their own: /readyz turns green again without a request.
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
     let (status, _) = get(p.url("/one/y")).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -209,7 +209,7 @@ async fn an_invalid_config_keeps_the_running_one_and_says_why() {
     );
     write(&path, &good);
     let p = Patless::start_file(&path, MapEnv::default(), Duration::from_secs(1)).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
 
     // Two errors at once, each naming its key.
     let invalid = format!(
@@ -301,7 +301,7 @@ async fn watch_config_reloads_when_the_file_changes() {
     );
     write(&path, &base);
     let p = Patless::start_file(&path, MapEnv::default(), Duration::from_millis(100)).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
     assert!(poll_status(&p.url("/two/x"), 404, Duration::from_secs(1)).await);
 
     write(
@@ -363,7 +363,7 @@ async fn listener_changes_are_refused_and_the_rest_applies() {
     let base = config(&entra, &[("/one", &up.url(), ADO)], "", "");
     write(&path, &base);
     let p = Patless::start_file(&path, MapEnv::default(), Duration::from_secs(1)).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
 
     let elsewhere = free_port();
     let moved = base
@@ -429,7 +429,7 @@ async fn a_request_in_flight_finishes_on_the_old_config() {
         &config(&entra, &[("/slow", &old_up.url(), ADO)], "", ""),
     );
     let p = Patless::start_file(&path, MapEnv::default(), Duration::from_secs(1)).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
 
     let in_flight = tokio::spawn(get(p.url("/slow/x")));
     old_up.wait_arrived(1).await;

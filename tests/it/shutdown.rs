@@ -32,7 +32,7 @@ async fn readyz_turns_503_for_the_delay_while_the_proxy_serves_then_listeners_cl
     let toml = config(&entra, &[("/api", &up.url(), ADO)], "", "")
         .replace("shutdown_delay = \"0s\"", "shutdown_delay = \"1s\"");
     let mut p = Patless::start(&toml).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
 
     let began = Instant::now();
     p.begin_shutdown();
@@ -79,7 +79,7 @@ async fn requests_in_flight_drain_after_the_listener_closes() {
     let entra = FakeEntra::start().await;
     let gate = Gate::start("slow").await;
     let mut p = Patless::start(&config(&entra, &[("/slow", &gate.url(), ADO)], "", "")).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
 
     let in_flight = tokio::spawn(status_and_body(p.url("/slow/x")));
     gate.wait_arrived(1).await;
@@ -117,7 +117,7 @@ async fn grace_bounds_the_drain(workers: Option<usize>) {
         Some(n) => Patless::start_with_workers(&toml, n).await,
         None => Patless::start(&toml).await,
     };
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
     let url = p.url("/stuck/x");
     let in_flight = tokio::spawn(async move {
         support::http_client()
@@ -171,7 +171,7 @@ async fn background_tasks_stop_with_the_server() {
     );
     std::fs::write(&path, &base).expect("write");
     let mut p = Patless::start_file(&path, MapEnv::default(), Duration::from_millis(100)).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
     // The reload handle keeps the last app alive: its refreshers must be stopped, not dropped.
     let handle = p.reloader().clone();
     let app = handle.current().expect("running");

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE};
-use crate::support::patless::{config, metric, poll_status, Gate, Patless, ADO};
+use crate::support::patless::{config, metric, Gate, Patless, ADO};
 use crate::support::upstream::FakeUpstream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +20,7 @@ async fn many_connections_over_workers_all_get_valid_tokens_from_one_acquisition
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let p =
         Patless::start_with_workers(&config(&entra, &[("/ado", &up.url(), ADO)], "", ""), 3).await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
     let (conns, per_conn) = (24, 15);
     let mut tasks = Vec::new();
     for c in 0..conns {
@@ -85,7 +85,7 @@ async fn the_connection_limit_holds_across_workers() {
         2,
     )
     .await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
     // Two connections, one per worker, each with a request held upstream.
     let held: Vec<_> = (0..2)
         .map(|i| {
@@ -146,7 +146,7 @@ async fn shutdown_drains_requests_in_flight_on_every_worker() {
     let mut p =
         Patless::start_with_workers(&config(&entra, &[("/slow", &gate.url(), ADO)], "", ""), 2)
             .await;
-    assert!(poll_status(&p.admin_url("/readyz"), 200, Duration::from_secs(5)).await);
+    p.wait_ready().await;
     // Two connections go to the two workers (the one with fewer open connections takes the next).
     let in_flight: Vec<_> = (0..2)
         .map(|i| {

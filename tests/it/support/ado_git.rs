@@ -314,30 +314,15 @@ where
         .expect("server TLS config");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    AbortOnDrop(tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            while connections.try_join_next().is_some() {}
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            let handler = handler.clone();
-            connections.spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+    super::accept_each(listener, move |tcp| {
+        let acceptor = acceptor.clone();
+        let handler = handler.clone();
+        async move {
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                super::serve_connection(stream, handler).await;
+            }
         }
-    }))
+    })
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::task::JoinSet;
 
 use super::{lock, AbortOnDrop};
 
@@ -277,18 +276,10 @@ impl FaultServer {
             body_bytes: AtomicU64::new(0),
         });
         let st = Arc::clone(&state);
-        let server = AbortOnDrop(tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                while conns.try_join_next().is_some() {}
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::task::yield_now().await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                conns.spawn(connection(Arc::clone(&st), stream));
-            }
-        }));
+        let server = super::accept_each(listener, move |stream| {
+            let _ = stream.set_nodelay(true);
+            connection(Arc::clone(&st), stream)
+        });
         FaultServer {
             addr,
             state,

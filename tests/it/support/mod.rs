@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// RSA private key (PKCS#8 PEM) the fake Entra signs its access tokens with.
@@ -194,6 +194,28 @@ pub async fn bind_loopback() -> TcpListener {
         .expect("bind 127.0.0.1:0")
 }
 
+/// Accepts connections on `listener`, each handled by `on_connection` in a task of its own.
+/// Dropping the returned guard stops accepting and aborts every open connection.
+pub fn accept_each<F, Fut>(listener: TcpListener, on_connection: F) -> AbortOnDrop
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    AbortOnDrop(tokio::spawn(async move {
+        // Connection tasks live in the JoinSet: aborting this task drops the set, which aborts them.
+        let mut connections = JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    connections.spawn(on_connection(stream));
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    }))
+}
+
 /// Serves HTTP/1.1 on `listener`, one task per connection, calling `handler` for every request.
 /// Dropping the returned guard stops accepting and aborts every open connection.
 pub fn serve<F, Fut>(listener: TcpListener, handler: F) -> AbortOnDrop
@@ -201,29 +223,24 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    AbortOnDrop(tokio::spawn(async move {
-        // Connection tasks live in the JoinSet: aborting this task drops the set, which aborts them.
-        let mut connections = JoinSet::new();
-        loop {
-            while connections.try_join_next().is_some() {}
-            let (stream, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
-            connections.spawn(async move {
-                let service = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    }))
+    accept_each(listener, move |stream| {
+        let _ = stream.set_nodelay(true);
+        serve_connection(stream, handler.clone())
+    })
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS), calling `handler` for every request.
+pub async fn serve_connection<I, F, Fut>(io: I, handler: F)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }

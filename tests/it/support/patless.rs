@@ -198,6 +198,14 @@ impl Patless {
         }
     }
 
+    /// Waits up to 5 s for `/readyz` to answer 200 (every route holds a token); panics if not.
+    pub async fn wait_ready(&self) {
+        assert!(
+            poll_status(&self.admin_url("/readyz"), 200, Duration::from_secs(5)).await,
+            "/readyz never turned 200"
+        );
+    }
+
     /// After [`Patless::begin_shutdown`] with requests in flight: waits up to 2 s for the proxy
     /// listener to refuse connections, then asserts that `run` has not returned 200 ms later
     /// (it is draining them).
