@@ -251,7 +251,7 @@ fn config_follows_the_lookup_order() {
     // $XDG_CONFIG_HOME/patless/patless.toml.
     let xdg = sb.write(
         "xdg/patless/patless.toml",
-        &format!("{GOOD_PROFILE}\n[[routes]]\nprefix = \"/from-xdg\"\nupstream = \"https://dev.azure.com\"\nprofile = \"bot\"\n"),
+        format!("{GOOD_PROFILE}\n[[routes]]\nprefix = \"/from-xdg\"\nupstream = \"https://dev.azure.com\"\nprofile = \"bot\"\n"),
     );
     let run = sb.run(&["config"], &[]);
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -261,7 +261,7 @@ fn config_follows_the_lookup_order() {
     // ./patless.toml beats XDG.
     sb.write(
         "work/patless.toml",
-        &format!("{GOOD_PROFILE}\n[[routes]]\nprefix = \"/from-cwd\"\nupstream = \"https://dev.azure.com\"\nprofile = \"bot\"\n"),
+        format!("{GOOD_PROFILE}\n[[routes]]\nprefix = \"/from-cwd\"\nupstream = \"https://dev.azure.com\"\nprofile = \"bot\"\n"),
     );
     let run = sb.run(&["config"], &[]);
     assert_eq!(run.code, Some(0), "{run:?}");

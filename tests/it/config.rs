@@ -106,10 +106,10 @@ client_secret = "literal-bot-secret"
 #[test]
 fn explicit_path_wins_over_patless_config_and_xdg() {
     let dir = TempDir::new().unwrap();
-    let explicit = write_file(dir.path(), "explicit.toml", &marker_config(1001));
-    let from_env = write_file(dir.path(), "from-env.toml", &marker_config(1002));
+    let explicit = write_file(dir.path(), "explicit.toml", marker_config(1001));
+    let from_env = write_file(dir.path(), "from-env.toml", marker_config(1002));
     let xdg = dir.path().join("xdg");
-    write_file(&xdg, "patless/patless.toml", &marker_config(1003));
+    write_file(&xdg, "patless/patless.toml", marker_config(1003));
     let e = env(&[
         ("PATLESS_CONFIG", path_str(&from_env)),
         ("XDG_CONFIG_HOME", path_str(&xdg)),
@@ -127,9 +127,9 @@ fn explicit_path_wins_over_patless_config_and_xdg() {
 #[test]
 fn patless_config_wins_over_xdg() {
     let dir = TempDir::new().unwrap();
-    let from_env = write_file(dir.path(), "from-env.toml", &marker_config(1002));
+    let from_env = write_file(dir.path(), "from-env.toml", marker_config(1002));
     let xdg = dir.path().join("xdg");
-    write_file(&xdg, "patless/patless.toml", &marker_config(1003));
+    write_file(&xdg, "patless/patless.toml", marker_config(1003));
     let e = env(&[
         ("PATLESS_CONFIG", path_str(&from_env)),
         ("XDG_CONFIG_HOME", path_str(&xdg)),
@@ -149,7 +149,7 @@ fn xdg_config_home_is_used_when_nothing_else_is_named() {
     );
     let dir = TempDir::new().unwrap();
     let xdg = dir.path().join("xdg");
-    let file = write_file(&xdg, "patless/patless.toml", &marker_config(1003));
+    let file = write_file(&xdg, "patless/patless.toml", marker_config(1003));
     // An empty PATLESS_CONFIG counts as unset.
     let e = env(&[("XDG_CONFIG_HOME", path_str(&xdg)), ("PATLESS_CONFIG", "")]);
 
@@ -166,7 +166,7 @@ fn home_dot_config_is_the_xdg_default() {
     let file = write_file(
         dir.path(),
         ".config/patless/patless.toml",
-        &marker_config(1004),
+        marker_config(1004),
     );
     let e = env(&[("HOME", path_str(dir.path()))]);
     assert_eq!(find_config_file(None, &e).unwrap(), Some(file));
@@ -249,7 +249,7 @@ fn missing_explicit_file_is_a_file_error() {
     let missing = dir.path().join("nope.toml");
     // A config in XDG must not be used as a silent fallback.
     let xdg = dir.path().join("xdg");
-    write_file(&xdg, "patless/patless.toml", &marker_config(1003));
+    write_file(&xdg, "patless/patless.toml", marker_config(1003));
     let e = env(&[("XDG_CONFIG_HOME", path_str(&xdg))]);
 
     match load(Some(&missing), &e) {
@@ -269,7 +269,7 @@ fn missing_patless_config_file_is_a_file_error() {
     let dir = TempDir::new().unwrap();
     let missing = dir.path().join("gone.toml");
     let xdg = dir.path().join("xdg");
-    write_file(&xdg, "patless/patless.toml", &marker_config(1003));
+    write_file(&xdg, "patless/patless.toml", marker_config(1003));
     let e = env(&[
         ("PATLESS_CONFIG", path_str(&missing)),
         ("XDG_CONFIG_HOME", path_str(&xdg)),
