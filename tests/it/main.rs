@@ -11,7 +11,8 @@
 //!   for the whole binary, and tests read it with [`support::capture::logs`];
 //! - the rustls default crypto provider: [`support::install_crypto_provider`] (idempotent);
 //! - Prometheus: every `App` gets a `Registry` of its own;
-//! - ports: every listener binds `127.0.0.1:0`; the fixed addresses in configs are never bound.
+//! - ports: every listener binds `127.0.0.1:0`, the real binary's too (`PatlessProcess` reads
+//!   the addresses from its log); the fixed addresses in configs are never bound.
 //!
 //! `tests/soak.rs` is its own binary (it counts the process's allocations) and reuses `support/`.
 
