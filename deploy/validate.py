@@ -10,7 +10,7 @@
     python3 deploy/validate.py systemd      # systemd-analyze verify and security (offline)
     python3 deploy/validate.py sync         # rewrite monitoring/prometheusrule.yaml from alerts.yaml
 
-Metric names are checked elsewhere, against a live scrape: tests/deploy_metrics.rs.
+Metric names are checked elsewhere, against a live scrape: tests/it/deploy_metrics.rs.
 Needs PyYAML (a dependency of kubernetes-validate) and Python 3.11+ (tomllib).
 """
 

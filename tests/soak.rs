@@ -10,6 +10,8 @@
 //! PATLESS_SOAK_SECS=600 PATLESS_SOAK_CLIENTS=400 cargo test --release --test soak -- --nocapture
 //! ```
 
+#[allow(dead_code)] // soak uses a few of the fakes
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::alloc::System;
