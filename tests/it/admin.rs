@@ -123,9 +123,8 @@ async fn auto_without_credentials_says_what_it_tried_and_how_to_fix_it() {
         .replace("UPSTREAM", &up.url())
         + "scope = \"499b84ac-1321-427f-aa17-267ca6975798/.default\"\n";
     // IMDS at a closed local port: the probe fails at once instead of waiting on 169.254.169.254.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let imds = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let closed = support::ClosedPort::new();
+    let imds = closed.url();
     let env = MapEnv::new([
         ("AZURE_CLIENT_ID", CLIENT_ID),
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.as_str()),

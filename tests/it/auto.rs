@@ -10,7 +10,7 @@ use patless::App;
 use crate::support;
 use crate::support::entra::{FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, TENANT};
 use crate::support::patless::load;
-use crate::support::AbortOnDrop;
+use crate::support::{AbortOnDrop, ClosedPort};
 
 /// A stand-in managed-identity endpoint (IMDS or App Service): records each request's path+query
 /// and headers, answers with a token for `resource` and string-typed numbers, like Azure does.
@@ -74,13 +74,6 @@ async fn fake_msi() -> FakeMsi {
     }
 }
 
-fn closed_port_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    drop(l);
-    url
-}
-
 fn app(entra: &FakeEntra, env: MapEnv) -> App {
     let toml = format!(
         "[server]\nhost_routes = false\n[entra]\nauthority_host = \"{}\"\n[profiles.auto]\nkind = \"auto\"\n\
@@ -132,11 +125,12 @@ async fn workload_identity_when_a_federated_token_file_is_present() {
     let file = dir.path().join("azure-identity-token");
     std::fs::write(&file, "projected-sa-token-1\n").expect("write");
     entra.accept_federated_assertion("projected-sa-token-1");
+    let imds = ClosedPort::new();
     let env = MapEnv::new([
         ("AZURE_CLIENT_ID", CLIENT_ID),
         ("AZURE_TENANT_ID", TENANT),
         ("AZURE_FEDERATED_TOKEN_FILE", file.to_str().expect("utf8")),
-        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &closed_port_url()),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds.url()),
     ]);
     let (token, source) = acquire(&app(&entra, env)).await;
     assert!(token.is_ok(), "{token:?}");
@@ -207,8 +201,8 @@ async fn app_service_identity_endpoint_is_used_without_probing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_available_lists_every_source_quickly() {
     let entra = FakeEntra::start().await;
-    let imds = closed_port_url();
-    let env = MapEnv::new([("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.as_str())]);
+    let imds = ClosedPort::new();
+    let env = MapEnv::new([("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url())]);
     let app = app(&entra, env);
     let started = std::time::Instant::now();
     let (token, source) = acquire(&app).await;
@@ -264,7 +258,8 @@ async fn environment_certificate_when_there_is_no_secret() {
 async fn the_azure_cli_after_everything_else_and_azd_when_az_is_signed_out() {
     use support::fake_cli::{FakeCli, Mode};
     let entra = FakeEntra::start().await;
-    let imds = closed_port_url();
+    let imds = ClosedPort::new();
+    let imds_url = imds.url();
     let az = FakeCli::az(Mode::Success);
     let azd = FakeCli::azd(Mode::Success);
     let path = format!("{}:{}", az.dir(), azd.dir());
@@ -272,7 +267,7 @@ async fn the_azure_cli_after_everything_else_and_azd_when_az_is_signed_out() {
         MapEnv::new([
             ("PATH", path.as_str()),
             ("HOME", az.dir().as_str()),
-            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.as_str()),
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds_url.as_str()),
         ])
     };
 

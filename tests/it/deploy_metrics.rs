@@ -460,9 +460,8 @@ fn problems(queries: &[(String, String)], exported: &Exported) -> Vec<String> {
 async fn live_scrape() -> String {
     let entra = FakeEntra::start().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let unreachable = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let closed = support::ClosedPort::new();
+    let unreachable = closed.url();
     let broken = format!(
         r#"
 [profiles.broken]

@@ -931,9 +931,8 @@ async fn a_refused_tunnel_is_a_clean_error_naming_the_proxy_but_not_its_password
     p.stop().await;
 
     // The proxy is down: the answer says it is the proxy that cannot be reached.
-    let closed = support::bind_loopback().await;
-    let closed_addr = closed.local_addr().expect("addr");
-    drop(closed);
+    let closed = support::ClosedPort::new();
+    let closed_addr = closed.addr();
     let down = format!("http://egress-user:{PASSWORD}@{closed_addr}");
     let p = Patless::start(&w.config(EntraAt::Loopback, &routes, &egress(&down))).await;
     let r = get(&p, "/def/api/d").await;

@@ -191,9 +191,8 @@ async fn rewrites_redirects_into_the_upstream_back_to_the_proxy() {
 async fn upstream_unreachable_and_timeout_are_json_errors() {
     let entra = FakeEntra::start().await;
     // A port with nothing behind it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let closed = support::ClosedPort::new();
+    let closed_url = closed.url();
     // A server that accepts and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

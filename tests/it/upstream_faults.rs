@@ -131,9 +131,8 @@ fn dechunk(mut body: &[u8]) -> (Vec<u8>, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_502_upstream_unreachable() {
     let entra = FakeEntra::start().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let closed = support::ClosedPort::new();
+    let closed_url = closed.url();
     let p = Patless::start(&faults::config(
         &entra.authority(),
         &[("/up", &closed_url, ADO)],

@@ -187,6 +187,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A local port that refuses connections for as long as this lives: bound, never listening. (A
+/// port bound and let go is refused only until another test's listener is given it, which in
+/// one process full of tests binding `127.0.0.1:0` happens.)
+pub struct ClosedPort {
+    addr: std::net::SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    /// Binds `127.0.0.1:0` without listening (and without `SO_REUSEADDR`, so nothing else can
+    /// bind the port meanwhile).
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind 127.0.0.1:0");
+        let addr = socket.local_addr().expect("addr");
+        ClosedPort {
+            addr,
+            _socket: socket,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 /// Binds a listener on `127.0.0.1:0`.
 pub async fn bind_loopback() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
