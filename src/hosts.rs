@@ -1,6 +1,9 @@
 //! The known Microsoft hosts: which Entra scope each one takes, which cloud (authority) it lives in,
-//! and whether it is Azure DevOps (which needs `X-TFS-FedAuthRedirect: Suppress`). Host routes
-//! (`/{host}/…`) serve these hosts and no others, so patless is never an open proxy.
+//! whether it is Azure DevOps (which needs `X-TFS-FedAuthRedirect: Suppress`), how it takes the
+//! token (`Authorization: Bearer`, or `Basic` for the Azure Artifacts feeds), and whether its
+//! answers carry absolute URLs to itself that must be pointed back at patless (package feeds,
+//! OData and ARM paging). Host routes (`/{host}/…`) serve these hosts and no others, so patless
+//! is never an open proxy.
 
 /// Azure DevOps' one audience, for every one of its hosts.
 pub const AZURE_DEVOPS_SCOPE: &str = "499b84ac-1321-427f-aa17-267ca6975798/.default";
@@ -23,6 +26,36 @@ enum Pattern {
     Affix(&'static str, &'static str),
 }
 
+/// How the token is presented to an upstream (`auth` of a route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`.
+    #[default]
+    Bearer,
+    /// `Authorization: Basic base64("patless:" + token)`: the form package clients use with a
+    /// PAT, which Azure DevOps accepts with an Entra access token as the password.
+    Basic,
+}
+
+impl Auth {
+    /// `"bearer"` or `"basic"`, as the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Auth::Bearer => "bearer",
+            Auth::Basic => "basic",
+        }
+    }
+
+    /// The config's spelling → the scheme.
+    pub fn parse(text: &str) -> Option<Auth> {
+        match text {
+            "bearer" => Some(Auth::Bearer),
+            "basic" => Some(Auth::Basic),
+            _ => None,
+        }
+    }
+}
+
 /// One row of the known-hosts table.
 #[derive(Debug, Clone, Copy)]
 pub struct KnownHost {
@@ -33,23 +66,46 @@ pub struct KnownHost {
     pub authority: &'static str,
     /// Azure DevOps host (gets `X-TFS-FedAuthRedirect: Suppress`).
     pub azure_devops: bool,
+    /// How the host takes the token, unless a route says otherwise.
+    pub auth: Auth,
+    /// Whether its answers' absolute URLs to itself are pointed at patless, unless a route says
+    /// otherwise (`rewrite_urls`).
+    pub rewrite_urls: bool,
 }
 
+/// A Microsoft API (Graph, Defender, ARM): bearer tokens, and answers that page with absolute
+/// `@odata.nextLink`/`nextLink` URLs to the API itself.
 const fn row(pattern: Pattern, scope: &'static str, authority: &'static str) -> KnownHost {
     KnownHost {
         pattern,
         scope,
         authority,
         azure_devops: false,
+        auth: Auth::Bearer,
+        rewrite_urls: true,
     }
 }
 
+/// An Azure DevOps host.
 const fn ado(pattern: Pattern) -> KnownHost {
     KnownHost {
         pattern,
         scope: AZURE_DEVOPS_SCOPE,
         authority: PUBLIC_AUTHORITY,
         azure_devops: true,
+        auth: Auth::Bearer,
+        rewrite_urls: false,
+    }
+}
+
+/// An Azure Artifacts host: Azure DevOps' audience, the token as a `Basic` password (what
+/// package clients send), and answers full of absolute URLs to the feed (tarballs, index links,
+/// service-index `@id`s).
+const fn feed(pattern: Pattern) -> KnownHost {
+    KnownHost {
+        auth: Auth::Basic,
+        rewrite_urls: true,
+        ..ado(pattern)
     }
 }
 
@@ -58,6 +114,9 @@ use Pattern::{Affix, Exact, Subdomain};
 /// Every known host with its scope — each API's `/.default` scope; Azure DevOps' is its fixed
 /// application id — public cloud first, then the sovereign-cloud rows (docs/routes.md).
 const KNOWN_HOSTS: &[KnownHost] = &[
+    // The feeds first: `pkgs.dev.azure.com` is also a `*.dev.azure.com`.
+    feed(Exact("pkgs.dev.azure.com")),
+    feed(Subdomain("pkgs.visualstudio.com")),
     ado(Exact("dev.azure.com")),
     ado(Subdomain("dev.azure.com")),
     ado(Subdomain("visualstudio.com")),
@@ -226,6 +285,40 @@ mod tests {
         assert!(lookup("dev.azure.com.evil.com").is_none());
         assert!(lookup("a.b.dev.azure.com").is_none());
         assert!(lookup("xdev.azure.com").is_none());
+    }
+
+    #[test]
+    fn feed_hosts_take_basic_and_rewrite_their_urls() {
+        for h in ["pkgs.dev.azure.com", "contoso.pkgs.visualstudio.com"] {
+            let k = lookup(h).unwrap_or_else(|| panic!("{h} should be known"));
+            assert_eq!(k.scope, AZURE_DEVOPS_SCOPE, "{h}");
+            assert_eq!(k.auth, Auth::Basic, "{h}");
+            assert!(k.rewrite_urls, "{h}");
+            assert!(k.azure_devops, "{h}");
+        }
+        for h in [
+            "dev.azure.com",
+            "vssps.dev.azure.com",
+            "contoso.visualstudio.com",
+        ] {
+            let k = lookup(h).expect("known");
+            assert_eq!(k.auth, Auth::Bearer, "{h}");
+            assert!(!k.rewrite_urls, "{h}");
+        }
+        for h in [
+            "graph.microsoft.com",
+            "api.security.microsoft.com",
+            "api-eu.securitycenter.microsoft.com",
+            "management.azure.com",
+        ] {
+            let k = lookup(h).expect("known");
+            assert_eq!(k.auth, Auth::Bearer, "{h}");
+            assert!(k.rewrite_urls, "{h} pages with absolute URLs");
+        }
+        assert!(lookup("a.b.pkgs.visualstudio.com").is_none());
+        assert_eq!(Auth::parse("basic"), Some(Auth::Basic));
+        assert_eq!(Auth::parse("Basic"), None);
+        assert_eq!(Auth::Bearer.as_str(), "bearer");
     }
 
     #[test]

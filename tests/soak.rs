@@ -1,3 +1,6 @@
+//! The tests that measure the process's heap (one at a time, see [`HEAP`]): the URL rewrite of a
+//! 64 MiB answer in constant memory, and the soak.
+//!
 //! Soak (docs/development.md, "Soak"): hundreds of clients through hundreds of token refresh
 //! cycles, with Entra faulting at random, the upstream revoking tokens at random, and config
 //! reloads — and the promise kept: no request reaches the upstream without a valid, unexpired
@@ -195,6 +198,7 @@ async fn one(client: &reqwest::Client, base: &str, kind: u32, seed: u64, big: &B
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_through_refreshes_faults_revocations_and_reloads() {
+    let _alone = HEAP.lock().await;
     if let Ok(filter) = std::env::var("PATLESS_SOAK_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -514,4 +518,144 @@ async fn soak_through_refreshes_faults_revocations_and_reloads() {
         "{residual} KiB still allocated after {ok} requests and everything stopped \
          (bound {leak_bound} KiB: 4 MiB + 16 KiB per client)"
     );
+}
+
+/// The tests of this binary measure the process's heap: one at a time.
+static HEAP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The size of the JSON answer the URL rewrite streams.
+const FIREHOSE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// An upstream whose one answer is `FIREHOSE_BYTES` of JSON records, each with an absolute URL
+/// to the upstream, made as it is sent (in chunks of 8,191 bytes, so URLs fall across chunk
+/// boundaries); returns its base URL, the number of URLs and the bytes it will send.
+async fn firehose() -> (String, u64, u64, support::AbortOnDrop) {
+    let listener = support::bind_loopback().await;
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let record = {
+        let base = base.clone();
+        move |i: u64| {
+            format!("{{\"v\":\"{i}\",\"dist\":{{\"tarball\":\"{base}/org/_packaging/feed/npm/registry/p/-/p-{i}.tgz\"}}}},\n")
+        }
+    };
+    // Whole records up to the size: how many, and the exact length.
+    let (mut n, mut len) = (0u64, 2u64);
+    while len + record(n).len() as u64 <= FIREHOSE_BYTES {
+        len += record(n).len() as u64;
+        n += 1;
+    }
+    let answer = move |req: hyper::Request<hyper::body::Incoming>| {
+        let record = record.clone();
+        async move {
+            use http_body_util::BodyExt as _;
+            if req.uri().path() == "/warm" {
+                return hyper::Response::new(support::full("{}"));
+            }
+            // `[` + records + `]`, made 8,191 bytes at a time.
+            let mut pending = bytes::BytesMut::from(&b"["[..]);
+            let mut next = 0u64;
+            let chunks = futures_util::stream::poll_fn(move |_| {
+                while pending.len() < 8191 && next <= n {
+                    if next == n {
+                        pending.extend_from_slice(b"]");
+                    } else {
+                        pending.extend_from_slice(record(next).as_bytes());
+                    }
+                    next += 1;
+                }
+                if pending.is_empty() {
+                    return std::task::Poll::Ready(None);
+                }
+                let take = pending.len().min(8191);
+                let chunk = pending.split_to(take).freeze();
+                std::task::Poll::Ready(Some(Ok::<_, std::convert::Infallible>(
+                    hyper::body::Frame::data(chunk),
+                )))
+            });
+            hyper::Response::builder()
+                .header("content-type", "application/json")
+                .header("content-length", len)
+                .body(http_body_util::StreamBody::new(chunks).boxed())
+                .expect("answer")
+        }
+    };
+    let (record_n, body_len) = (n, len);
+    let server = support::serve(listener, move |req| {
+        let answer = answer.clone();
+        async move { answer(req).await }
+    });
+    (base, record_n, body_len, server)
+}
+
+/// The URL rewrite keeps its promise of constant memory: a 64 MiB JSON answer with a URL to
+/// the upstream every ~100 bytes streams through it with the live heap flat, every URL pointed
+/// at patless and nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_answer_is_rewritten_in_constant_memory() {
+    let _alone = HEAP.lock().await;
+    let entra = FakeEntra::start().await;
+    let (up, urls, sent, _server) = firehose().await;
+    let mut toml = config(&entra, &[], "", "");
+    toml.push_str(&support::patless::route_toml("/feed", &up, "bot", ADO));
+    toml.push_str("rewrite_urls = true\n");
+    let p = Patless::start(&toml).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/feed/packument", p.addr);
+    // Token and connections first: what they allocate is not the rewrite's.
+    let warm = client
+        .get(format!("http://{}/feed/warm", p.addr))
+        .send()
+        .await
+        .expect("warm-up");
+    assert_eq!(warm.status(), 200);
+    warm.bytes().await.expect("warm-up body");
+    let before = live_kib();
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(live_kib(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut resp = client.get(&url).send().await.expect("answer");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-length").is_none());
+    let proxied = format!("\"http://{}/feed/org/_packaging/", p.addr);
+    let upstream = format!("\"{up}/");
+    // Counted across chunk boundaries: each chunk after the last bytes of the one before, too
+    // few to hold a whole match, so no match is counted twice.
+    let keep = proxied.len().max(upstream.len()) - 1;
+    let (mut total, mut found, mut leaked) = (0u64, 0u64, 0u64);
+    let mut tail: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await.expect("body") {
+        total += chunk.len() as u64;
+        let mut window = std::mem::take(&mut tail);
+        window.extend_from_slice(&chunk);
+        let text = String::from_utf8_lossy(&window);
+        found += text.matches(proxied.as_str()).count() as u64;
+        leaked += text.matches(upstream.as_str()).count() as u64;
+        tail = window[window.len().saturating_sub(keep)..].to_vec();
+    }
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    let grown = peak.saturating_sub(before);
+    println!(
+        "rewrite: {total} bytes, {found} URLs rewritten; live heap {before} KiB before, peak {peak} KiB (+{grown} KiB)"
+    );
+    assert_eq!(leaked, 0, "no URL to the upstream reaches the client");
+    assert_eq!(found, urls, "every URL was rewritten, none lost");
+    let per_url = (format!("http://{}/feed", p.addr).len() - up.len()) as u64;
+    assert_eq!(
+        total,
+        sent + per_url * urls,
+        "every byte arrived, each URL longer by {per_url}"
+    );
+    assert!(
+        grown < 8 * 1024,
+        "the live heap grew by {grown} KiB while 64 MiB streamed through the rewrite"
+    );
+    p.stop().await;
 }

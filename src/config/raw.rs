@@ -304,6 +304,13 @@ pub struct RawRoute {
     pub profile: Option<String>,
     /// Entra scope; inferred for known hosts.
     pub scope: Option<String>,
+    /// `"bearer"` or `"basic"`; by default the known host's (`basic` for Azure Artifacts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// Point the upstream's absolute URLs in textual answers at the route; by default on for the
+    /// Azure Artifacts, Graph, Defender and ARM hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_urls: Option<bool>,
 }
 
 impl RawConfig {

@@ -1,5 +1,7 @@
-//! `[[routes]]`: a path prefix, the upstream it forwards to, the profile whose token it injects
-//! and the scope of that token (inferred for known Microsoft APIs).
+//! `[[routes]]`: a path prefix, the upstream it forwards to, the profile whose token it injects,
+//! the scope of that token (inferred for known Microsoft APIs), how the token is presented
+//! (`auth`) and whether the upstream's absolute URLs in answers are pointed at the route
+//! (`rewrite_urls`); those two default to the known host's (docs/routes.md).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +10,7 @@ use url::Url;
 use super::check::{base_url, Errors};
 use super::raw::{RawProfile, RawRoute};
 use super::Profile;
-use crate::hosts;
+use crate::hosts::{self, Auth};
 
 /// An explicit route.
 #[derive(Debug, Clone)]
@@ -21,6 +23,10 @@ pub struct Route {
     pub profile: String,
     /// Entra scope.
     pub scope: String,
+    /// How the token is presented.
+    pub auth: Auth,
+    /// Whether absolute URLs into the upstream in textual answers are pointed at the route.
+    pub rewrite_urls: bool,
 }
 
 /// Validates the routes, in file order: each names a defined profile, has a scope (written or
@@ -64,18 +70,50 @@ pub(super) fn validate(
             }
             seen.push((p.clone(), i));
         }
-        if let (Some(prefix), Some(upstream), Some(profile), Some(scope)) =
-            (prefix, upstream, profile, scope)
+        let auth = auth(errs, &key, r.auth.as_deref(), upstream.as_ref());
+        if let (Some(prefix), Some(upstream), Some(profile), Some(scope), Some(auth)) =
+            (prefix, upstream, profile, scope, auth)
         {
+            let known = hosts::lookup(upstream.host_str().unwrap_or_default());
             routes.push(Route {
+                rewrite_urls: r
+                    .rewrite_urls
+                    .unwrap_or_else(|| known.is_some_and(|k| k.rewrite_urls)),
                 prefix,
                 upstream,
                 profile,
                 scope,
+                auth,
             });
         }
     }
     routes
+}
+
+/// `routes[i].auth`: as written, or the known host's (`bearer` for any other host).
+fn auth(
+    errs: &mut Errors,
+    route: &str,
+    text: Option<&str>,
+    upstream: Option<&Url>,
+) -> Option<Auth> {
+    match text {
+        Some(t) => {
+            let parsed = Auth::parse(t);
+            if parsed.is_none() {
+                errs.add(
+                    format!("{route}.auth"),
+                    format!("`{t}`: expected \"bearer\" or \"basic\""),
+                );
+            }
+            parsed
+        }
+        None => Some(
+            upstream
+                .and_then(|u| hosts::lookup(u.host_str().unwrap_or_default()))
+                .map_or(Auth::Bearer, |k| k.auth),
+        ),
+    }
 }
 
 fn missing<T>(errs: &mut Errors, route: &str, key: &str, expected: &str) -> Option<T> {
@@ -178,6 +216,92 @@ impl Route {
             upstream: Some(self.upstream.as_str().trim_end_matches('/').to_string()),
             profile: Some(self.profile.clone()),
             scope: Some(self.scope.clone()),
+            auth: Some(self.auth.as_str().to_string()),
+            rewrite_urls: Some(self.rewrite_urls),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_from_str, ConfigSource, Format};
+    use crate::env::MapEnv;
+    use crate::hosts::Auth;
+
+    fn routes(extra: &str) -> Result<Vec<super::Route>, String> {
+        let toml = format!(
+            r#"
+[profiles.bot]
+kind = "client_secret"
+tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+client_id = "11111111-1111-1111-1111-111111111111"
+client_secret = "x"
+{extra}"#
+        );
+        load_from_str(
+            &toml,
+            Format::Toml,
+            ConfigSource::Embedded,
+            &MapEnv::default(),
+        )
+        .map(|l| l.config.routes)
+        .map_err(|e| e.to_string())
+    }
+
+    fn route(prefix: &str, upstream: &str, more: &str) -> String {
+        format!("\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nprofile = \"bot\"\nscope = \"s/.default\"\n{more}")
+    }
+
+    #[test]
+    fn auth_and_rewrite_default_to_the_known_host_s_and_can_be_set() {
+        let toml = [
+            route("/feed", "https://pkgs.dev.azure.com/org/_packaging/f", ""),
+            route(
+                "/vs",
+                "https://contoso.pkgs.visualstudio.com/_packaging/f",
+                "",
+            ),
+            route("/ado", "https://dev.azure.com/org", ""),
+            route("/graph", "https://graph.microsoft.com", ""),
+            route("/arm", "https://management.azure.com", ""),
+            route("/local", "http://127.0.0.1:9", ""),
+            route(
+                "/set",
+                "https://pkgs.dev.azure.com/org",
+                "auth = \"bearer\"\nrewrite_urls = false",
+            ),
+            route(
+                "/set2",
+                "http://127.0.0.1:9",
+                "auth = \"basic\"\nrewrite_urls = true",
+            ),
+        ]
+        .concat();
+        let got: Vec<(String, Auth, bool)> = routes(&toml)
+            .expect("valid")
+            .into_iter()
+            .map(|r| (r.prefix, r.auth, r.rewrite_urls))
+            .collect();
+        let want = [
+            ("/feed", Auth::Basic, true),
+            ("/vs", Auth::Basic, true),
+            ("/ado", Auth::Bearer, false),
+            ("/graph", Auth::Bearer, true),
+            ("/arm", Auth::Bearer, true),
+            ("/local", Auth::Bearer, false),
+            ("/set", Auth::Bearer, false),
+            ("/set2", Auth::Basic, true),
+        ]
+        .map(|(p, a, r)| (p.to_string(), a, r));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_misspelt_auth_says_what_is_expected() {
+        let err = routes(&route("/x", "http://127.0.0.1:9", "auth = \"Bearer\"")).unwrap_err();
+        assert!(
+            err.contains("routes[0].auth") && err.contains(r#"expected "bearer" or "basic""#),
+            "{err}"
+        );
     }
 }

@@ -18,21 +18,25 @@
 //! 6. **token** (`token.rs`) — the route's cache entry gives a usable token without a lock, or
 //!    waits for the one acquisition in flight; none to be had → `503 token_unavailable` with
 //!    `Retry-After`.
-//! 7. **rewrite** (`rewrite.rs`) — path after the prefix onto the upstream base; hop-by-hop
+//! 7. **URLs in answers** (`urls/`) — on `rewrite_urls` routes (feeds, Graph, Defender, ARM) and
+//!    for Azure DevOps' resource-area list, absolute URLs into a route in a JSON, XML or HTML
+//!    answer are pointed at the proxy as the client addressed it, streaming, compressed answers
+//!    decoded first.
+//! 8. **rewrite** (`rewrite.rs`) — path after the prefix onto the upstream base; hop-by-hop
 //!    headers, the client's `Authorization` and `Proxy-Authorization` dropped; `Authorization:
-//!    Bearer …` (sensitive) and, toward Azure DevOps, `X-TFS-FedAuthRedirect: Suppress` set;
-//!    `Host` becomes the upstream's. On the way back: hop-by-hop headers dropped, a `Location`
-//!    into the upstream pointed at the proxy (`location.rs`), Azure DevOps' resource-area list
-//!    pointed at the proxy (`discovery.rs`), the body streamed back and its breaking off counted
-//!    (`body.rs`).
-//! 8. **replay** (`replay.rs`) — a body of known length ≤ 1 MiB is read first (replayable); any
+//!    Bearer …` (or `Basic` with the token as password, `auth = "basic"`; sensitive) and, toward
+//!    Azure DevOps, `X-TFS-FedAuthRedirect: Suppress` set; `Host` becomes the upstream's. On the
+//!    way back: hop-by-hop headers dropped, a `Location` into the upstream pointed at the proxy
+//!    (`location.rs`), the body streamed back and its breaking off counted (`body.rs`).
+//! 9. **replay** (`replay.rs`) — a body of known length ≤ 1 MiB is read first (replayable); any
 //!    other streams. A refused token (`challenge.rs`) is replaced (single-flight) and the request
 //!    replayed once, only when the upstream cannot have acted on it.
-//! 9. **forward** (`forward.rs`) — on the worker's own keep-alive pool (`pool.rs`), within the
-//!    response-header timeout (tower's `TimeoutLayer`): `502 upstream_unreachable`,
-//!    `504 upstream_timeout`. The body itself has no time limit.
+//! 10. **forward** (`forward.rs`) — on the worker's own keep-alive pool (`pool.rs`), within the
+//!     response-header timeout (tower's `TimeoutLayer`): `502 upstream_unreachable`,
+//!     `504 upstream_timeout`. The body itself has no time limit.
 //!
-//! tower-http's `CatchPanicLayer` and tower's `TimeoutLayer` do their jobs as they are. Our own
+//! tower-http's `CatchPanicLayer`, tower's `TimeoutLayer` and tower-http's `Decompression` (for
+//! the URL rewrite's compressed answers) do their jobs as they are. Our own
 //! stops are ours because no stock layer expresses them, or at a measured cost (callgrind,
 //! instructions per proxied request): the sensitive headers (tower-http's pair: ~1,300 more,
 //! `sensitive.rs`); request ids only on the answers patless makes (`rescue.rs`), because
@@ -43,7 +47,6 @@
 
 pub mod body;
 pub mod challenge;
-pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod inbound;
@@ -58,6 +61,7 @@ pub mod route;
 pub mod routing;
 pub mod sensitive;
 pub mod token;
+pub mod urls;
 
 #[cfg(test)]
 mod testing;
@@ -102,7 +106,9 @@ pub type Stack<F> = sensitive::SensitiveHeaders<
                 inbound::Inbound<
                     path::PathCheck<
                         route::Route<
-                            token::RouteToken<rewrite::Rewrite<replay::Replay<Timeout<F>>>>,
+                            token::RouteToken<
+                                urls::RewriteUrls<rewrite::Rewrite<replay::Replay<Timeout<F>>>>,
+                            >,
                         >,
                     >,
                 >,
@@ -258,7 +264,8 @@ pub fn stack<F>(parts: StackParts, forward: F) -> Stack<F> {
         .layer(path::PathCheckLayer::new(settings.max_uri_bytes))
         .layer(route::RouteLayer::new(Arc::clone(&router)))
         .layer(token::RouteTokenLayer)
-        .layer(rewrite::RewriteLayer::new(router, Arc::clone(&metrics)))
+        .layer(urls::RewriteUrlsLayer::new(router))
+        .layer(rewrite::RewriteLayer::new(Arc::clone(&metrics)))
         .layer(replay::ReplayLayer::new(
             metrics,
             settings.response_header_timeout,

@@ -3,15 +3,14 @@
 //!
 //! Toward the upstream: the path after the route's prefix onto the upstream base (the [`Routed`]
 //! extension); hop-by-hop headers, the client's `Authorization`, `X-Patless-Token` and `Expect`
-//! dropped; the route's token (in the same extension) set as `Authorization` (marked
-//! sensitive); `X-TFS-FedAuthRedirect: Suppress` toward Azure DevOps; `Host` the upstream's.
+//! dropped; the route's token (in the same extension) set as `Authorization: Bearer …`, or
+//! `Basic` with the token as the password on `auth = "basic"` routes (marked sensitive); `X-TFS-FedAuthRedirect: Suppress` toward Azure DevOps; `Host` the upstream's.
 //!
 //! Back to the client: hop-by-hop headers dropped; a `Location` into the upstream pointed at the
 //! proxy (never at a value starting `//` or `/\`, which a client reads as another host:
-//! `location.rs`); the body streamed back, its breaking off counted (`body.rs`). One answer is
-//! read first (`discovery.rs`): Azure DevOps' resource-area list, whose `locationUrl`s are pointed
-//! at the address the client used, so the SDKs that follow them stay behind patless. The route
-//! goes back on the answer as a response extension, for the metrics (`observe.rs`).
+//! `location.rs`); the body streamed back, its breaking off counted (`body.rs`). The route goes
+//! back on the answer as a response extension, for the metrics (`observe.rs`). Absolute URLs in
+//! the body are the stop above's (`urls/`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,8 +28,9 @@ use tower::{Layer, Service};
 
 use super::location::rewrite_location;
 use super::rescue::Rejection;
-use super::routing::{RouteTarget, Routed, Router};
-use super::{body, discovery, strip_hop_by_hop, BoxError, ProxyBody, ProxyError};
+use super::routing::{RouteTarget, Routed};
+use super::{body, strip_hop_by_hop, BoxError, ProxyBody, ProxyError};
+use crate::hosts::Auth;
 use crate::metrics::Metrics;
 use crate::token::CachedToken;
 
@@ -42,14 +42,13 @@ pub use crate::header_names::TFS_FEDAUTH_REDIRECT as TFS_FEDAUTH;
 /// Rewrites requests for the upstream and answers for the client.
 #[derive(Debug, Clone)]
 pub struct RewriteLayer {
-    router: Arc<Router>,
     metrics: Arc<Metrics>,
 }
 
 impl RewriteLayer {
-    /// With `router` (for the resource-area rewrite) and `metrics` (broken answer bodies).
-    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
-        RewriteLayer { router, metrics }
+    /// With `metrics` (where broken answer bodies are counted).
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        RewriteLayer { metrics }
     }
 }
 
@@ -59,7 +58,6 @@ impl<S> Layer<S> for RewriteLayer {
     fn layer(&self, inner: S) -> Rewrite<S> {
         Rewrite {
             inner,
-            router: Arc::clone(&self.router),
             metrics: Arc::clone(&self.metrics),
         }
     }
@@ -69,7 +67,6 @@ impl<S> Layer<S> for RewriteLayer {
 #[derive(Debug, Clone)]
 pub struct Rewrite<S> {
     inner: S,
-    router: Arc<Router>,
     metrics: Arc<Metrics>,
 }
 
@@ -78,9 +75,6 @@ struct Back {
     target: Arc<RouteTarget>,
     /// The `Host` the client sent (accepted by the inbound policy): redirects are anchored to it.
     client_host: Option<HeaderValue>,
-    /// For a resource-area list: the proxy's origin its `locationUrl`s are pointed at.
-    discovery: Option<String>,
-    router: Arc<Router>,
     metrics: Arc<Metrics>,
 }
 
@@ -90,46 +84,21 @@ pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     target: &RouteTarget,
     token: &CachedToken,
-    discovery: bool,
 ) -> Option<HeaderValue> {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove(&PATLESS_TOKEN);
     headers.remove(header::EXPECT);
-    if discovery {
-        // An answer to rewrite must come uncompressed.
-        headers.remove(header::ACCEPT_ENCODING);
-    }
     let client_host = headers.insert(header::HOST, target.host_header.clone());
     if target.azure_devops {
         headers.insert(TFS_FEDAUTH.clone(), HeaderValue::from_static("Suppress"));
     }
-    headers.insert(header::AUTHORIZATION, token.header.clone());
+    let authorization = match target.auth {
+        Auth::Bearer => &token.header,
+        Auth::Basic => &token.basic_header,
+    };
+    headers.insert(header::AUTHORIZATION, authorization.clone());
     client_host
-}
-
-/// The proxy's origin (`http://{Host}`) when `req` asks Azure DevOps for its resource areas.
-fn discovery_origin<B>(
-    req: &Request<B>,
-    target: &RouteTarget,
-    upstream_path: &str,
-) -> Option<String> {
-    let asks = target.azure_devops
-        && req.method() == http::Method::GET
-        && discovery::is_resource_areas(upstream_path.split('?').next().unwrap_or_default());
-    if !asks {
-        return None;
-    }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    if host.is_none() {
-        tracing::debug!(route = %target.label, "resource-area request without Host: its answer is passed on unchanged");
-    }
-    host.map(|h| format!("http://{h}"))
 }
 
 impl<S, B, R> Service<Request<B>> for Rewrite<S>
@@ -159,7 +128,6 @@ where
         };
         let target = Arc::clone(&routed.target);
         let upstream_path = std::mem::take(&mut routed.path_and_query);
-        let discovery = discovery_origin(&req, &target, &upstream_path);
         let uri = Uri::builder()
             .scheme(target.scheme.clone())
             .authority(target.authority.clone())
@@ -172,8 +140,7 @@ where
             );
             return Either::Left(future::ready(Err(refused.with_unread(req.into_body()))));
         };
-        let client_host =
-            rewrite_request_headers(req.headers_mut(), &target, &token, discovery.is_some());
+        let client_host = rewrite_request_headers(req.headers_mut(), &target, &token);
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
         Either::Right(RewriteFuture {
@@ -181,16 +148,11 @@ where
             back: Some(Back {
                 target,
                 client_host,
-                discovery,
-                router: Arc::clone(&self.router),
                 metrics: Arc::clone(&self.metrics),
             }),
-            discovering: None,
         })
     }
 }
-
-type Discovering = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
 
 pin_project! {
     /// The future of [`Rewrite`].
@@ -198,7 +160,6 @@ pin_project! {
         #[pin]
         inner: F,
         back: Option<Back>,
-        discovering: Option<Discovering>,
     }
 }
 
@@ -212,11 +173,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(d) = this.discovering {
-            return d.as_mut().poll(cx).map(Ok);
-        }
         let resp = ready!(this.inner.poll(cx))?;
-        let Some(mut back) = this.back.take() else {
+        let Some(back) = this.back.take() else {
             return Poll::Ready(Err(Rejection::new(ProxyError::NoRoute)));
         };
         let (mut parts, body) = resp.into_parts();
@@ -231,27 +189,8 @@ where
             }
         }
         parts.extensions.insert(Arc::clone(&back.target));
-        let Some(origin) = back.discovery.take() else {
-            let body = counted(body, &back);
-            return Poll::Ready(Ok(Response::from_parts(parts, body)));
-        };
-        let body: ProxyBody = body.map_err(Into::into).boxed_unsync();
-        let mut discovering: Discovering = Box::pin(async move {
-            let target = Arc::clone(&back.target);
-            let map = |url: &str| {
-                back.router
-                    .proxy_path_for(&target, url)
-                    .map(|path| format!("{origin}{path}"))
-            };
-            let body =
-                discovery::rewrite(parts.status, &mut parts.headers, body, map, &target.label)
-                    .await;
-            let body = counted(body, &back);
-            Response::from_parts(parts, body)
-        });
-        let polled = discovering.as_mut().poll(cx).map(Ok);
-        *this.discovering = Some(discovering);
-        polled
+        let body = counted(body, &back);
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }
 
@@ -286,7 +225,7 @@ mod tests {
             .route("/ado/_apis/projects", Some("x=1"))
             .expect("route");
         let token = routed.target.entry.get().await.expect("token");
-        let svc = RewriteLayer::new(Arc::clone(&router), metrics).layer(tower::service_fn(
+        let svc = RewriteLayer::new(metrics).layer(tower::service_fn(
             |req: Request<Full<Bytes>>| async move {
                 let h = req.headers();
                 assert_eq!(
@@ -346,5 +285,66 @@ mod tests {
         );
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"moved");
+    }
+    #[tokio::test(start_paused = true)]
+    async fn a_basic_route_sends_the_token_as_the_password_and_never_the_client_s() {
+        let (router, _cache) = testing::router_from(
+            r#"
+[profiles.bot]
+kind = "client_secret"
+tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+client_id = "11111111-1111-1111-1111-111111111111"
+client_secret = "not-used"
+
+[[routes]]
+prefix = "/feed"
+upstream = "https://pkgs.dev.azure.com/org/_packaging/feed"
+profile = "bot"
+
+[[routes]]
+prefix = "/bearer-feed"
+upstream = "https://pkgs.dev.azure.com/org/_packaging/feed"
+profile = "bot"
+auth = "bearer"
+"#,
+        )
+        .await;
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+        for (path, scheme) in [
+            ("/feed/npm/registry/a", "Basic "),
+            ("/bearer-feed/x", "Bearer "),
+        ] {
+            let mut routed = router.route(path, None).expect("route");
+            let token = routed.target.entry.get().await.expect("token");
+            let want = match scheme {
+                "Basic " => {
+                    use base64::Engine as _;
+                    let creds = format!("patless:{}", token.secret().expose());
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(creds)
+                    )
+                }
+                _ => format!("Bearer {}", token.secret().expose()),
+            };
+            routed.token = Some(token);
+            let svc = RewriteLayer::new(Arc::clone(&metrics)).layer(tower::service_fn(
+                move |req: Request<Full<Bytes>>| {
+                    let auth = req.headers()[header::AUTHORIZATION].clone();
+                    assert!(auth.is_sensitive());
+                    assert_eq!(auth.to_str().expect("ascii"), want, "{path}");
+                    async move { Ok::<_, Rejection>(Response::new(Full::new(Bytes::new()))) }
+                },
+            ));
+            let mut req = Request::builder()
+                .uri(path)
+                .header(header::HOST, "127.0.0.1:7070")
+                // A stale PAT as npm and pip send it: replaced, never forwarded.
+                .header(header::AUTHORIZATION, "Basic cGF0OnN0YWxlLXBhdA==")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            req.extensions_mut().insert(routed);
+            svc.oneshot(req).await.expect("answer");
+        }
     }
 }

@@ -28,6 +28,10 @@ pub struct RouteTarget {
     pub base_path: Arc<str>,
     /// Azure DevOps host: send `X-TFS-FedAuthRedirect: Suppress`.
     pub azure_devops: bool,
+    /// How the token is presented (`Bearer`, or `Basic` for package feeds).
+    pub auth: hosts::Auth,
+    /// Absolute URLs into the upstream in textual answers are pointed at the proxy (`urls.rs`).
+    pub rewrite_urls: bool,
     /// The token entry.
     pub entry: Arc<TokenEntry>,
     /// `Host` toward the upstream, built once.
@@ -128,6 +132,8 @@ impl Router {
                 // A route with Azure DevOps' audience talks to Azure DevOps, whatever its host name (an
                 // on-premises gateway, a loopback stand-in).
                 azure_devops: hosts::is_azure_devops(host) || r.scope == hosts::AZURE_DEVOPS_SCOPE,
+                auth: r.auth,
+                rewrite_urls: r.rewrite_urls,
                 entry,
                 host_header: host_header(&authority),
                 metrics: Some(Arc::default()),
@@ -224,6 +230,8 @@ impl Router {
                 authority,
                 base_path: "".into(),
                 azure_devops: known.azure_devops,
+                auth: known.auth,
+                rewrite_urls: known.rewrite_urls,
                 entry,
                 metrics: None,
             }),
@@ -235,14 +243,18 @@ impl Router {
     /// explicit routes, longest prefix first, then a host route for a known host. Scheme and host
     /// must match exactly (host case-insensitively); the upstream's base path must be a prefix on
     /// whole segments (case-insensitively, as Azure DevOps' organization names are). Used to keep
-    /// Azure DevOps' resource-area `locationUrl`s behind the proxy (`discovery.rs`).
+    /// the absolute URLs of answers behind the proxy (`urls/`).
     pub fn proxy_path_for(&self, preferred: &RouteTarget, url: &str) -> Option<String> {
-        let uri: http::Uri = url.parse().ok()?;
-        let scheme = uri.scheme()?;
-        let authority = uri.authority()?;
-        // What follows the authority, exactly as written (path, query).
-        let after = &url[url.find("://")? + 3..];
-        let after = after.get(authority.as_str().len()..)?;
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (&http::uri::Scheme::HTTPS, rest)
+        } else {
+            (&http::uri::Scheme::HTTP, url.strip_prefix("http://")?)
+        };
+        // What follows the authority is kept exactly as written (path, query, fragment), whatever
+        // it holds: only the head decides where the URL points.
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority: http::uri::Authority = rest[..end].parse().ok()?;
+        let after = &rest[end..];
         let onto = |t: &RouteTarget| -> Option<String> {
             if t.scheme != *scheme
                 || !t
@@ -258,7 +270,7 @@ impl Router {
                 return None;
             }
             let rest = after.get(base.len()..)?;
-            if !(rest.is_empty() || rest.starts_with(['/', '?'])) {
+            if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
                 return None;
             }
             Some(non_empty_path(format!("{}{}", t.prefix, rest)))

@@ -69,9 +69,18 @@ impl Credential for Counted {
 }
 
 async fn build(credential: Arc<Counted>) -> (Router, Arc<TokenCache>) {
+    build_from(CONFIG, credential).await
+}
+
+/// The table of `config` (whose one profile is `bot`) over a credential that always answers.
+pub async fn router_from(config: &str) -> (Router, Arc<TokenCache>) {
+    build_from(config, Arc::new(Counted::default())).await
+}
+
+async fn build_from(config: &str, credential: Arc<Counted>) -> (Router, Arc<TokenCache>) {
     crate::tls::install_crypto_provider();
     let loaded = load_from_str(
-        CONFIG,
+        config,
         Format::Toml,
         ConfigSource::Embedded,
         &MapEnv::default(),

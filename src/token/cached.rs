@@ -14,6 +14,9 @@ use crate::secret::Secret;
 pub struct CachedToken {
     /// `Bearer <token>`, marked sensitive.
     pub header: HeaderValue,
+    /// `Basic base64("patless:" + token)`, marked sensitive: the token as a package client's
+    /// password (routes with `auth = "basic"`).
+    pub basic_header: HeaderValue,
     token: Secret,
     /// When Entra says it expires.
     pub expires_at: Instant,
@@ -46,8 +49,11 @@ impl CachedToken {
             .unwrap_or_default();
         let mut header = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
         header.set_sensitive(true);
+        let mut basic_header = HeaderValue::from_str(&basic(token.expose())).ok()?;
+        basic_header.set_sensitive(true);
         Some(CachedToken {
             header,
+            basic_header,
             token,
             expires_at: now + lifetime,
             usable_until: now + lifetime - schedule::skew_margin(lifetime),
@@ -87,5 +93,39 @@ impl fmt::Debug for CachedToken {
             .field("token", &self.token)
             .field("expires_unix", &self.expires_unix)
             .finish()
+    }
+}
+
+/// `Basic base64("patless:" + token)`. The user name is ignored by Azure DevOps; `patless` says
+/// who sent it.
+fn basic(token: &str) -> String {
+    use base64::Engine as _;
+    let mut credentials = String::with_capacity(8 + token.len());
+    credentials.push_str("patless:");
+    credentials.push_str(token);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_carries_the_token_as_the_password_and_both_headers_are_sensitive() {
+        let t = CachedToken::new(
+            Secret::new("eyJ.a.b".to_string()),
+            Duration::from_secs(3600),
+            Instant::now(),
+            false,
+        )
+        .expect("token");
+        assert_eq!(t.header, "Bearer eyJ.a.b");
+        // base64("patless:eyJ.a.b")
+        assert_eq!(t.basic_header, "Basic cGF0bGVzczpleUouYS5i");
+        assert!(t.header.is_sensitive() && t.basic_header.is_sensitive());
+        assert!(!format!("{t:?}").contains("eyJ"));
     }
 }

@@ -20,6 +20,7 @@ mod support;
 
 // The proxy's road: routing, injection, answers, refusals, faults.
 mod egress_proxy;
+mod paging;
 mod path_props;
 mod proxy;
 mod replay;
