@@ -100,7 +100,6 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // git shows a helper's stderr to the user: only warnings and errors there, unless asked.
     let git_credential = matches!(cli.command, Some(Command::GitCredential { .. }));
-    init_tracing(if git_credential { "warn" } else { "info" });
     // git's request comes first, before the config: `store` and `erase` need none.
     let git_request = match &cli.command {
         Some(Command::GitCredential { action }) => match read_git_request(*action) {
@@ -121,13 +120,19 @@ pub fn main() -> ExitCode {
         }
     };
     let env: Env = Arc::new(ProcessEnv);
-    let loaded = match config::load(cli.config.as_deref(), env.as_ref()) {
+    let loaded = match config::load_quietly(cli.config.as_deref(), env.as_ref()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("patless: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_tracing(
+        if git_credential { "warn" } else { "info" },
+        loaded.config.logging.format,
+        env.as_ref(),
+    );
+    loaded.warn_literal_secrets();
     let command = cli.command.unwrap_or(Command::Serve);
     runtime.block_on(run(command, loaded, env, cli.config, git_request))
 }
@@ -204,16 +209,33 @@ fn logout(loaded: &LoadedConfig, profile: &str, env: Env) -> ExitCode {
     }
 }
 
-fn init_tracing(default_level: &str) {
+/// Logs to stderr at `PATLESS_LOG` (else `RUST_LOG`, else `default_level`), as text (colour only
+/// on a terminal and never with `NO_COLOR`) or as one JSON object per line.
+fn init_tracing(default_level: &str, format: config::LogFormat, env: &dyn crate::env::Environment) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PATLESS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        config::LogFormat::Text => {
+            // https://no-color.org: set and not empty.
+            let no_color = env.var("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .try_init()
+        }
+    };
 }
 
 fn resource_to_scope(resource: String) -> String {

@@ -21,6 +21,7 @@ impl Config {
                 .collect(),
             routes: self.routes.iter().map(|r| r.to_raw()).collect(),
             identity_endpoint: self.identity_endpoint.as_ref().map(|ie| ie.to_raw()),
+            logging: self.logging.to_raw(),
         }
     }
 }

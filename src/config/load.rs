@@ -92,8 +92,19 @@ pub fn find_config_file(
     Ok(candidates.into_iter().find(|p| p.is_file()))
 }
 
-/// Finds, reads and validates the configuration.
+/// Finds, reads and validates the configuration, and warns of literal secrets in its file.
 pub fn load(explicit: Option<&Path>, env: &dyn Environment) -> Result<LoadedConfig, ConfigError> {
+    let loaded = load_quietly(explicit, env)?;
+    loaded.warn_literal_secrets();
+    Ok(loaded)
+}
+
+/// [`load`], without the warnings: for the command line, which sets up logging from the config
+/// it reads and then calls [`LoadedConfig::warn_literal_secrets`].
+pub fn load_quietly(
+    explicit: Option<&Path>,
+    env: &dyn Environment,
+) -> Result<LoadedConfig, ConfigError> {
     match find_config_file(explicit, env)? {
         Some(path) => {
             let format = Format::of(&path).ok_or_else(|| ConfigError::File {
@@ -104,13 +115,20 @@ pub fn load(explicit: Option<&Path>, env: &dyn Environment) -> Result<LoadedConf
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-            let loaded = load_from_str(&text, format, ConfigSource::File(path.clone()), env)?;
-            for warning in literal_secret_warnings(&loaded.raw, &path) {
-                tracing::warn!("{warning}");
-            }
-            Ok(loaded)
+            load_from_str(&text, format, ConfigSource::File(path.clone()), env)
         }
         None => load_from_str(EMBEDDED_DEFAULT, Format::Toml, ConfigSource::Embedded, env),
+    }
+}
+
+impl LoadedConfig {
+    /// Logs a warning for each literal secret in the config file (none for the embedded default).
+    pub fn warn_literal_secrets(&self) {
+        if let ConfigSource::File(path) = &self.source {
+            for warning in literal_secret_warnings(&self.raw, path) {
+                tracing::warn!("{warning}");
+            }
+        }
     }
 }
 

@@ -4,9 +4,10 @@
 //! `$XDG_CONFIG_HOME/patless/patless.toml`, `/etc/patless/patless.toml`, else the embedded default
 //! (`config/default.toml`) — and read as TOML, YAML or JSON, then `PATLESS_SECTION__KEY`
 //! environment variables override its keys (`load.rs`). Validation goes section by section
-//! (`server.rs`, `entra.rs`, `profiles.rs`, `routes.rs`, `identity_endpoint.rs`), collecting every
-//! problem at once, each naming its key; nothing binds before the config is whole. Defaults live
-//! in `defaults.rs`, the credential kinds in `kinds.rs`; docs/configuration.md describes every key.
+//! (`server.rs`, `entra.rs`, `profiles.rs`, `routes.rs`, `identity_endpoint.rs`, `logging.rs`),
+//! collecting every problem at once, each naming its key; nothing binds before the config is
+//! whole. Defaults live in `defaults.rs`, the credential kinds in `kinds.rs`;
+//! docs/configuration.md describes every key.
 
 mod check;
 pub mod defaults;
@@ -15,6 +16,7 @@ mod entra;
 mod identity_endpoint;
 pub mod kinds;
 mod load;
+mod logging;
 mod profiles;
 pub mod raw;
 mod routes;
@@ -31,9 +33,10 @@ pub(crate) use identity_endpoint::identity_header_problem;
 pub use identity_endpoint::{normalise_resource, IdentityEndpointConfig};
 pub use kinds::{KindSpec, KINDS};
 pub use load::{
-    find_config_file, literal_secret_warnings, load, load_from_str, ConfigSource, Format,
-    LoadedConfig,
+    find_config_file, literal_secret_warnings, load, load_from_str, load_quietly, ConfigSource,
+    Format, LoadedConfig,
 };
+pub use logging::{LogFormat, LoggingConfig};
 pub use profiles::{ManagedIdentityId, Profile, ProfileKind};
 pub use raw::{RawConfig, RawIdentityEndpoint, SecretValue};
 pub use routes::Route;
@@ -58,6 +61,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[identity_endpoint]`, if set.
     pub identity_endpoint: Option<IdentityEndpointConfig>,
+    /// `[logging]`
+    pub logging: LoggingConfig,
 }
 
 impl Config {

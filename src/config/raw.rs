@@ -86,6 +86,17 @@ pub struct RawConfig {
     /// `[identity_endpoint]`: absent, no identity endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_endpoint: Option<RawIdentityEndpoint>,
+    /// `[logging]`
+    #[serde(default)]
+    pub logging: RawLogging,
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    /// `"text"` (default) or `"json"`.
+    pub format: Option<String>,
 }
 
 /// `[identity_endpoint]`: the App Service managed-identity protocol served to local SDKs.

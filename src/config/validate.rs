@@ -1,11 +1,11 @@
 //! Raw → validated, section by section, in the order of the file: `[server]`, `[entra]`,
-//! `[profiles]`, `[[routes]]`, `[identity_endpoint]`. Every problem is collected (not just the
+//! `[profiles]`, `[[routes]]`, `[identity_endpoint]`, `[logging]`. Every problem is collected (not just the
 //! first), each naming its key and what was expected; the later sections cross-check the earlier
 //! ones (every route's profile exists, every scope is known or given, listeners do not collide).
 
 use super::check::Errors;
 use super::raw::RawConfig;
-use super::{entra, identity_endpoint, profiles, routes, server, Config, KeyError};
+use super::{entra, identity_endpoint, logging, profiles, routes, server, Config, KeyError};
 use crate::env::Environment;
 
 pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config, Vec<KeyError>> {
@@ -23,12 +23,14 @@ pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config,
         };
         identity_endpoint::validate(&mut errs, ie, &cx)
     });
+    let logging = logging::validate(&mut errs, &raw.logging);
     errs.or(Config {
         server,
         entra,
         profiles,
         routes,
         identity_endpoint,
+        logging,
     })
 }
 

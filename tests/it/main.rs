@@ -49,6 +49,7 @@ mod admin;
 mod cli;
 mod config;
 mod identity_endpoint;
+mod logs;
 mod reload;
 mod shutdown;
 
