@@ -20,6 +20,7 @@ mod support;
 
 // The proxy's road: routing, injection, answers, refusals, faults.
 mod egress_proxy;
+mod host_routes;
 mod path_props;
 mod proxy;
 mod replay;
