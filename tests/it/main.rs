@@ -24,6 +24,7 @@ mod host_routes;
 mod path_props;
 mod proxy;
 mod replay;
+mod request_edges;
 mod security;
 mod upstream_faults;
 mod workers;
