@@ -20,10 +20,12 @@ mod support;
 
 // The proxy's road: routing, injection, answers, refusals, faults.
 mod egress_proxy;
+mod host_routes;
 mod paging;
 mod path_props;
 mod proxy;
 mod replay;
+mod request_edges;
 mod security;
 mod upstream_faults;
 mod workers;

@@ -1,13 +1,15 @@
 //! In-process test doubles shared by the integration tests (`tests/it` and `tests/soak.rs`): a
 //! fake Microsoft Entra token endpoint ([`entra::FakeEntra`]), a fake upstream API that verifies
-//! the injected bearer tokens ([`upstream::FakeUpstream`]), patless started in process or as the
-//! real binary ([`patless`]), and the small helpers the tests share.
+//! the injected bearer tokens ([`upstream::FakeUpstream`]), a `CONNECT` egress proxy with TLS
+//! fronts for real HTTPS names ([`egress`]), patless started in process or as the real binary
+//! ([`patless`]), and the small helpers the tests share.
 
 pub mod ado_git;
 pub mod ado_rest;
 pub mod capture;
 pub mod certs;
 pub mod clients;
+pub mod egress;
 pub mod entra;
 pub mod fake_cli;
 pub mod faults;
