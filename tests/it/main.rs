@@ -54,8 +54,10 @@ mod shutdown;
 // Across everything: secret hygiene, real clients and tools, deploy/ against a live scrape.
 mod deploy_metrics;
 mod git;
+mod package_feeds;
 mod rest_clients;
 mod secrets;
 
 // The fakes themselves.
 mod support_selftest;
+mod artifacts_selftest;
