@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::support::artifacts::{
-    self, cargo_index, maven_repo, npm_registry, nuget_index, pypi_simple, pypi_upload, AuthForm,
-    FakeArtifacts, ADO_AUDIENCE, BASIC_CHALLENGE,
+    archive, cargo_index, maven_repo, npm_registry, nuget_index, pypi_simple, pypi_upload,
+    AuthForm, FakeArtifacts, ADO_AUDIENCE, BASIC_CHALLENGE,
 };
 use crate::support::entra::{mint_token, DEFENDER_AUDIENCE, OBJECT_ID};
 use crate::support::http_client;
@@ -50,7 +50,10 @@ async fn get_ok(url: &str) -> String {
 async fn via_blob(feed: &FakeArtifacts, url: &str) -> Vec<u8> {
     let resp = get(url, Some(&format!("Bearer {}", token()))).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "GET {url}");
-    let location = resp.headers()["location"].to_str().expect("ascii").to_string();
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
     assert!(location.starts_with(&feed.blob_url()), "{location}");
     let blob = get(&location, None).await;
     assert_eq!(blob.status(), StatusCode::OK, "GET {location}");
@@ -63,11 +66,7 @@ async fn feeds_take_a_token_as_bearer_or_as_a_basic_password() {
     feed.add_npm("left-pad", "1.0.0");
     let url = format!("{}left-pad", npm_registry(&feed.feed_url()));
     let t = token();
-    for authorization in [
-        format!("Bearer {t}"),
-        basic("anything", &t),
-        basic("", &t),
-    ] {
+    for authorization in [format!("Bearer {t}"), basic("anything", &t), basic("", &t)] {
         let resp = get(&url, Some(&authorization)).await;
         assert_eq!(resp.status(), StatusCode::OK);
     }
@@ -84,7 +83,9 @@ async fn feeds_take_a_token_as_bearer_or_as_a_basic_password() {
     );
     assert!(feed.feed_url().starts_with(&feed.base_url()));
     let served = feed.assert_only_valid_credentials();
-    assert!(served.iter().all(|r| r.identity.as_deref() == Some(OBJECT_ID)));
+    assert!(served
+        .iter()
+        .all(|r| r.identity.as_deref() == Some(OBJECT_ID)));
     // The project-scoped feed too.
     let project = pypi_simple(&feed.project_feed_url());
     assert_eq!(
@@ -155,8 +156,8 @@ async fn answers_name_the_feed_by_absolute_urls_with_real_digests() {
         format!("{base}/npm/registry/@contoso/widget/-/widget-2.1.0.tgz")
     );
     let tarball = via_blob(&feed, tarball_url).await;
-    assert_eq!(dist["shasum"], artifacts::sha1_hex(&tarball));
-    assert_eq!(dist["integrity"], artifacts::npm_integrity(&tarball));
+    assert_eq!(dist["shasum"], archive::sha1_hex(&tarball));
+    assert_eq!(dist["integrity"], archive::npm_integrity(&tarball));
 
     let page = get_ok(&format!("{}contoso-tools/", pypi_simple(&base))).await;
     let href = page
@@ -169,7 +170,10 @@ async fn answers_name_the_feed_by_absolute_urls_with_real_digests() {
         file_url,
         format!("{base}/pypi/download/contoso-tools/1.0/contoso_tools-1.0-py3-none-any.whl")
     );
-    assert_eq!(digest, artifacts::sha256_hex(&via_blob(&feed, file_url).await));
+    assert_eq!(
+        digest,
+        archive::sha256_hex(&via_blob(&feed, file_url).await)
+    );
 
     let config: Value =
         serde_json::from_str(&get_ok(&format!("{}config.json", cargo_index(&base))).await)
@@ -178,14 +182,20 @@ async fn answers_name_the_feed_by_absolute_urls_with_real_digests() {
         config,
         json!({"dl": format!("{base}/Cargo/api/v1/crates"), "api": format!("{base}/Cargo"), "auth-required": true})
     );
-    let line: Value =
-        serde_json::from_str(get_ok(&format!("{}se/ed/seeded", cargo_index(&base))).await.trim())
-            .expect("json");
-    let krate = via_blob(&feed, &format!("{base}/Cargo/api/v1/crates/seeded/1.0.0/download")).await;
-    assert_eq!(line["cksum"], artifacts::sha256_hex(&krate));
+    let line: Value = serde_json::from_str(
+        get_ok(&format!("{}se/ed/seeded", cargo_index(&base)))
+            .await
+            .trim(),
+    )
+    .expect("json");
+    let krate = via_blob(
+        &feed,
+        &format!("{base}/Cargo/api/v1/crates/seeded/1.0.0/download"),
+    )
+    .await;
+    assert_eq!(line["cksum"], archive::sha256_hex(&krate));
 
-    let index: Value =
-        serde_json::from_str(&get_ok(&nuget_index(&base)).await).expect("json");
+    let index: Value = serde_json::from_str(&get_ok(&nuget_index(&base)).await).expect("json");
     let resources = index["resources"].as_array().expect("resources");
     assert!(resources
         .iter()
@@ -199,8 +209,12 @@ async fn answers_name_the_feed_by_absolute_urls_with_real_digests() {
         serde_json::from_str(&get_ok(&format!("{flat}contoso.lib/index.json")).await)
             .expect("json");
     assert_eq!(versions, json!({"versions": ["3.0.0"]}));
-    let nupkg = via_blob(&feed, &format!("{flat}contoso.lib/3.0.0/contoso.lib.3.0.0.nupkg")).await;
-    assert_eq!(nupkg, artifacts::nupkg("Contoso.Lib", "3.0.0"));
+    let nupkg = via_blob(
+        &feed,
+        &format!("{flat}contoso.lib/3.0.0/contoso.lib.3.0.0.nupkg"),
+    )
+    .await;
+    assert_eq!(nupkg, archive::nupkg("Contoso.Lib", "3.0.0"));
     feed.assert_blob_saw_no_credential();
 }
 
@@ -208,17 +222,26 @@ async fn answers_name_the_feed_by_absolute_urls_with_real_digests() {
 async fn blob_storage_serves_the_signed_url_only_without_a_credential() {
     let feed = FakeArtifacts::start().await;
     feed.add_npm("left-pad", "1.0.0");
-    let url = format!("{}left-pad/-/left-pad-1.0.0.tgz", npm_registry(&feed.feed_url()));
+    let url = format!(
+        "{}left-pad/-/left-pad-1.0.0.tgz",
+        npm_registry(&feed.feed_url())
+    );
     let resp = get(&url, Some(&format!("Bearer {}", token()))).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let location = resp.headers()["location"].to_str().expect("ascii").to_string();
-    assert!(location.contains("sig=") && location.contains("se="), "{location}");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        location.contains("sig=") && location.contains("se="),
+        "{location}"
+    );
 
     let ok = get(&location, None).await;
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(
         ok.bytes().await.expect("body").to_vec(),
-        artifacts::npm_tarball("left-pad", "1.0.0")
+        archive::npm_tarball("left-pad", "1.0.0")
     );
     for authorization in [format!("Bearer {}", token()), basic("u", &token())] {
         let refused = get(&location, Some(&authorization)).await;
@@ -235,7 +258,13 @@ async fn blob_storage_serves_the_signed_url_only_without_a_credential() {
         .collect();
     assert_eq!(
         seen,
-        [(false, 200), (true, 403), (true, 403), (false, 403), (false, 404)]
+        [
+            (false, 200),
+            (true, 403),
+            (true, 403),
+            (false, 403),
+            (false, 404)
+        ]
     );
     assert!(feed
         .blob_requests()
@@ -257,12 +286,12 @@ async fn uploads_are_served_back() {
     let bearer = format!("Bearer {}", token());
 
     // npm publish: the packument with the tarball attached.
-    let tarball = artifacts::npm_tarball("pub", "1.0.0");
+    let tarball = archive::npm_tarball("pub", "1.0.0");
     let doc = json!({
         "_id": "pub", "name": "pub", "dist-tags": {"latest": "1.0.0"},
         "versions": {"1.0.0": {"name": "pub", "version": "1.0.0", "dist": {
-            "shasum": artifacts::sha1_hex(&tarball),
-            "integrity": artifacts::npm_integrity(&tarball),
+            "shasum": archive::sha1_hex(&tarball),
+            "integrity": archive::npm_integrity(&tarball),
             "tarball": "http://elsewhere/pub-1.0.0.tgz"}}},
         "_attachments": {"pub-1.0.0.tgz": {"content_type": "application/octet-stream",
             "data": base64::engine::general_purpose::STANDARD.encode(&tarball),
@@ -272,7 +301,10 @@ async fn uploads_are_served_back() {
     let put = client.put(&url).header("authorization", &bearer).json(&doc);
     assert_eq!(put.send().await.expect("PUT").status(), StatusCode::OK);
     let again = client.put(&url).header("authorization", &bearer).json(&doc);
-    assert_eq!(again.send().await.expect("PUT").status(), StatusCode::CONFLICT);
+    assert_eq!(
+        again.send().await.expect("PUT").status(),
+        StatusCode::CONFLICT
+    );
     assert_eq!(feed.npm_versions(&base, "pub"), ["1.0.0"]);
     let packument: Value = serde_json::from_str(&get_ok(&url).await).expect("json");
     assert_eq!(
@@ -281,7 +313,7 @@ async fn uploads_are_served_back() {
     );
 
     // twine upload: multipart form.
-    let (file, wheel) = artifacts::wheel("uploaded", "0.1");
+    let (file, wheel) = archive::wheel("uploaded", "0.1");
     let boundary = "----patless-boundary";
     let mut form = Vec::new();
     for (name, value) in [
@@ -289,7 +321,7 @@ async fn uploads_are_served_back() {
         ("protocol_version", "1".to_string()),
         ("name", "uploaded".to_string()),
         ("version", "0.1".to_string()),
-        ("sha256_digest", artifacts::sha256_hex(&wheel)),
+        ("sha256_digest", archive::sha256_hex(&wheel)),
     ] {
         form.extend_from_slice(
             format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
@@ -315,14 +347,23 @@ async fn uploads_are_served_back() {
 
     // Maven PUT, then the checksum the feed computes.
     let jar_url = format!("{}/com/contoso/app/1.0/app-1.0.jar", maven_repo(&base));
-    let jar = artifacts::jar("app", "1.0");
-    let put = client.put(&jar_url).header("authorization", &bearer).body(jar.clone());
+    let jar = archive::jar("app", "1.0");
+    let put = client
+        .put(&jar_url)
+        .header("authorization", &bearer)
+        .body(jar.clone());
     assert_eq!(put.send().await.expect("PUT").status(), StatusCode::CREATED);
-    assert_eq!(get_ok(&format!("{jar_url}.sha1")).await, artifacts::sha1_hex(&jar));
-    assert_eq!(get_ok(&format!("{jar_url}.md5")).await, artifacts::md5_hex(&jar));
+    assert_eq!(
+        get_ok(&format!("{jar_url}.sha1")).await,
+        archive::sha1_hex(&jar)
+    );
+    assert_eq!(
+        get_ok(&format!("{jar_url}.md5")).await,
+        archive::md5_hex(&jar)
+    );
 
     // cargo publish: length-prefixed metadata and crate.
-    let krate = artifacts::crate_file("shiny", "0.2.0");
+    let krate = archive::crate_file("shiny", "0.2.0");
     let meta = json!({"name": "shiny", "vers": "0.2.0", "deps": [], "features": {}}).to_string();
     let mut body = Vec::new();
     body.extend_from_slice(&(meta.len() as u32).to_le_bytes());
@@ -336,27 +377,27 @@ async fn uploads_are_served_back() {
     assert_eq!(put.send().await.expect("PUT").status(), StatusCode::OK);
     assert_eq!(feed.crate_versions(&base, "shiny"), ["0.2.0"]);
     let line = get_ok(&format!("{}sh/in/shiny", cargo_index(&base))).await;
-    assert!(line.contains(&artifacts::sha256_hex(&krate)), "{line}");
+    assert!(line.contains(&archive::sha256_hex(&krate)), "{line}");
     feed.assert_only_valid_credentials();
 }
 
 #[test]
 fn digests_and_archives_are_the_standard_ones() {
-    assert_eq!(artifacts::md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+    assert_eq!(archive::md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
     assert_eq!(
-        artifacts::md5_hex(b"The quick brown fox jumps over the lazy dog"),
+        archive::md5_hex(b"The quick brown fox jumps over the lazy dog"),
         "9e107d9d372bb6826bd81d3542a419d6"
     );
     assert_eq!(
-        artifacts::sha1_hex(b"abc"),
+        archive::sha1_hex(b"abc"),
         "a9993e364706816aba3e25717850c26c9cd0d89d"
     );
-    assert_eq!(artifacts::sha256_hex(b"").len(), 64);
+    assert_eq!(archive::sha256_hex(b"").len(), 64);
     // gzip: header, a final stored block, CRC-32 ("abc" → 0x352441c2), size.
-    let gz = artifacts::gzip(b"abc");
+    let gz = archive::gzip(b"abc");
     assert_eq!(&gz[..3], &[0x1f, 0x8b, 8]);
     assert_eq!(&gz[gz.len() - 8..], &[0xc2, 0x41, 0x24, 0x35, 3, 0, 0, 0]);
-    let tar = artifacts::tar(&[("a.txt", b"hi")]);
+    let tar = archive::tar(&[("a.txt", b"hi")]);
     assert_eq!(tar.len(), 512 * 4);
     assert_eq!(&tar[257..263], b"ustar\0");
 }

@@ -59,5 +59,5 @@ mod rest_clients;
 mod secrets;
 
 // The fakes themselves.
-mod support_selftest;
 mod artifacts_selftest;
+mod support_selftest;

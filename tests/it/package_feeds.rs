@@ -2,7 +2,8 @@
 //! holding a credential in its own config the way people set them up for Azure Artifacts: npm
 //! (`.npmrc`, `_authToken` or `username`/`_password`), pip (`pip.conf` `index-url` with the
 //! credential as password) and twine (`.pypirc`), cargo (a `[registries]` entry with
-//! `credential-provider = "cargo:token"` and a `Basic` token), Maven and NuGet over raw HTTP.
+//! `credential-provider = "cargo:token"` and a `Basic` token), Maven (`settings.xml`), and NuGet
+//! over raw HTTP.
 //! They install, fetch and publish; the stand-in checks every credential as the service does and
 //! sends downloads to its blob storage, which refuses a credential.
 //!
@@ -13,11 +14,12 @@
 //! serving) with `env_clear()`, in temporary directories; `.ci/run` installs them, and elsewhere
 //! a missing one makes its test say NOT RUN and return.
 //!
-//! Maven: Debian's `maven` comes without the deploy and dependency plugins, and Maven Central is
-//! out of reach; `.ci/run` installs Debian's `libmaven-deploy-plugin-java` and
-//! `libmaven-dependency-plugin-java`, and [`maven_resolve_and_deploy`] runs `mvn` with
-//! `/usr/share/maven-repo` as its plugin repository. [`maven_over_http`] checks the same
-//! layout, checksums and `PUT`s over raw HTTP. NuGet has no client here: raw HTTP.
+//! Maven: Maven Central is out of reach and Debian's `maven` comes without the deploy and
+//! dependency plugins; `.ci/run` installs Debian's (`libmaven-deploy-plugin-java`,
+//! `libmaven-dependency-plugin-java`, and `junit4`, which the latter's POM names), and
+//! [`maven_resolve_and_deploy`] runs `mvn` with `/usr/share/maven-repo` mirroring Central.
+//! [`maven_over_http`] checks the layout, checksums and `PUT`s byte by byte over raw HTTP. NuGet
+//! has no client here: raw HTTP ([`nuget_restore_over_http`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,8 +32,8 @@ use serde_json::Value;
 use tokio::process::Command;
 
 use crate::support::artifacts::{
-    self, cargo_index, maven_repo, npm_registry, nuget_index, pypi_simple, pypi_upload, AuthForm,
-    FakeArtifacts, ADO_AUDIENCE,
+    self, archive, cargo_index, maven_repo, npm_registry, nuget_index, pypi_simple, pypi_upload,
+    AuthForm, FakeArtifacts, ADO_AUDIENCE,
 };
 use crate::support::clients;
 use crate::support::entra::mint_token;
@@ -276,7 +278,9 @@ pub async fn pip_install_and_twine_upload(feed: &FakeArtifacts, target: &Target<
     std::fs::create_dir_all(&home).expect("home");
     let mut index = url::Url::parse(&pypi_simple(target.feed_url)).expect("index URL");
     index.set_username("feed").expect("user");
-    index.set_password(Some(target.credential)).expect("password");
+    index
+        .set_password(Some(target.credential))
+        .expect("password");
     let pip_conf = write_file(
         tmp.path(),
         "pip.conf",
@@ -287,7 +291,12 @@ pub async fn pip_install_and_twine_upload(feed: &FakeArtifacts, target: &Target<
     );
     let pip_conf = pip_conf.to_string_lossy().into_owned();
     let pip_install = |target_dir: &Path, requirement: &str| {
-        let mut cmd = client(python(), tmp.path(), &home, &[("PIP_CONFIG_FILE", pip_conf.as_str())]);
+        let mut cmd = client(
+            python(),
+            tmp.path(),
+            &home,
+            &[("PIP_CONFIG_FILE", pip_conf.as_str())],
+        );
         cmd.args(["-m", "pip", "install", "--target"])
             .arg(target_dir)
             .arg(requirement);
@@ -295,11 +304,16 @@ pub async fn pip_install_and_twine_upload(feed: &FakeArtifacts, target: &Target<
     };
 
     let site = tmp.path().join("site");
-    run("pip install", feed, pip_install(&site, "contoso-tools==1.0")).await;
+    run(
+        "pip install",
+        feed,
+        pip_install(&site, "contoso-tools==1.0"),
+    )
+    .await;
     let init = std::fs::read_to_string(site.join("contoso_tools/__init__.py")).expect("installed");
     assert!(init.contains("\"1.0\""), "{init}");
 
-    let (file, wheel) = artifacts::wheel("uploaded_pkg", "0.1");
+    let (file, wheel) = archive::wheel("uploaded_pkg", "0.1");
     let dist = write_file(&tmp.path().join("dist"), &file, wheel);
     let pypirc = write_file(
         tmp.path(),
@@ -313,7 +327,13 @@ pub async fn pip_install_and_twine_upload(feed: &FakeArtifacts, target: &Target<
     );
     let mut twine = client(python(), tmp.path(), &home, &[]);
     twine
-        .args(["-m", "twine", "upload", "--non-interactive", "--disable-progress-bar"])
+        .args([
+            "-m",
+            "twine",
+            "upload",
+            "--non-interactive",
+            "--disable-progress-bar",
+        ])
         .arg("--config-file")
         .arg(&pypirc)
         .args(["--repository", "feed"])
@@ -401,7 +421,13 @@ pub async fn cargo_publish_and_fetch(feed: &FakeArtifacts, target: &Target<'_>) 
         feed,
         cargo(
             &publisher,
-            &["publish", "--registry", "feed", "--no-verify", "--allow-dirty"],
+            &[
+                "publish",
+                "--registry",
+                "feed",
+                "--no-verify",
+                "--allow-dirty",
+            ],
         ),
     )
     .await;
@@ -417,7 +443,11 @@ pub async fn cargo_publish_and_fetch(feed: &FakeArtifacts, target: &Target<'_>) 
         "[package]\nname = \"consumer\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n\
          [dependencies]\npublished-crate = { version = \"0.1.0\", registry = \"feed\" }\n",
     );
-    write_file(&consumer, "src/lib.rs", "pub use published_crate::VERSION;\n");
+    write_file(
+        &consumer,
+        "src/lib.rs",
+        "pub use published_crate::VERSION;\n",
+    );
     run("cargo fetch", feed, cargo(&consumer, &["fetch"])).await;
     let cached: Vec<String> = std::fs::read_dir(cargo_home.join("registry/cache"))
         .expect("registry cache")
@@ -506,9 +536,11 @@ pub async fn maven_resolve_and_deploy(feed: &FakeArtifacts, target: &Target<'_>)
         ]),
     )
     .await;
-    assert!(m2.join("com/contoso/seeded/1.0.0/seeded-1.0.0.jar").exists());
+    assert!(m2
+        .join("com/contoso/seeded/1.0.0/seeded-1.0.0.jar")
+        .exists());
 
-    let jar = artifacts::jar("deployed", "2.0.0");
+    let jar = archive::jar("deployed", "2.0.0");
     let file = write_file(tmp.path(), "deployed.jar", &jar);
     let file_arg = format!("-Dfile={}", file.display());
     let url_arg = format!("-Durl={}", maven_repo(target.feed_url));
@@ -529,26 +561,35 @@ pub async fn maven_resolve_and_deploy(feed: &FakeArtifacts, target: &Target<'_>)
     .await;
     let stored = |path: &str| feed.maven_file(&feed.feed_url(), path);
     let base = "com/contoso/deployed/2.0.0/deployed-2.0.0";
-    assert_eq!(stored(&format!("{base}.jar")).map(|b| b.to_vec()), Some(jar));
+    assert_eq!(
+        stored(&format!("{base}.jar")).map(|b| b.to_vec()),
+        Some(jar)
+    );
     for file in [".jar.sha1", ".jar.md5", ".pom", ".pom.sha1"] {
         assert!(stored(&format!("{base}{file}")).is_some(), "{base}{file}");
     }
     assert!(stored("com/contoso/deployed/maven-metadata.xml").is_some());
 }
 
+/// `test` arguments: Debian's deploy and dependency plugins, and the JUnit the latter needs.
+const MAVEN_PLUGINS_PROBE: [&str; 8] = [
+    "-f",
+    "/usr/share/maven-repo/org/apache/maven/plugins/maven-deploy-plugin/3.0.0/maven-deploy-plugin-3.0.0.jar",
+    "-a",
+    "-f",
+    "/usr/share/maven-repo/org/apache/maven/plugins/maven-dependency-plugin/3.5.0/maven-dependency-plugin-3.5.0.jar",
+    "-a",
+    "-d",
+    "/usr/share/maven-repo/junit/junit/4.x",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maven_resolves_and_deploys() {
     if !clients::require_tool("mvn", "apt-get install maven")
         || !clients::require(
             "Debian's Maven deploy and dependency plugins",
-            std::process::Command::new("test").args([
-                "-f",
-                "/usr/share/maven-repo/org/apache/maven/plugins/maven-deploy-plugin/3.0.0/maven-deploy-plugin-3.0.0.jar",
-                "-a",
-                "-f",
-                "/usr/share/maven-repo/org/apache/maven/plugins/maven-dependency-plugin/3.5.0/maven-dependency-plugin-3.5.0.jar",
-            ]),
-            "apt-get install libmaven-deploy-plugin-java libmaven-dependency-plugin-java",
+            std::process::Command::new("test").args(MAVEN_PLUGINS_PROBE),
+            "apt-get install libmaven-deploy-plugin-java libmaven-dependency-plugin-java junit4",
         )
     {
         return;
@@ -601,19 +642,25 @@ pub async fn maven_over_http(feed: &FakeArtifacts, target: &Target<'_>) {
         assert_eq!(status, StatusCode::OK, "{url}");
         let (_, sha1) = get(&format!("{url}.sha1"), target.credential).await;
         let (_, md5) = get(&format!("{url}.md5"), target.credential).await;
-        assert_eq!(sha1, artifacts::sha1_hex(&bytes).as_bytes());
-        assert_eq!(md5, artifacts::md5_hex(&bytes).as_bytes());
+        assert_eq!(sha1, archive::sha1_hex(&bytes).as_bytes());
+        assert_eq!(md5, archive::md5_hex(&bytes).as_bytes());
     }
 
     let deployed = format!("{repo}/com/contoso/deployed/2.0.0/deployed-2.0.0");
-    let jar = artifacts::jar("deployed", "2.0.0");
-    let pom = artifacts::pom("com.contoso", "deployed", "2.0.0").into_bytes();
+    let jar = archive::jar("deployed", "2.0.0");
+    let pom = archive::pom("com.contoso", "deployed", "2.0.0").into_bytes();
     let client = http_client();
     for (url, body) in [
         (format!("{deployed}.jar"), jar.clone()),
-        (format!("{deployed}.jar.sha1"), artifacts::sha1_hex(&jar).into_bytes()),
+        (
+            format!("{deployed}.jar.sha1"),
+            archive::sha1_hex(&jar).into_bytes(),
+        ),
         (format!("{deployed}.pom"), pom.clone()),
-        (format!("{deployed}.pom.md5"), artifacts::md5_hex(&pom).into_bytes()),
+        (
+            format!("{deployed}.pom.md5"),
+            archive::md5_hex(&pom).into_bytes(),
+        ),
     ] {
         let resp = client
             .put(&url)
@@ -670,12 +717,15 @@ pub async fn nuget_restore_over_http(feed: &FakeArtifacts, target: &Target<'_>) 
         .await
         .expect("GET nupkg");
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{url}");
-    let location = resp.headers()["location"].to_str().expect("ascii").to_string();
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
     let blob = http_client().get(&location).send().await.expect("GET blob");
     assert_eq!(blob.status(), StatusCode::OK);
     assert_eq!(
         blob.bytes().await.expect("nupkg").to_vec(),
-        artifacts::nupkg("Contoso.Lib", "3.0.0")
+        archive::nupkg("Contoso.Lib", "3.0.0")
     );
 }
 

@@ -52,7 +52,7 @@
 //! read and write), the `{org}.pkgs.visualstudio.com` host, feed ids (GUIDs) in URLs, the npm
 //! `-/user`, `-/whoami` and audit endpoints, Maven snapshots' timestamped metadata, compression.
 
-mod archive;
+pub mod archive;
 mod blob;
 mod cargo;
 mod maven;
@@ -75,10 +75,7 @@ use serde_json::{json, Value};
 use super::upstream::{test_decoding_key, verify_bearer};
 use super::{full, lock, AbortOnDrop, Body};
 
-pub use archive::{
-    crate_file, gzip, jar, md5_hex, npm_integrity, npm_tarball, nupkg, pom, sha1_hex, sha256_hex,
-    tar, wheel,
-};
+use archive::{crate_file, npm_tarball, nupkg, wheel};
 pub use blob::BlobRequest;
 
 /// Azure DevOps' Entra resource: the audience of the tokens the feeds take.
@@ -125,7 +122,9 @@ pub enum AuthForm {
     None,
     Bearer,
     /// `Basic`, with its user name.
-    Basic { user: String },
+    Basic {
+        user: String,
+    },
     /// Another scheme, or a header that does not parse.
     Other(String),
 }
@@ -181,7 +180,10 @@ impl FakeArtifacts {
         let addr = listener.local_addr().expect("local_addr");
         let mut feeds = BTreeMap::new();
         feeds.insert(format!("/{ORG}/_packaging/{FEED}"), Feed::default());
-        feeds.insert(format!("/{ORG}/{PROJECT}/_packaging/{FEED}"), Feed::default());
+        feeds.insert(
+            format!("/{ORG}/{PROJECT}/_packaging/{FEED}"),
+            Feed::default(),
+        );
         let state = Arc::new(State {
             base_url: format!("http://{addr}"),
             key: test_decoding_key(),
@@ -314,7 +316,7 @@ impl FakeArtifacts {
         })
     }
 
-    /// Adds `group:artifact:version` (POM, [`jar`], their `.sha1`/`.md5`, `maven-metadata.xml`)
+    /// Adds `group:artifact:version` (POM, [`archive::jar`], their `.sha1`/`.md5`, `maven-metadata.xml`)
     /// to the organization's feed.
     pub fn add_maven(&self, group: &str, artifact: &str, version: &str) {
         self.with_feed(&self.feed_url(), |f| {
@@ -330,7 +332,11 @@ impl FakeArtifacts {
     /// Adds a [`crate_file`] of `name` `version` to the organization's feed.
     pub fn add_crate(&self, name: &str, version: &str) {
         self.with_feed(&self.feed_url(), |f| {
-            cargo::add(&mut f.crates, cargo::entry(name, version), crate_file(name, version))
+            cargo::add(
+                &mut f.crates,
+                cargo::entry(name, version),
+                crate_file(name, version),
+            )
         });
     }
 
@@ -347,10 +353,10 @@ impl FakeArtifacts {
     /// Adds a [`nupkg`] of `id` `version` to the organization's feed.
     pub fn add_nuget(&self, id: &str, version: &str) {
         self.with_feed(&self.feed_url(), |f| {
-            f.nuget
-                .entry(id.to_ascii_lowercase())
-                .or_default()
-                .insert(version.to_ascii_lowercase(), Bytes::from(nupkg(id, version)));
+            f.nuget.entry(id.to_ascii_lowercase()).or_default().insert(
+                version.to_ascii_lowercase(),
+                Bytes::from(nupkg(id, version)),
+            );
         });
     }
 }
@@ -516,7 +522,10 @@ fn unauthorized() -> Response<Body> {
     );
     let h = r.headers_mut();
     for challenge in [BEARER_CHALLENGE, BASIC_CHALLENGE, "TFS-Federated"] {
-        h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        h.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
     h.insert(
         "x-tfs-fedauthrealm",

@@ -133,7 +133,11 @@ pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
         field(&mut header, 100, b"0000644\0");
         field(&mut header, 108, b"0000000\0");
         field(&mut header, 116, b"0000000\0");
-        field(&mut header, 124, format!("{:011o}\0", data.len()).as_bytes());
+        field(
+            &mut header,
+            124,
+            format!("{:011o}\0", data.len()).as_bytes(),
+        );
         field(&mut header, 136, b"14000000000\0");
         field(&mut header, 148, b"        ");
         header[156] = b'0';
@@ -209,7 +213,8 @@ pub fn wheel(name: &str, version: &str) -> (String, Vec<u8>) {
     let module = format!("{name}/__init__.py");
     let init = format!("VERSION = {version:?}\n");
     let metadata = format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n");
-    let wheel = "Wheel-Version: 1.0\nGenerator: patless-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n";
+    let wheel =
+        "Wheel-Version: 1.0\nGenerator: patless-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n";
     let entries = [
         (module, init.into_bytes()),
         (format!("{dist_info}/METADATA"), metadata.into_bytes()),
@@ -237,8 +242,14 @@ pub fn crate_file(name: &str, version: &str) -> Vec<u8> {
     );
     let lib = format!("pub const VERSION: &str = \"{version}\";\n");
     gzip(&tar(&[
-        (format!("{name}-{version}/Cargo.toml").as_str(), manifest.as_bytes()),
-        (format!("{name}-{version}/src/lib.rs").as_str(), lib.as_bytes()),
+        (
+            format!("{name}-{version}/Cargo.toml").as_str(),
+            manifest.as_bytes(),
+        ),
+        (
+            format!("{name}-{version}/src/lib.rs").as_str(),
+            lib.as_bytes(),
+        ),
     ]))
 }
 
@@ -259,7 +270,10 @@ pub fn pom(group: &str, artifact: &str, version: &str) -> String {
 
 /// A nupkg (zip with a `.nuspec`) for `id` `version`.
 pub fn nupkg(id: &str, version: &str) -> Vec<u8> {
-    zip(&[(format!("{id}.nuspec").as_str(), nuspec(id, version).as_bytes())])
+    zip(&[(
+        format!("{id}.nuspec").as_str(),
+        nuspec(id, version).as_bytes(),
+    )])
 }
 
 /// The `.nuspec` of [`nupkg`].

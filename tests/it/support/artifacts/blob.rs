@@ -93,7 +93,12 @@ impl BlobStore {
         response
     }
 
-    fn answer(&self, req: &Request<Incoming>, path: &str, had_authorization: bool) -> Response<Body> {
+    fn answer(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+        had_authorization: bool,
+    ) -> Response<Body> {
         if had_authorization {
             return storage_error(
                 StatusCode::FORBIDDEN,
@@ -110,8 +115,8 @@ impl BlobStore {
             );
         };
         let valid = self.sign(path, expiry) == *sig;
-        let expired = chrono::DateTime::parse_from_rfc3339(expiry)
-            .map_or(true, |e| e < chrono::Utc::now());
+        let expired =
+            chrono::DateTime::parse_from_rfc3339(expiry).map_or(true, |e| e < chrono::Utc::now());
         if !valid || expired {
             return storage_error(
                 StatusCode::FORBIDDEN,

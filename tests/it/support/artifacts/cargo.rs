@@ -31,7 +31,10 @@ pub(super) fn entry(name: &str, version: &str) -> Value {
 /// Adds a version (`entry` gets the `.crate`'s `cksum`).
 pub(super) fn add(crates: &mut BTreeMap<String, Vec<Version>>, mut entry: Value, file: Vec<u8>) {
     entry["cksum"] = json!(sha256_hex(&file));
-    let name = entry["name"].as_str().unwrap_or_default().to_ascii_lowercase();
+    let name = entry["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     crates.entry(name).or_default().push(Version {
         entry,
         file: Bytes::from(file),
@@ -67,7 +70,11 @@ pub(super) fn handle(
         );
     }
     if let Some(path) = rest.strip_prefix("index/") {
-        let name = path.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+        let name = path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         return match crates.get(&name) {
             Some(versions) if index_path(&name) == path.to_ascii_lowercase() => {
                 let lines: String = versions.iter().map(|v| format!("{}\n", v.entry)).collect();

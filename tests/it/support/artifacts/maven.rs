@@ -36,7 +36,11 @@ pub(super) fn add(files: &mut BTreeMap<String, Bytes>, group: &str, artifact: &s
 }
 
 /// `maven/v1/{rest}`.
-pub(super) fn handle(files: &mut BTreeMap<String, Bytes>, call: &Call, rest: &str) -> Response<Body> {
+pub(super) fn handle(
+    files: &mut BTreeMap<String, Bytes>,
+    call: &Call,
+    rest: &str,
+) -> Response<Body> {
     let path = decode(rest);
     if path.is_empty() || path.split('/').any(|s| s.is_empty() || s == "..") {
         return not_found("No such path.");

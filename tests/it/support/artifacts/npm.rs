@@ -117,7 +117,10 @@ fn publish(packages: &mut BTreeMap<String, Package>, name: &str, body: &[u8]) ->
         return error(StatusCode::BAD_REQUEST, "No versions or attachments.");
     };
     for (v, manifest) in versions {
-        if packages.get(name).is_some_and(|p| p.versions.contains_key(v)) {
+        if packages
+            .get(name)
+            .is_some_and(|p| p.versions.contains_key(v))
+        {
             return error(
                 StatusCode::CONFLICT,
                 &format!("The feed already contains '{name}@{v}'."),
@@ -131,7 +134,10 @@ fn publish(packages: &mut BTreeMap<String, Package>, name: &str, body: &[u8]) ->
             .and_then(Value::as_str)
             .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
         let Some(tarball) = data else {
-            return error(StatusCode::BAD_REQUEST, "The tarball attachment is missing.");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "The tarball attachment is missing.",
+            );
         };
         let dist = manifest.get("dist");
         let claimed = |k: &str| dist.and_then(|d| d.get(k)).and_then(Value::as_str);

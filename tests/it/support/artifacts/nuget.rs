@@ -48,9 +48,10 @@ pub(super) fn handle(
         return not_found("The package does not exist in this feed.");
     };
     match &parts[..] {
-        [_, index] if index == "index.json" => {
-            json_response(StatusCode::OK, &json!({"versions": versions.keys().collect::<Vec<_>>()}))
-        }
+        [_, index] if index == "index.json" => json_response(
+            StatusCode::OK,
+            &json!({"versions": versions.keys().collect::<Vec<_>>()}),
+        ),
         [id, version, file] => match versions.get(version) {
             Some(bytes) if *file == format!("{id}.{version}.nupkg") => {
                 download(bytes.clone(), "application/octet-stream")

@@ -66,14 +66,21 @@ pub(super) fn handle(
     if rest == "simple" || rest == "simple/" {
         let links: String = projects
             .keys()
-            .map(|p| format!("<a href=\"{}/pypi/simple/{p}/\">{p}</a><br/>\n", call.feed_url))
+            .map(|p| {
+                format!(
+                    "<a href=\"{}/pypi/simple/{p}/\">{p}</a><br/>\n",
+                    call.feed_url
+                )
+            })
             .collect();
         return html("Simple index", &links);
     }
     if let Some(project) = rest.strip_prefix("simple/") {
         let project = normalize(project.trim_end_matches('/'));
         let Some(dists) = projects.get(&project) else {
-            return not_found(&format!("The package '{project}' does not exist in this feed."));
+            return not_found(&format!(
+                "The package '{project}' does not exist in this feed."
+            ));
         };
         let links: String = dists
             .iter()
@@ -92,7 +99,8 @@ pub(super) fn handle(
     }
     if let Some(path) = rest.strip_prefix("download/") {
         let mut parts = path.splitn(3, '/');
-        let (Some(project), Some(_version), Some(file)) = (parts.next(), parts.next(), parts.next())
+        let (Some(project), Some(_version), Some(file)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return not_found("No such file.");
         };
@@ -141,13 +149,19 @@ fn upload(projects: &mut BTreeMap<String, Vec<Dist>>, call: &Call) -> Response<B
     let content = parts.iter().find(|p| p.name == "content");
     let (Some(name), Some(version), Some(content)) = (field("name"), field("version"), content)
     else {
-        return error(StatusCode::BAD_REQUEST, "name, version and content are required.");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name, version and content are required.",
+        );
     };
     let Some(file) = content.filename.clone() else {
         return error(StatusCode::BAD_REQUEST, "The content has no file name.");
     };
     if field("sha256_digest").is_some_and(|d| d != sha256_hex(&content.data)) {
-        return error(StatusCode::BAD_REQUEST, "The sha256_digest does not match the file.");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The sha256_digest does not match the file.",
+        );
     }
     let exists = projects
         .get(&normalize(&name))
