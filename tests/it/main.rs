@@ -58,8 +58,10 @@ mod shutdown;
 // Across everything: secret hygiene, real clients and tools, deploy/ against a live scrape.
 mod deploy_metrics;
 mod git;
+mod package_feeds;
 mod rest_clients;
 mod secrets;
 
 // The fakes themselves.
+mod artifacts_selftest;
 mod support_selftest;

@@ -6,6 +6,7 @@
 
 pub mod ado_git;
 pub mod ado_rest;
+pub mod artifacts;
 pub mod capture;
 pub mod certs;
 pub mod clients;
