@@ -373,6 +373,49 @@ async fn watch_config_reloads_when_the_file_changes() {
     p.stop().await;
 }
 
+/// The same profile name, the same authority and audience, but another app in another tenant:
+/// the profile is rebuilt and the route's next token is the new app's (a kept token of the old
+/// app would be refused by the upstream, which now expects only the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_switched_to_another_app_and_tenant_serves_the_new_apps_token() {
+    const OTHER_TENANT: &str = "dddddddd-1111-4111-8111-dddddddddddd";
+    let entra = FakeEntra::start().await;
+    let new_app = entra.register_app(OTHER_TENANT, CLIENT_B);
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("patless.toml");
+    let base = config(&entra, &[("/one", &up.url(), ADO)], "", "");
+    write(&path, &base);
+    let p = Patless::start_file(&path, MapEnv::default(), Duration::from_secs(60)).await;
+    let (status, _) = get(p.url("/one/before")).await;
+    assert_eq!(status, 200);
+
+    up.expect(new_app);
+    let switched = base
+        .replace(
+            &format!("tenant_id = \"{TENANT}\""),
+            &format!("tenant_id = \"{OTHER_TENANT}\""),
+        )
+        .replace(
+            &format!("client_id = \"{CLIENT_ID}\""),
+            &format!("client_id = \"{CLIENT_B}\""),
+        );
+    assert_ne!(switched, base);
+    write(&path, &switched);
+    let report = p.reloader().reload().await.expect("reload");
+    assert_eq!(report.profiles.rebuilt, ["bot"]);
+    let (status, body) = get(p.url("/one/after")).await;
+    assert_eq!(status, 200, "{body}");
+    let last = up.requests().pop().expect("a request arrived");
+    let claims = last.claims.expect("a valid token");
+    assert_eq!(
+        (claims["appid"].as_str(), claims["tid"].as_str()),
+        (Some(CLIENT_B), Some(OTHER_TENANT))
+    );
+    assert_eq!(up.rejected(), 0, "{:?}", up.counts().invalid_reasons);
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_changes_are_refused_and_the_rest_applies() {
     support::capture::init();
