@@ -41,6 +41,7 @@ fn credential(fake: &FakeCli) -> AzureCliCredential {
 async fn the_token_az_prints_reaches_the_upstream() {
     let fake = FakeCli::az(Mode::Success);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, "").await;
     request_succeeds(&p, &up, &fake).await;
     // The resource, not the scope; nothing else.
@@ -56,6 +57,7 @@ async fn the_token_az_prints_reaches_the_upstream() {
 async fn tenant_and_subscription_are_passed_to_az() {
     let fake = FakeCli::az(Mode::Success);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(
         &fake,
         &up,
@@ -249,6 +251,7 @@ async fn exit_127_is_not_installed() {
 async fn not_logged_in_is_not_configured_and_says_run_az_login() {
     let fake = FakeCli::az(Mode::NotLoggedIn);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(msg.contains("not logged in: run `az login`"), "{msg}");
@@ -281,6 +284,7 @@ async fn not_logged_in_with_a_tenant_suggests_that_tenant() {
 async fn an_expired_sign_in_passes_the_aadsts_line_on_with_a_hint() {
     let fake = FakeCli::az(Mode::Aadsts700082);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(
@@ -323,6 +327,7 @@ async fn other_aadsts_codes_are_invalid_grant_with_entras_hint() {
 async fn garbage_on_stdout_is_a_bad_response() {
     let fake = FakeCli::az(Mode::Stdout("Welcome to Azure CLI!".into()));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(

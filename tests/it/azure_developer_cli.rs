@@ -35,6 +35,7 @@ fn credential(fake: &FakeCli) -> AzureDeveloperCliCredential {
 async fn the_token_azd_prints_reaches_the_upstream() {
     let fake = FakeCli::azd(Mode::Success);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, "").await;
     request_succeeds(&p, &up, &fake).await;
     // The scope as is (azd wants scopes, not resources).
@@ -47,6 +48,7 @@ async fn the_token_azd_prints_reaches_the_upstream() {
 async fn the_tenant_is_passed_as_tenant_id() {
     let fake = FakeCli::azd(Mode::Success);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, &format!("tenant_id = \"{TENANT}\"")).await;
     request_succeeds(&p, &up, &fake).await;
     assert_eq!(
@@ -147,6 +149,7 @@ async fn no_azd_on_path_is_not_configured_and_says_run_azd_auth_login() {
 async fn not_logged_in_is_not_configured_and_says_run_azd_auth_login() {
     let fake = FakeCli::azd(Mode::NotLoggedIn);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(msg.contains("not logged in: run `azd auth login`"), "{msg}");
@@ -183,6 +186,7 @@ async fn fetching_token_failures_are_not_logged_in_too() {
 async fn an_expired_sign_in_is_interaction_required_with_a_hint() {
     let fake = FakeCli::azd(Mode::Aadsts700082);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(msg.contains("AADSTS700082"), "{msg}");
@@ -200,6 +204,7 @@ async fn garbage_on_stdout_is_a_bad_response_without_the_output() {
         r#"{{"token":"{token}","expiresOn":"2030-01-02 03:04:05.000000"}}"#
     )));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let p = start_proxy(&fake, &up, "").await;
     let msg = expect_503(&p).await;
     assert!(

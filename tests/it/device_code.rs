@@ -23,7 +23,7 @@ use crate::support::entra::{
     PUBLIC_CLIENT_ID, TENANT, USER_UPN, VERIFICATION_URI,
 };
 use crate::support::patless::{load_config, route_toml, server_toml, Patless};
-use crate::support::upstream::FakeUpstream;
+use crate::support::upstream::{FakeUpstream, Identity};
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -340,6 +340,9 @@ async fn serve_uses_one_refresh_token_for_every_route_and_follows_logins_and_rev
     entra.set_lifetime(4);
     let ado = FakeUpstream::start(ADO_AUDIENCE).await;
     let defender = FakeUpstream::start(DEFENDER_AUDIENCE).await;
+    // The person who logged in, through the public client, not an app.
+    ado.expect(Identity::user(PUBLIC_CLIENT_ID));
+    defender.expect(Identity::user(PUBLIC_CLIENT_ID));
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let text = toml(

@@ -19,7 +19,7 @@ use crate::support::entra::{
 use crate::support::now_secs;
 use crate::support::patless::{config, Patless, ADO, DEFENDER};
 use crate::support::sandbox::{run_with_input, Run, Sandbox};
-use crate::support::upstream::{test_decoding_key, verify_bearer};
+use crate::support::upstream::{test_decoding_key, verify_bearer, Identity};
 
 const STALE_PAT: &str = "stalepat-VALUE-must-not-reach-upstream";
 const WRONG_SECRET: &str = "wrong-secret-VALUE-do-not-print";
@@ -226,7 +226,8 @@ fn attributes(r: &Run) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Checks a `get` answer and returns the verified token's claims.
+/// Checks a `get` answer and returns the verified token's claims (a token of the profile `bot`,
+/// the fake Entra's default app: every route the helper answers here uses it).
 fn verified_answer(r: &Run, audience: &str) -> Value {
     let attrs = attributes(r);
     let keys: Vec<&str> = attrs.iter().map(|(k, _)| k.as_str()).collect();
@@ -241,8 +242,13 @@ fn verified_answer(r: &Run, audience: &str) -> Value {
         http::header::AUTHORIZATION,
         format!("Bearer {}", attrs[1].1).parse().expect("header"),
     );
-    let (_, claims) = verify_bearer(&headers, &test_decoding_key(), audience)
-        .unwrap_or_else(|e| panic!("the password is not a valid {audience} token: {e}"));
+    let (_, claims) = verify_bearer(
+        &headers,
+        &test_decoding_key(),
+        audience,
+        &Identity::default_app(),
+    )
+    .unwrap_or_else(|e| panic!("the password is not a valid {audience} token: {e}"));
     let expiry: u64 = attrs[2].1.parse().expect("epoch seconds");
     // The token's expiry, as patless computed it from `expires_in` (a second's rounding apart).
     let exp = claims["exp"].as_u64().expect("exp");

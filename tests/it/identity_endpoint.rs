@@ -16,7 +16,7 @@ use crate::support::capture::Hygiene;
 use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, OBJECT_ID};
 use crate::support::patless::{config, metric, Patless, ADO};
 use crate::support::sandbox::Sandbox;
-use crate::support::upstream::{test_decoding_key, verify_bearer, FakeUpstream};
+use crate::support::upstream::{test_decoding_key, verify_bearer, FakeUpstream, Identity};
 
 /// The header secret the tests configure.
 const HEADER: &str = "idh-7Qm2xV9pL4sK8wN3rT6yB1cZ5";
@@ -65,14 +65,15 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-/// Verifies `token` as the fake upstream would, for `audience`; returns its claims.
+/// Verifies `token` as the fake upstream would, for `audience` and the endpoint's profile `bot`
+/// (the fake Entra's default app); returns its claims.
 fn verify(token: &str, audience: &str) -> Value {
     let mut h = HeaderMap::new();
     h.insert(
         "authorization",
         HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
     );
-    verify_bearer(&h, &test_decoding_key(), audience)
+    verify_bearer(&h, &test_decoding_key(), audience, &Identity::default_app())
         .unwrap_or_else(|e| panic!("the token handed out does not verify: {e}"))
         .1
 }

@@ -14,7 +14,7 @@ use url::Url;
 
 use crate::support;
 use crate::support::entra::{ADO_AUDIENCE, ADO_SCOPE};
-use crate::support::msi::{FakeMsi, Scripted};
+use crate::support::msi::{system_assigned, user_assigned, FakeMsi, Scripted};
 use crate::support::patless::{profile_config, Patless};
 use crate::support::upstream::FakeUpstream;
 
@@ -119,6 +119,7 @@ fn assert_about(got: Duration, want: Duration) {
 async fn imds_system_assigned_end_to_end() {
     let imds = FakeMsi::imds().await;
     let ado = FakeUpstream::start(ADO_AUDIENCE).await;
+    ado.expect(system_assigned());
     let p = Patless::start(&mi_config(&ado, &format!("endpoint = \"{}\"", imds.url()))).await;
     proxied_request_succeeds(&p, &ado, &imds).await;
 
@@ -148,6 +149,7 @@ async fn imds_user_assigned_by_client_object_and_resource_id() {
         imds.set_system_assigned(false);
         imds.assign(param, value);
         let ado = FakeUpstream::start(ADO_AUDIENCE).await;
+        ado.expect(user_assigned(param, value));
         let extra = format!("endpoint = \"{}\"\n{key} = \"{value}\"", imds.url());
         let p = Patless::start(&mi_config(&ado, &extra)).await;
         proxied_request_succeeds(&p, &ado, &imds).await;
@@ -171,8 +173,10 @@ async fn app_service_end_to_end_with_each_id_parameter() {
         let app = FakeMsi::app_service(HEADER).await;
         let ado = FakeUpstream::start(ADO_AUDIENCE).await;
         let extra = if key.is_empty() {
+            ado.expect(system_assigned());
             String::new()
         } else {
+            ado.expect(user_assigned(param, value));
             app.set_system_assigned(false);
             app.assign(param, value);
             format!("{key} = \"{value}\"")
@@ -209,6 +213,7 @@ async fn azure_arc_end_to_end() {
     )
     .await;
     let ado = FakeUpstream::start(ADO_AUDIENCE).await;
+    ado.expect(system_assigned());
     let vars = env(&[
         ("IDENTITY_ENDPOINT", &arc.endpoint()),
         ("IMDS_ENDPOINT", &arc.url()),
@@ -240,6 +245,7 @@ async fn azure_arc_end_to_end() {
 async fn cloud_shell_end_to_end() {
     let shell = FakeMsi::cloud_shell().await;
     let ado = FakeUpstream::start(ADO_AUDIENCE).await;
+    ado.expect(system_assigned());
     let vars = env(&[("MSI_ENDPOINT", &shell.endpoint())]);
     let p = Patless::start_with_env(&mi_config(&ado, ""), vars).await;
     proxied_request_succeeds(&p, &ado, &shell).await;
@@ -260,6 +266,7 @@ async fn azure_ml_end_to_end() {
     let ml = FakeMsi::azure_ml(SECRET).await;
     ml.assign("clientid", UA_CLIENT_ID);
     let ado = FakeUpstream::start(ADO_AUDIENCE).await;
+    ado.expect(user_assigned("clientid", UA_CLIENT_ID));
     let vars = env(&[
         ("MSI_ENDPOINT", &ml.endpoint()),
         ("MSI_SECRET", SECRET),

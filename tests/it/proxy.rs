@@ -1,7 +1,7 @@
 //! The proxy as a client sees it (README.md, "The life of a request"): routing, token injection,
 //! header hygiene, redirects, errors, streaming, the cold burst and an Entra outage. The fake
-//! upstream verifies every token's signature, audience and expiry, so a 200 here proves the right
-//! token arrived.
+//! upstream verifies every token's signature, audience, expiry and identity (app, tenant, object
+//! id), so a 200 here proves the right token of the route's profile arrived.
 
 use std::time::Duration;
 
@@ -9,8 +9,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support;
-use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, DEFENDER_AUDIENCE};
-use crate::support::patless::{config, load, start_ado, Patless, ADO, DEFENDER};
+use crate::support::entra::{FakeEntra, Fault, ADO_AUDIENCE, CLIENT_SECRET, DEFENDER_AUDIENCE};
+use crate::support::patless::{
+    config, load, route_toml, server_toml, start_ado, Patless, ADO, DEFENDER,
+};
 use crate::support::upstream::FakeUpstream;
 
 async fn json(resp: reqwest::Response) -> Value {
@@ -89,6 +91,84 @@ async fn injects_token_and_strips_client_credentials_and_hop_by_hop_headers() {
     assert_eq!(ado.rejected() + defender.rejected(), 0);
     // One token per scope.
     assert_eq!(entra.token_requests(), 2);
+}
+
+/// Two routes on one audience (Azure DevOps), each with its own client-secret profile: another
+/// app in another tenant. Each upstream expects its profile's identity, so a route handed the
+/// other profile's token (same audience, same signer) would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_route_gets_its_own_profiles_token_on_a_shared_audience() {
+    let entra = FakeEntra::start().await;
+    let apps = [
+        (
+            "alpha",
+            "a1a1a1a1-0000-4000-8000-00000000a1a1",
+            "7e7e7e7e-0000-4000-8000-0000000000a1",
+        ),
+        (
+            "beta",
+            "b2b2b2b2-0000-4000-8000-00000000b2b2",
+            "7e7e7e7e-0000-4000-8000-0000000000b2",
+        ),
+    ];
+    let mut toml = format!(
+        "{}\n[entra]\nauthority_host = \"{}\"\n",
+        server_toml("shutdown_grace = \"5s\""),
+        entra.authority()
+    );
+    let mut upstreams = Vec::new();
+    for (name, client_id, tenant) in apps {
+        let up = FakeUpstream::start(ADO_AUDIENCE).await;
+        up.expect(entra.register_app(tenant, client_id));
+        toml.push_str(&format!(
+            "\n[profiles.{name}]\nkind = \"client_secret\"\ntenant_id = \"{tenant}\"\n\
+             client_id = \"{client_id}\"\nclient_secret = \"{CLIENT_SECRET}\"\n"
+        ));
+        toml.push_str(&route_toml(&format!("/{name}"), &up.url(), name, ADO));
+        upstreams.push(up);
+    }
+    let p = Patless::start(&toml).await;
+
+    for round in 0..3 {
+        for (name, _, _) in apps {
+            let resp = p
+                .get(&format!("/{name}/org/_apis/projects?round={round}"))
+                .await;
+            let status = resp.status();
+            assert_eq!(
+                status,
+                200,
+                "/{name}: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+    }
+    for ((name, client_id, tenant), up) in apps.iter().zip(&upstreams) {
+        let seen = up.requests();
+        assert_eq!(
+            up.rejected(),
+            0,
+            "{name}: {:?}",
+            up.counts().invalid_reasons
+        );
+        assert_eq!(up.accepted(), 3, "{name}");
+        for claims in seen.iter().map(|r| r.claims.as_ref().expect("valid token")) {
+            assert_eq!(claims["appid"], *client_id, "{name}");
+            assert_eq!(claims["tid"], *tenant, "{name}");
+        }
+    }
+    // One token per profile, from its own tenant's token endpoint.
+    let requests = entra.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    for (name, client_id, tenant) in apps {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.path == format!("/{tenant}/oauth2/v2.0/token")
+                    && r.form["client_id"] == client_id),
+            "no token request of {name}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,18 +22,31 @@ use crate::support::patless::{
     config, free_port, metric, poll_status, route_toml, server_toml, Gate, Patless, PatlessProcess,
     ADO, DEFENDER,
 };
-use crate::support::upstream::FakeUpstream;
+use crate::support::upstream::{FakeUpstream, Identity};
 
 const SUCCESS: &str = "patless_config_reloads_total{result=\"success\"}";
 const FAILURE: &str = "patless_config_reloads_total{result=\"failure\"}";
 
 /// A `client_secret` profile of the fake Entra's app, at `entra`.
 fn profile(name: &str, entra: &FakeEntra) -> String {
+    app_profile(name, entra, CLIENT_ID)
+}
+
+/// A `client_secret` profile of the app `client_id` (registered at `entra` unless it is the
+/// fake's own app), so that its tokens say which profile they are.
+fn app_profile(name: &str, entra: &FakeEntra, client_id: &str) -> String {
+    if client_id != CLIENT_ID {
+        entra.register_app(TENANT, client_id);
+    }
     format!(
-        "\n[profiles.{name}]\nkind = \"client_secret\"\nauthority_host = \"{}\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
+        "\n[profiles.{name}]\nkind = \"client_secret\"\nauthority_host = \"{}\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{client_id}\"\nclient_secret = \"{CLIENT_SECRET}\"\n",
         entra.authority()
     )
 }
+
+/// The apps of the profiles `b` and `c` (`a` is the fake Entra's own).
+const CLIENT_B: &str = "bbbbbbbb-1111-4111-8111-bbbbbbbbbbbb";
+const CLIENT_C: &str = "cccccccc-1111-4111-8111-cccccccccccc";
 
 /// Replaces the file at once (write beside it, rename over it), as editors and Kubernetes do.
 fn write(path: &Path, text: &str) {
@@ -74,19 +87,25 @@ async fn unchanged_profiles_keep_their_tokens_changed_and_removed_ones_stop() {
     // Short tokens at entra_b: were the refreshers of `b` and `c` left running, they would ask
     // again 2 s after their first token.
     entra_b.set_lifetime(4);
+    // Each profile its own app, each upstream the one profile routed to it: a route served
+    // another profile's token would be refused.
     let ado = FakeUpstream::start(ADO_AUDIENCE).await;
     let defender = FakeUpstream::start(DEFENDER_AUDIENCE).await;
+    defender.expect(Identity::app(CLIENT_B, TENANT));
+    let ado_c = FakeUpstream::start(ADO_AUDIENCE).await;
+    ado_c.expect(Identity::app(CLIENT_C, TENANT));
+    let defender_a = FakeUpstream::start(DEFENDER_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("patless.toml");
     let before = format!(
         "{}{}{}{}{}{}{}",
         server_toml("shutdown_delay = \"0s\""),
         profile("a", &entra_a),
-        profile("b", &entra_b),
-        profile("c", &entra_b),
+        app_profile("b", &entra_b, CLIENT_B),
+        app_profile("c", &entra_b, CLIENT_C),
         route_toml("/one", &ado.url(), "a", ADO),
         route_toml("/two", &defender.url(), "b", DEFENDER),
-        route_toml("/gone", &ado.url(), "c", ADO),
+        route_toml("/gone", &ado_c.url(), "c", ADO),
     );
     write(&path, &before);
     let started = Instant::now();
@@ -115,11 +134,11 @@ async fn unchanged_profiles_keep_their_tokens_changed_and_removed_ones_stop() {
         "{}{}{}{}{}{}",
         server_toml("shutdown_delay = \"0s\""),
         profile("a", &entra_a),
-        profile("b", &entra_c),
+        app_profile("b", &entra_c, CLIENT_B),
         route_toml("/one", &ado.url(), "a", ADO),
         route_toml("/two", &defender.url(), "b", DEFENDER),
         // New: a new entry of the kept profile, which must start refreshing.
-        route_toml("/three", &defender.url(), "a", DEFENDER),
+        route_toml("/three", &defender_a.url(), "a", DEFENDER),
     );
     write(&path, &after);
     let report = p.reloader().reload().await.expect("reload");
@@ -163,6 +182,7 @@ async fn unchanged_profiles_keep_their_tokens_changed_and_removed_ones_stop() {
     );
     let (status, _) = get(p.url("/three/y")).await;
     assert_eq!(status, 200);
+    last_auth(&defender_a);
     let (status, body) = get(p.url("/gone/y")).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("no_route")));
 
@@ -350,6 +370,49 @@ async fn watch_config_reloads_when_the_file_changes() {
     assert_eq!(status, 200);
     // One token for the whole test: the profile never changed.
     assert_eq!(entra.token_requests(), 1);
+    p.stop().await;
+}
+
+/// The same profile name, the same authority and audience, but another app in another tenant:
+/// the profile is rebuilt and the route's next token is the new app's (a kept token of the old
+/// app would be refused by the upstream, which now expects only the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_switched_to_another_app_and_tenant_serves_the_new_apps_token() {
+    const OTHER_TENANT: &str = "dddddddd-1111-4111-8111-dddddddddddd";
+    let entra = FakeEntra::start().await;
+    let new_app = entra.register_app(OTHER_TENANT, CLIENT_B);
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("patless.toml");
+    let base = config(&entra, &[("/one", &up.url(), ADO)], "", "");
+    write(&path, &base);
+    let p = Patless::start_file(&path, MapEnv::default(), Duration::from_secs(60)).await;
+    let (status, _) = get(p.url("/one/before")).await;
+    assert_eq!(status, 200);
+
+    up.expect(new_app);
+    let switched = base
+        .replace(
+            &format!("tenant_id = \"{TENANT}\""),
+            &format!("tenant_id = \"{OTHER_TENANT}\""),
+        )
+        .replace(
+            &format!("client_id = \"{CLIENT_ID}\""),
+            &format!("client_id = \"{CLIENT_B}\""),
+        );
+    assert_ne!(switched, base);
+    write(&path, &switched);
+    let report = p.reloader().reload().await.expect("reload");
+    assert_eq!(report.profiles.rebuilt, ["bot"]);
+    let (status, body) = get(p.url("/one/after")).await;
+    assert_eq!(status, 200, "{body}");
+    let last = up.requests().pop().expect("a request arrived");
+    let claims = last.claims.expect("a valid token");
+    assert_eq!(
+        (claims["appid"].as_str(), claims["tid"].as_str()),
+        (Some(CLIENT_B), Some(OTHER_TENANT))
+    );
+    assert_eq!(up.rejected(), 0, "{:?}", up.counts().invalid_reasons);
     p.stop().await;
 }
 

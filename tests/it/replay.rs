@@ -409,6 +409,7 @@ async fn the_cp1_capability_is_declared_and_merged_with_a_challenge() {
 async fn managed_identity_cannot_pass_claims_so_the_challenge_bypasses_the_cache() {
     let imds = FakeMsi::imds().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(support::msi::system_assigned());
     let body = format!("kind = \"managed_identity\"\nendpoint = \"{}\"", imds.url());
     let toml = profile_config(None, &up.url(), "mi", &body, "");
     let p = Patless::start(&toml).await;

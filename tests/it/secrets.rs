@@ -30,12 +30,12 @@ use crate::support::entra::{
     CLIENT_SECRET, DEFENDER_AUDIENCE, PUBLIC_CLIENT_ID, TENANT,
 };
 use crate::support::fake_cli::{FakeCli, Mode as CliMode};
-use crate::support::msi::FakeMsi;
+use crate::support::msi::{self, FakeMsi};
 use crate::support::now_secs;
 use crate::support::patless::{load, load_config, profile_config, Patless, ADO};
 use crate::support::pipelines::{FakePipelines, SERVICE_CONNECTION_ID, SYSTEM_TOKEN};
 use crate::support::sandbox::Sandbox;
-use crate::support::upstream::FakeUpstream;
+use crate::support::upstream::{FakeUpstream, Identity};
 use crate::support::write_file;
 use crate::support::SharedBuf;
 
@@ -545,6 +545,7 @@ async fn managed_identity_imds_accepted_and_refused() {
     let off = FakeMsi::imds().await;
     off.set_system_assigned(false);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(msi::system_assigned());
     let no_env = MapEnv::default();
     let body =
         |fake: &FakeMsi| format!("kind = \"managed_identity\"\nendpoint = \"{}\"", fake.url());
@@ -582,6 +583,7 @@ async fn managed_identity_app_service_accepted_and_refused() {
     h.forbid("stale IDENTITY_HEADER", WRONG_IDENTITY_HEADER);
     let app = FakeMsi::app_service(IDENTITY_HEADER).await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(msi::system_assigned());
     let toml_text = proxy_toml(None, &up, "appsvc", "kind = \"managed_identity\"", "");
     let env = |header: &str| {
         MapEnv::new([
@@ -640,6 +642,7 @@ async fn cli_kind(
     h.forbid("token the CLI prints", fake.token_for(ADO_AUDIENCE));
     h.forbid("token the CLI prints", fake.token_for(DEFENDER_AUDIENCE));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(fake.identity());
     let env = fake.env();
     let toml_text = proxy_toml(None, &up, profile, &format!("kind = \"{kind}\""), "");
 
@@ -772,6 +775,7 @@ async fn device_code_login_serve_and_revocation() {
     let entra = FakeEntra::start().await;
     entra.set_device_code_timing(1, 900);
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(Identity::user(PUBLIC_CLIENT_ID));
     let dir = TempDir::new().expect("tempdir");
     let state = dir.path().join("state");
     let toml_text = proxy_toml(
@@ -912,6 +916,7 @@ async fn interactive_browser_login_serve_and_expiry() {
     let mut h = Hygiene::new("interactive_browser");
     let entra = FakeEntra::start().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    up.expect(Identity::user(PUBLIC_CLIENT_ID));
     let dir = TempDir::new().expect("tempdir");
     let state = dir.path().join("state");
     let toml_text = proxy_toml(

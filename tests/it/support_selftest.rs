@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support;
+use crate::support::ado_git::AdoGit;
+use crate::support::ado_rest::{Credential, FakeAdo};
 use crate::support::entra::{
     self, FakeEntra, Fault, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE,
     DEFENDER_SCOPE, TENANT,
 };
 use crate::support::now_secs;
-use crate::support::upstream::FakeUpstream;
+use crate::support::upstream::{FakeUpstream, Identity};
 use crate::support::{fnv1a, http_client, pattern_byte, FNV_OFFSET};
 
 fn form<'a>(scope: &'a str, secret: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -560,6 +562,259 @@ async fn upstream_rejects_garbage_unsigned_and_missing_tokens() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(upstream.accepted(), 1);
+}
+
+/// A tenant and an app of it, registered with the fake Entra besides the default ones.
+const OTHER_TENANT: &str = "0a0b0c0d-1111-4222-8333-444455556666";
+const OTHER_CLIENT_ID: &str = "5e5e5e5e-1111-4222-8333-444455556666";
+
+#[tokio::test]
+async fn entra_tokens_say_which_app_and_tenant_asked() {
+    let entra = FakeEntra::start().await;
+    let other = entra.register_app(OTHER_TENANT, OTHER_CLIENT_ID);
+    assert_eq!(other, Identity::app(OTHER_CLIENT_ID, OTHER_TENANT));
+
+    let ask = |tenant: &'static str, client_id: &'static str| {
+        let url = entra.token_url_for(tenant);
+        async move {
+            http_client()
+                .post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id),
+                    ("client_secret", CLIENT_SECRET),
+                    ("scope", ADO_SCOPE),
+                ])
+                .send()
+                .await
+                .expect("token request")
+        }
+    };
+    let resp = ask(OTHER_TENANT, OTHER_CLIENT_ID).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let claims = claims_of(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["aud"], ADO_AUDIENCE);
+    assert_eq!(claims["appid"], OTHER_CLIENT_ID);
+    assert_eq!(claims["azp"], OTHER_CLIENT_ID);
+    assert_eq!(claims["tid"], OTHER_TENANT);
+    assert_eq!(
+        claims["iss"],
+        format!("https://sts.windows.net/{OTHER_TENANT}/")
+    );
+    let oid = entra::app_object_id(OTHER_TENANT, OTHER_CLIENT_ID);
+    assert_eq!(claims["oid"], oid.as_str());
+    assert_eq!(claims["sub"], oid.as_str());
+    assert!(claims.get("scp").is_none());
+
+    // Object ids are per (tenant, client): the default app keeps OBJECT_ID, others differ.
+    let default_token = get_token(&entra, ADO_SCOPE).await;
+    assert_eq!(claims_of(&default_token)["oid"], entra::OBJECT_ID);
+    let ids = [
+        entra::app_object_id(TENANT, CLIENT_ID),
+        entra::app_object_id(OTHER_TENANT, CLIENT_ID),
+        entra::app_object_id(TENANT, OTHER_CLIENT_ID),
+        oid.clone(),
+    ];
+    for (i, a) in ids.iter().enumerate() {
+        assert_eq!(a.len(), 36, "{a}");
+        for b in &ids[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+    assert_eq!(oid, entra::app_object_id(OTHER_TENANT, OTHER_CLIENT_ID));
+
+    // An app is registered in its own tenant only.
+    for (tenant, client_id) in [(TENANT, OTHER_CLIENT_ID), (OTHER_TENANT, CLIENT_ID)] {
+        let resp = ask(tenant, client_id).await;
+        assert_eq!(resp.status(), 400);
+        let body: Value = resp.json().await.unwrap();
+        assert_entra_error(&body, "unauthorized_client", 700_016);
+        assert!(
+            body["error_description"].as_str().unwrap().contains(tenant),
+            "{body}"
+        );
+    }
+}
+
+/// Sends `token` to `upstream`, expects the 401 of a bad token, and returns the reason, which
+/// names the claim but never holds the token.
+async fn expect_wrong_identity(upstream: &FakeUpstream, token: &str, claim: &str) -> String {
+    let reason = expect_rejected(upstream, Some(token)).await;
+    assert!(reason.starts_with("wrong identity: "), "{reason}");
+    assert!(reason.contains(claim), "{claim} not in {reason}");
+    assert!(!reason.contains(token), "the reason holds the token");
+    assert!(
+        upstream
+            .counts()
+            .invalid_reasons
+            .lock()
+            .unwrap()
+            .contains(&reason),
+        "not counted: {reason}"
+    );
+    reason
+}
+
+#[tokio::test]
+async fn upstream_rejects_a_token_of_the_right_audience_for_someone_else() {
+    let upstream = FakeUpstream::start(ADO_AUDIENCE).await;
+    let sign = |claims: &Value| entra::sign_token(claims);
+
+    // Another tenant, the same client id.
+    let other_tenant = sign(&entra::app_token_claims(
+        ADO_AUDIENCE,
+        3600,
+        OTHER_TENANT,
+        CLIENT_ID,
+    ));
+    let reason = expect_wrong_identity(&upstream, &other_tenant, "tid").await;
+    assert!(
+        reason.contains(OTHER_TENANT) && reason.contains(TENANT),
+        "both tenants named: {reason}"
+    );
+
+    // Another app, the same tenant.
+    let other_app = sign(&entra::app_token_claims(
+        ADO_AUDIENCE,
+        3600,
+        TENANT,
+        OTHER_CLIENT_ID,
+    ));
+    let reason = expect_wrong_identity(&upstream, &other_app, "appid").await;
+    assert!(
+        reason.contains(OTHER_CLIENT_ID) && reason.contains(CLIENT_ID),
+        "both apps named: {reason}"
+    );
+
+    // The right app and tenant, another service principal.
+    let mut claims = entra::token_claims(ADO_AUDIENCE, 3600);
+    claims["oid"] = json!("00000000-0000-0000-0000-00000000dead");
+    expect_wrong_identity(&upstream, &sign(&claims), "oid").await;
+
+    // A person's token is not the app's, even with its appid.
+    let mut claims = entra::token_claims(ADO_AUDIENCE, 3600);
+    claims["scp"] = json!(entra::USER_SCP);
+    expect_wrong_identity(&upstream, &sign(&claims), "scp").await;
+
+    // A role the expected identity must hold and the token lacks.
+    upstream.expect(Identity::default_app().with_roles(&["Incident.Read.All"]));
+    let reason =
+        expect_wrong_identity(&upstream, &entra::mint_token(ADO_AUDIENCE, 3600), "roles").await;
+    assert!(reason.contains("Incident.Read.All"), "{reason}");
+    assert!(reason.contains("Machine.Read.All"), "{reason}");
+
+    // A user expected: an app's token has no scp, another user's has another oid, and one
+    // without the delegated permission lacks its scp entry.
+    upstream.expect(Identity::user(entra::PUBLIC_CLIENT_ID));
+    expect_wrong_identity(&upstream, &entra::mint_token(ADO_AUDIENCE, 3600), "appid").await;
+    let mut claims = entra::token_claims(ADO_AUDIENCE, 3600);
+    claims["appid"] = json!(entra::PUBLIC_CLIENT_ID);
+    claims["oid"] = json!(entra::USER_OID);
+    expect_wrong_identity(&upstream, &sign(&claims), "scp is missing").await;
+    let mut claims = entra::user_token_claims(ADO_AUDIENCE, 3600, entra::PUBLIC_CLIENT_ID);
+    claims["scp"] = json!("vso.code");
+    expect_wrong_identity(&upstream, &sign(&claims), "user_impersonation").await;
+    let mut claims = entra::user_token_claims(ADO_AUDIENCE, 3600, entra::PUBLIC_CLIENT_ID);
+    claims["oid"] = json!("55555555-5555-5555-5555-555555555555");
+    expect_wrong_identity(&upstream, &sign(&claims), "oid").await;
+    assert_eq!(
+        upstream
+            .counts()
+            .invalid
+            .load(std::sync::atomic::Ordering::SeqCst),
+        9
+    );
+
+    // The user's genuine token passes; so does the app's once the app is expected.
+    let user_token = entra::mint_user_token(ADO_AUDIENCE, 3600, entra::PUBLIC_CLIENT_ID);
+    let ok = |token: String| {
+        let url = format!("{}/anything", upstream.url());
+        async move {
+            http_client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(ok(user_token.clone()).await, 200);
+    upstream.expect(Identity::app(OTHER_CLIENT_ID, TENANT));
+    assert_eq!(ok(other_app.clone()).await, 200);
+    assert_eq!(ok(user_token.clone()).await, 401);
+    let seen = upstream.requests();
+    let accepted: Vec<&Value> = seen.iter().filter_map(|r| r.claims.as_ref()).collect();
+    assert_eq!(accepted.len(), 2);
+    assert_eq!(accepted[1]["appid"], OTHER_CLIENT_ID);
+
+    // The escape hatch: this upstream deliberately accepts anyone the fake Entra signed for.
+    upstream.expect(Identity::any());
+    for token in [other_tenant, other_app, user_token] {
+        assert_eq!(ok(token).await, 200);
+    }
+}
+
+#[tokio::test]
+async fn ado_stand_ins_reject_a_token_for_someone_else() {
+    let other_app = entra::mint_app_token(ADO_AUDIENCE, 3600, OTHER_TENANT, OTHER_CLIENT_ID);
+
+    // REST.
+    let ado = FakeAdo::start().await;
+    let get = |token: &str| {
+        http_client()
+            .get(format!("{}/org/_apis/projects", ado.url()))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(get(&other_app).await.unwrap().status(), 401);
+    match &ado.rejected()[..] {
+        [r] => match &r.credential {
+            Credential::InvalidBearer(why) => {
+                assert!(why.contains("wrong identity: appid"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    ado.expect(Identity::app(OTHER_CLIENT_ID, OTHER_TENANT));
+    assert_eq!(get(&other_app).await.unwrap().status(), 200);
+    assert_eq!(
+        get(&entra::mint_token(ADO_AUDIENCE, 3600))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // Git (the stand-in runs git http-backend).
+    if !support::clients::require_tool("git", "apt-get install git") {
+        return;
+    }
+    let git = AdoGit::start().await;
+    git.create_repo("org", "proj", "repo");
+    let refs = |token: &str| {
+        http_client()
+            .get(format!(
+                "{}/org/proj/_git/repo/info/refs?service=git-upload-pack",
+                git.url()
+            ))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(refs(&other_app).await.unwrap().status(), 401);
+    assert_eq!(git.rejected(), 1, "{}", git.summary());
+    assert!(
+        git.reasons()
+            .iter()
+            .any(|r| r.contains("wrong identity: appid")),
+        "{}",
+        git.summary()
+    );
+    git.expect(Identity::app(OTHER_CLIENT_ID, OTHER_TENANT));
+    assert_eq!(refs(&other_app).await.unwrap().status(), 200);
+    assert_eq!(git.accepted(), 1, "{}", git.summary());
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! An Azure DevOps git stand-in: real `git http-backend`, run as CGI per request, behind a check
-//! that accepts only valid Entra tokens for Azure DevOps (verified with
-//! [`super::upstream::verify_bearer`], audience [`ADO_AUDIENCE`]).
+//! that accepts only valid Entra tokens for Azure DevOps of the expected identity (verified with
+//! [`super::upstream::verify_bearer`], audience [`ADO_AUDIENCE`], the fake Entra's default app
+//! unless [`AdoGit::expect`] says otherwise).
 //!
 //! `/{org}/{project}/_git/{repo}/…` (Azure DevOps' URL shape) serves the bare repository
 //! `{org}/{project}/{repo}.git` under a temporary project root. The request body streams into the
@@ -32,7 +33,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::entra::ADO_AUDIENCE;
-use super::upstream::{test_decoding_key, verify_bearer};
+use super::upstream::{test_decoding_key, verify_bearer, Identity};
 use super::{full, lock, AbortOnDrop, Body};
 
 /// The realm of the TLS mode's Basic challenge.
@@ -111,6 +112,7 @@ struct Shared {
     root: PathBuf,
     tls: bool,
     key: DecodingKey,
+    identity: Mutex<Identity>,
     state: State,
 }
 
@@ -144,6 +146,7 @@ impl AdoGit {
             root,
             tls,
             key: test_decoding_key(),
+            identity: Mutex::new(Identity::default_app()),
             state: State::default(),
         });
         let listener = super::bind_loopback().await;
@@ -240,6 +243,11 @@ impl AdoGit {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Accepts only tokens of `identity` from now on (default: the fake Entra's default app).
+    pub fn expect(&self, identity: Identity) {
+        *lock(&self.shared.identity) = identity;
     }
 
     /// Watch every request for `pat` (raw, or as a Basic password).
@@ -376,7 +384,8 @@ fn check_token(shared: &Shared, headers: &HeaderMap) -> Result<Option<String>, S
         }
         _ => headers.clone(),
     };
-    let (_, claims) = verify_bearer(&as_bearer, &shared.key, ADO_AUDIENCE)?;
+    let identity = lock(&shared.identity).clone();
+    let (_, claims) = verify_bearer(&as_bearer, &shared.key, ADO_AUDIENCE, &identity)?;
     let who = ["oid", "appid", "azp", "sub"]
         .iter()
         .find_map(|k| claims.get(*k).and_then(|v| v.as_str()))

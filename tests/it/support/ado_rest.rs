@@ -1,6 +1,7 @@
 //! An Azure DevOps REST stand-in for real clients (curl, the `azure-devops` Python SDK,
-//! `azure-devops-node-api`): it accepts only valid Entra bearer tokens for Azure DevOps
-//! ([`verify_bearer`], audience `499b84ac-…`); anything else — no credential, a PAT as Basic, a
+//! `azure-devops-node-api`): it accepts only valid Entra bearer tokens for Azure DevOps of the
+//! expected identity ([`verify_bearer`], audience `499b84ac-…`, the fake Entra's default app
+//! unless [`FakeAdo::expect`] says otherwise); anything else — no credential, a PAT as Basic, a
 //! bad token — is `401` as from dev.azure.com, and recorded (with whether a Basic credential ever
 //! arrived: a client that went around patless).
 //!
@@ -35,7 +36,7 @@ use jsonwebtoken::DecodingKey;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::upstream::{test_decoding_key, verify_bearer};
+use super::upstream::{test_decoding_key, verify_bearer, Identity};
 use super::{full, lock, pattern_byte, AbortOnDrop, Body};
 
 /// Azure DevOps' Entra resource (the token audience).
@@ -60,7 +61,7 @@ pub const ARTIFACT_CHUNK: u64 = 256 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     None,
-    /// A bearer token that verified (signature, audience, expiry).
+    /// A bearer token that verified (signature, audience, expiry, identity).
     ValidBearer,
     /// A bearer token that did not, and why.
     InvalidBearer(String),
@@ -85,6 +86,7 @@ pub struct AdoRequest {
 struct State {
     base_url: String,
     key: DecodingKey,
+    identity: Mutex<Identity>,
     requests: Mutex<Vec<AdoRequest>>,
     work_items: Mutex<HashMap<u64, Value>>,
     next_id: AtomicU64,
@@ -110,6 +112,7 @@ impl FakeAdo {
         let state = Arc::new(State {
             base_url: format!("http://{addr}"),
             key: test_decoding_key(),
+            identity: Mutex::new(Identity::default_app()),
             requests: Mutex::new(Vec::new()),
             work_items: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -129,6 +132,11 @@ impl FakeAdo {
     /// `http://127.0.0.1:PORT` (no trailing slash): a route's upstream.
     pub fn url(&self) -> String {
         self.state.base_url.clone()
+    }
+
+    /// Accepts only tokens of `identity` from now on (default: the fake Entra's default app).
+    pub fn expect(&self, identity: Identity) {
+        *lock(&self.state.identity) = identity;
     }
 
     /// Every request so far.
@@ -209,7 +217,12 @@ fn credential(state: &State, headers: &HeaderMap) -> Credential {
         .unwrap_or("")
         .to_ascii_lowercase();
     match scheme.as_str() {
-        "bearer" => match verify_bearer(headers, &state.key, ADO_RESOURCE) {
+        "bearer" => match verify_bearer(
+            headers,
+            &state.key,
+            ADO_RESOURCE,
+            &lock(&state.identity).clone(),
+        ) {
             Ok(_) => Credential::ValidBearer,
             Err(why) => Credential::InvalidBearer(why),
         },

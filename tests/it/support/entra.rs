@@ -2,9 +2,17 @@
 //! assertion) and for people (device code, authorization code + PKCE, refresh token), the
 //! device code endpoint and the authorize page.
 //!
-//! `POST {authority}/{TENANT}/oauth2/v2.0/token` answers like Entra: RS256 access tokens signed
+//! `POST {authority}/{tenant}/oauth2/v2.0/token` answers like Entra: RS256 access tokens signed
 //! with [`super::TEST_KEY_PEM`] (kid `test-key`), or Entra-shaped JSON errors. Faults can be
 //! injected, one-shot ([`FakeEntra::push_fault`]) or sticky ([`FakeEntra::set_fault`]).
+//!
+//! Apps: the confidential app [`CLIENT_ID`] in [`TENANT`], and any other
+//! [`FakeEntra::register_app`] registers (a client id in a tenant; the tenant is then known too).
+//! Each accepts [`CLIENT_SECRET`], a certificate assertion the verifier accepts, or a federated
+//! assertion. A token says who asked, as Entra's do: `appid`/`azp` = the requesting client,
+//! `tid` = the tenant in the token URL, `oid`/`sub` = [`app_object_id`] of (tenant, client), so a
+//! fake upstream expecting one app ([`super::upstream::Identity`]) refuses another app's token
+//! even for its audience.
 //!
 //! People: the registered public client [`PUBLIC_CLIENT_ID`] and one user, [`USER_UPN`].
 //!
@@ -18,7 +26,9 @@
 //! - The refresh token grant rotates: each use returns a new refresh token and invalidates the
 //!   old one (AADSTS70008). [`FakeEntra::revoke_refresh_tokens`] (70008) and
 //!   [`FakeEntra::expire_refresh_tokens`] (700082) end every session. Access tokens carry the
-//!   requested resource's audience, `scp` and the user's `upn`; an `id_token` comes with `openid`.
+//!   requested resource's audience, `scp`, the user's `oid` and `upn`, `appid` = the public
+//!   client and `tid` = [`TENANT`] (the user's home tenant, also when the flow went through
+//!   `common` or `organizations`); an `id_token` comes with `openid`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -55,7 +65,8 @@ pub const USER_SCP: &str = "user_impersonation";
 pub const VERIFICATION_URI: &str = "https://microsoft.com/devicelogin";
 /// The only client secret the fake accepts.
 pub const CLIENT_SECRET: &str = "s3cr3t-VALUE-never-logged";
-/// `oid` claim of every issued token (the service principal's object id).
+/// `oid` claim of the tokens of the default app, [`CLIENT_ID`] in [`TENANT`] (its service
+/// principal's object id); other apps get [`app_object_id`].
 pub const OBJECT_ID: &str = "22222222-2222-2222-2222-222222222222";
 /// `kid` header of every issued token.
 pub const KEY_ID: &str = "test-key";
@@ -195,6 +206,8 @@ struct State {
     users: Mutex<UserState>,
     /// `roles` of client-credential tokens; `None` keeps the default `["Machine.Read.All"]`.
     roles: Mutex<Option<Vec<String>>>,
+    /// Confidential apps other than [`CLIENT_ID`] in [`TENANT`]: (tenant, client id).
+    apps: Mutex<Vec<(String, String)>>,
 }
 
 /// Checks a `client_assertion` (JWT) against what the app has registered; `Err((aadsts, message))`
@@ -240,6 +253,7 @@ impl FakeEntra {
                 next_family: 1,
             }),
             roles: Mutex::new(None),
+            apps: Mutex::new(Vec::new()),
         });
         let handler_state = state.clone();
         let server = super::serve(listener, move |req| handle(handler_state.clone(), req));
@@ -254,6 +268,14 @@ impl FakeEntra {
     /// token, an Azure Pipelines OIDC token), as a federated identity credential would.
     pub fn accept_federated_assertion(&self, assertion: &str) {
         lock(&self.state.federated).push(assertion.to_string());
+    }
+
+    /// Registers the confidential app `client_id` in `tenant` (which the fake then knows), with
+    /// the same credentials as [`CLIENT_ID`]'s; its tokens say `appid` = `client_id`, `tid` =
+    /// `tenant`. Returns the identity a fake upstream should expect of them.
+    pub fn register_app(&self, tenant: &str, client_id: &str) -> super::upstream::Identity {
+        lock(&self.state.apps).push((tenant.to_string(), client_id.to_string()));
+        super::upstream::Identity::app(client_id, tenant)
     }
 
     /// Verifies other client assertions (certificate-signed ones) with `verifier`.
@@ -283,6 +305,11 @@ impl FakeEntra {
     /// `{authority}/{TENANT}/oauth2/v2.0/token`.
     pub fn token_url(&self) -> String {
         format!("{}/{}/oauth2/v2.0/token", self.authority(), TENANT)
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url_for(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.authority())
     }
 
     /// Number of POSTs to the token endpoint (any tenant), failed and faulted ones included.
@@ -521,28 +548,68 @@ pub fn sign_token(claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &key).expect("sign JWT")
 }
 
-/// The claims the fake puts in a token for `audience` living `lifetime_secs` from now.
+/// The claims the fake puts in a token of the default app ([`CLIENT_ID`] in [`TENANT`]) for
+/// `audience` living `lifetime_secs` from now.
 pub fn token_claims(audience: &str, lifetime_secs: u64) -> Value {
+    app_token_claims(audience, lifetime_secs, TENANT, CLIENT_ID)
+}
+
+/// The claims of an app-only token of `client_id` in `tenant` for `audience`: `appid`/`azp` the
+/// client, `tid` the tenant, `oid`/`sub` its service principal ([`app_object_id`]), `roles` the
+/// default `["Machine.Read.All"]`, no `scp`.
+pub fn app_token_claims(
+    audience: &str,
+    lifetime_secs: u64,
+    tenant: &str,
+    client_id: &str,
+) -> Value {
     let now = now_secs();
+    let oid = app_object_id(tenant, client_id);
     json!({
         "aud": audience,
-        "iss": format!("https://sts.windows.net/{TENANT}/"),
+        "iss": format!("https://sts.windows.net/{tenant}/"),
         "iat": now - 300,
         "nbf": now - 300,
         "exp": exp_after(lifetime_secs),
         "aio": random_string(40),
-        "appid": CLIENT_ID,
+        "appid": client_id,
         "appidacr": "1",
-        "azp": CLIENT_ID,
-        "idp": format!("https://sts.windows.net/{TENANT}/"),
-        "oid": OBJECT_ID,
+        "azp": client_id,
+        "idp": format!("https://sts.windows.net/{tenant}/"),
+        "idtyp": "app",
+        "oid": oid,
         "rh": random_string(20),
         "roles": ["Machine.Read.All"],
-        "sub": OBJECT_ID,
-        "tid": TENANT,
+        "sub": oid,
+        "tid": tenant,
         "uti": random_string(22),
         "ver": "1.0",
     })
+}
+
+/// The object id of the service principal of `client_id` in `tenant`: [`OBJECT_ID`] for the
+/// default app, otherwise a GUID derived from the pair (the same pair, the same id; another
+/// tenant or client, another id).
+pub fn app_object_id(tenant: &str, client_id: &str) -> String {
+    if tenant == TENANT && client_id == CLIENT_ID {
+        return OBJECT_ID.to_string();
+    }
+    derived_guid(&format!("service-principal/{tenant}/{client_id}"))
+}
+
+/// A GUID-shaped id derived from `seed` (FNV-1a, twice): deterministic, distinct per seed.
+pub fn derived_guid(seed: &str) -> String {
+    let a = super::fnv1a(super::FNV_OFFSET, seed.as_bytes());
+    let b = super::fnv1a(a, b"/guid");
+    let h = format!("{a:016x}{b:016x}");
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 /// The claims of a user's access token for `audience` (delegated: `scp`, `upn`, no `roles`).
@@ -600,10 +667,26 @@ pub fn pkce_challenge(verifier: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
-/// A token as the fake would issue it, without going through HTTP (not recorded in
-/// `issued_tokens`).
+/// A token of the default app as the fake would issue it, without going through HTTP (not
+/// recorded in `issued_tokens`).
 pub fn mint_token(audience: &str, lifetime_secs: u64) -> String {
     sign_token(&token_claims(audience, lifetime_secs))
+}
+
+/// A token of `client_id` in `tenant` ([`app_token_claims`]), without going through HTTP.
+pub fn mint_app_token(audience: &str, lifetime_secs: u64, tenant: &str, client_id: &str) -> String {
+    sign_token(&app_token_claims(
+        audience,
+        lifetime_secs,
+        tenant,
+        client_id,
+    ))
+}
+
+/// A token of the test user ([`user_token_claims`]) signed in with `client_id`, without going
+/// through HTTP.
+pub fn mint_user_token(audience: &str, lifetime_secs: u64, client_id: &str) -> String {
+    sign_token(&user_token_claims(audience, lifetime_secs, client_id))
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
@@ -701,7 +784,7 @@ fn tenant_not_found(ctx: &ErrorCtx, tenant: &str) -> Response<Body> {
     )
 }
 
-fn app_not_found(ctx: &ErrorCtx, client_id: &str) -> Response<Body> {
+fn app_not_found(ctx: &ErrorCtx, tenant: &str, client_id: &str) -> Response<Body> {
     entra_error(
         ctx,
         StatusCode::BAD_REQUEST,
@@ -709,7 +792,7 @@ fn app_not_found(ctx: &ErrorCtx, client_id: &str) -> Response<Body> {
         700_016,
         &format!(
             "Application with identifier '{client_id}' was not found in the directory \
-             '{TENANT}'. This can happen if the application has not been installed by the \
+             '{tenant}'. This can happen if the application has not been installed by the \
              administrator of the tenant or consented to by any user in the tenant."
         ),
     )
@@ -809,11 +892,18 @@ async fn token_endpoint(
         }
     }
 
-    if tenant != TENANT {
+    let grant_type = form.get("grant_type").map(String::as_str);
+    let user_flow = matches!(
+        grant_type,
+        Some(
+            "urn:ietf:params:oauth:grant-type:device_code" | "authorization_code" | "refresh_token"
+        )
+    );
+    if !knows_tenant(&state, &tenant, user_flow) {
         return tenant_not_found(&ctx, &tenant);
     }
-    match form.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => client_credentials(&state, &ctx, &form),
+    match grant_type {
+        Some("client_credentials") => client_credentials(&state, &ctx, &tenant, &form),
         Some("urn:ietf:params:oauth:grant-type:device_code") => {
             device_code_grant(&state, &ctx, &form)
         }
@@ -836,14 +926,33 @@ async fn token_endpoint(
     }
 }
 
+/// Whether the fake knows `tenant`: the home [`TENANT`], a registered app's tenant, and for a
+/// person's sign-in (`user_flow`) also `common` and `organizations` (the user's home is
+/// [`TENANT`]).
+fn knows_tenant(state: &State, tenant: &str, user_flow: bool) -> bool {
+    if user_flow {
+        return [TENANT, "common", "organizations"].contains(&tenant);
+    }
+    tenant == TENANT || lock(&state.apps).iter().any(|(t, _)| t == tenant)
+}
+
+/// Whether `client_id` is a confidential app registered in `tenant`.
+fn knows_app(state: &State, tenant: &str, client_id: &str) -> bool {
+    (tenant == TENANT && client_id == CLIENT_ID)
+        || lock(&state.apps)
+            .iter()
+            .any(|(t, c)| t == tenant && c == client_id)
+}
+
 fn client_credentials(
     state: &State,
     ctx: &ErrorCtx,
+    tenant: &str,
     form: &HashMap<String, String>,
 ) -> Response<Body> {
     let client_id = form.get("client_id").cloned().unwrap_or_default();
-    if client_id != CLIENT_ID {
-        return app_not_found(ctx, &client_id);
+    if !knows_app(state, tenant, &client_id) {
+        return app_not_found(ctx, tenant, &client_id);
     }
     if let Some(assertion) = form.get("client_assertion") {
         if form.get("client_assertion_type").map(String::as_str)
@@ -860,7 +969,7 @@ fn client_credentials(
         let federated = lock(&state.federated).iter().any(|a| a == assertion);
         if !federated {
             let verifier = lock(&state.assertion_verifier).clone();
-            let token_url = format!("http://{}/{TENANT}/oauth2/v2.0/token", state.addr);
+            let token_url = format!("http://{}/{tenant}/oauth2/v2.0/token", state.addr);
             let verdict = match verifier {
                 Some(v) => v(assertion, &token_url),
                 None => Err((
@@ -902,7 +1011,7 @@ fn client_credentials(
     };
 
     let lifetime = state.lifetime.load(Ordering::SeqCst);
-    let mut claims = token_claims(&audience, lifetime);
+    let mut claims = app_token_claims(&audience, lifetime, tenant, &client_id);
     if let Some(roles) = lock(&state.roles).clone() {
         claims["roles"] = json!(roles);
     }
@@ -985,7 +1094,7 @@ fn check_public_client(
         )));
     }
     if client_id != PUBLIC_CLIENT_ID {
-        return Err(Box::new(app_not_found(ctx, &client_id)));
+        return Err(Box::new(app_not_found(ctx, TENANT, &client_id)));
     }
     if form.contains_key("client_secret") || form.contains_key("client_assertion") {
         return Err(Box::new(entra_error(
@@ -1058,12 +1167,12 @@ async fn device_code_endpoint(
         headers: parts.headers.clone(),
         at: Instant::now(),
     });
-    if tenant != TENANT {
+    if !knows_tenant(&state, &tenant, true) {
         return tenant_not_found(&ctx, &tenant);
     }
     let client_id = form.get("client_id").cloned().unwrap_or_default();
     if client_id != PUBLIC_CLIENT_ID && client_id != CLIENT_ID {
-        return app_not_found(&ctx, &client_id);
+        return app_not_found(&ctx, TENANT, &client_id);
     }
     let scope = form.get("scope").cloned().unwrap_or_default();
     if let Err(message) = user_scope(&scope) {
@@ -1318,7 +1427,7 @@ fn authorize_endpoint(state: Arc<State>, tenant: String, req: Request<Incoming>)
             "The endpoint only accepts GET.",
         );
     }
-    if tenant != TENANT {
+    if !knows_tenant(&state, &tenant, true) {
         return html_error(
             StatusCode::BAD_REQUEST,
             90_002,

@@ -5,7 +5,8 @@
 //! with [`FakeCli::calls`]), records its exported environment and working directory
 //! ([`FakeCli::last_env`], [`FakeCli::last_cwd`]), then behaves per [`Mode`]. `PATH` holds only
 //! the fake's dir, so the scripts use sh builtins (and `sleep` by absolute path). In the success
-//! modes the token printed is [`super::entra::mint_token`]`(audience, 3600)` for the audience
+//! modes the token printed is the test user's, as signed in to the CLI (`appid` = the CLI's
+//! public client, [`AZ_CLIENT_ID`] or [`AZD_CLIENT_ID`]; [`FakeCli::identity`]), for the audience
 //! asked for (`--resource R` for az, `--scope S` minus `/.default` for azd), minted when the fake
 //! is made for each of [`FakeCli::AUDIENCES`]; any other audience gets an error and exit 1.
 
@@ -15,7 +16,13 @@ use chrono::{DateTime, Local, SecondsFormat};
 use patless::env::MapEnv;
 use tempfile::TempDir;
 
-use super::entra::{mint_token, ADO_AUDIENCE, DEFENDER_AUDIENCE};
+use super::entra::{mint_user_token, ADO_AUDIENCE, DEFENDER_AUDIENCE};
+use super::upstream::Identity;
+
+/// The Azure CLI's public client id (the `appid` of the tokens `az` prints).
+pub const AZ_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
+/// The public client id the fake `azd` signs in with (the `appid` of the tokens it prints).
+pub const AZD_CLIENT_ID: &str = "99999999-9999-9999-9999-999999999999";
 
 /// Lifetime of the tokens the fakes print.
 pub const LIFETIME_SECS: u64 = 3600;
@@ -73,9 +80,13 @@ impl FakeCli {
 
     fn new(which: Which, mode: Mode) -> FakeCli {
         let dir = TempDir::new().expect("temp dir");
+        let client_id = match which {
+            Which::Az => AZ_CLIENT_ID,
+            Which::Azd => AZD_CLIENT_ID,
+        };
         let tokens: Vec<(String, String)> = Self::AUDIENCES
             .iter()
-            .map(|a| (a.to_string(), mint_token(a, LIFETIME_SECS)))
+            .map(|a| (a.to_string(), mint_user_token(a, LIFETIME_SECS, client_id)))
             .collect();
         let fake = FakeCli { dir, which, tokens };
         fake.set_mode(mode);
@@ -113,6 +124,14 @@ impl FakeCli {
     /// `PATH` = the fake's dir, `HOME` = the same dir: all a fake needs.
     pub fn env(&self) -> MapEnv {
         MapEnv::new([("PATH", self.dir()), ("HOME", self.dir())])
+    }
+
+    /// Who the printed tokens are for: the test user, signed in to this CLI.
+    pub fn identity(&self) -> Identity {
+        Identity::user(match self.which {
+            Which::Az => AZ_CLIENT_ID,
+            Which::Azd => AZD_CLIENT_ID,
+        })
     }
 
     /// The token the fake prints for `audience`.
@@ -324,7 +343,8 @@ pub async fn expect_503(p: &super::patless::Patless) -> String {
 }
 
 /// Starts patless with [`proxy_config`] for this fake's kind (`azure_cli` or
-/// `azure_developer_cli`) and `profile_extra`, in the fake's environment.
+/// `azure_developer_cli`) and `profile_extra`, in the fake's environment (`up`, the route's
+/// upstream, should expect [`FakeCli::identity`]).
 pub async fn start_proxy(
     fake: &FakeCli,
     up: &super::upstream::FakeUpstream,

@@ -137,8 +137,9 @@ impl Reply {
         }
     }
 
-    /// A successful Entra token answer for `audience`, signed as the fake Entra signs (so the
-    /// fake upstream accepts it).
+    /// A successful Entra token answer for `audience`, a token of the fake Entra's default app
+    /// (the profile `bot` of [`config`]) signed as the fake Entra signs, so the fake upstream,
+    /// which expects that app by default, accepts it.
     pub fn token(audience: &str, lifetime_secs: u64) -> Reply {
         let token = super::entra::mint_token(audience, lifetime_secs);
         Reply::json(

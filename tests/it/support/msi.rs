@@ -15,8 +15,12 @@
 //! Every request is recorded (method, path and query, headers, form, arrival on the tokio clock).
 //! User-assigned identities are checked: a request naming one that was not [`FakeMsi::assign`]ed,
 //! or asking for the system-assigned identity when it is off, gets a 400 "Identity not found".
-//! Tokens are [`super::entra::mint_token`]`(resource, lifetime)`, so a [`super::upstream`] fake for
-//! that audience accepts them. Failures are scripted with [`FakeMsi::push_status`] and friends.
+//! Tokens are app-only tokens for `resource` signed like the fake Entra's, of the identity asked
+//! for: the system-assigned one ([`system_assigned`], client id [`SYSTEM_ASSIGNED_CLIENT_ID`]) or
+//! the user-assigned one the request names ([`user_assigned`]: `appid` = the client id asked for,
+//! `oid` = the object/principal id asked for, `xms_mirid` = the resource id asked for), so a
+//! [`super::upstream`] fake expecting that identity accepts them and one expecting another refuses
+//! them. Failures are scripted with [`FakeMsi::push_status`] and friends.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -28,8 +32,54 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::entra::mint_token;
+use super::entra::{app_object_id, app_token_claims, derived_guid, sign_token, TENANT};
+use super::upstream::Identity;
 use super::{full, lock, now_secs, AbortOnDrop, Body};
+
+/// The client id of the system-assigned identity (every fake endpoint's, in [`TENANT`]).
+pub const SYSTEM_ASSIGNED_CLIENT_ID: &str = "88888888-8888-8888-8888-888888888888";
+
+/// The system-assigned identity, as a fake upstream should expect its tokens.
+pub fn system_assigned() -> Identity {
+    Identity::app(SYSTEM_ASSIGNED_CLIENT_ID, TENANT)
+}
+
+/// The user-assigned identity named by query parameter `param` = `value` (`client_id`,
+/// `clientid`, `object_id`, `principal_id`, `msi_res_id`, `mi_res_id`), as a fake upstream should
+/// expect its tokens: by client id, that `appid`; by object id, that `oid`; by resource id, ids
+/// derived from it.
+pub fn user_assigned(param: &str, value: &str) -> Identity {
+    let (appid, oid) = ids_of(Some((param, value)));
+    Identity::app_with_oid(&appid, TENANT, &oid)
+}
+
+/// (`appid`, `oid`) of the identity a request names (`None`: the system-assigned one). The fake
+/// does not know which client id goes with which object id: each naming stands for its own.
+fn ids_of(named: Option<(&str, &str)>) -> (String, String) {
+    let client_of = |v: &str| derived_guid(&format!("managed-identity/{v}"));
+    let appid = match named {
+        None => SYSTEM_ASSIGNED_CLIENT_ID.to_string(),
+        Some(("client_id" | "clientid", v)) => v.to_string(),
+        Some((_, v)) => client_of(v),
+    };
+    let oid = match named {
+        Some(("object_id" | "principal_id", v)) => v.to_string(),
+        _ => app_object_id(TENANT, &appid),
+    };
+    (appid, oid)
+}
+
+/// A token of the identity `named` (`None`: system-assigned) for `resource`.
+fn identity_token(named: Option<(&str, &str)>, resource: &str, lifetime: u64) -> (String, String) {
+    let (appid, oid) = ids_of(named);
+    let mut claims = app_token_claims(resource, lifetime, TENANT, &appid);
+    claims["oid"] = Value::String(oid.clone());
+    claims["sub"] = Value::String(oid);
+    if let Some((_, res_id)) = named.filter(|(p, _)| p.ends_with("res_id")) {
+        claims["xms_mirid"] = Value::String(res_id.to_string());
+    }
+    (sign_token(&claims), appid)
+}
 
 /// Path of the IMDS and Arc token endpoints.
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
@@ -448,7 +498,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         return bad_request("resource is required");
     };
     let lifetime = state.lifetime.load(Ordering::SeqCst);
-    let token = mint_token(resource, lifetime);
+    let named = named.first().map(|(p, v)| (*p, v.as_str()));
+    let (token, client_id) = identity_token(named, resource, lifetime);
     lock(&state.issued).push(token.clone());
     let now = now_secs();
     let strings = state.numbers_as_strings.load(Ordering::SeqCst);
@@ -465,11 +516,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             "expires_on": number(now + lifetime),
             "resource": resource,
             "token_type": "Bearer",
-            "client_id": "33333333-3333-3333-3333-333333333333",
+            "client_id": client_id,
         }),
         _ => json!({
             "access_token": token,
-            "client_id": "33333333-3333-3333-3333-333333333333",
+            "client_id": client_id,
             "expires_in": number(lifetime),
             "expires_on": number(now + lifetime),
             "ext_expires_in": number(lifetime),

@@ -6,6 +6,10 @@
 //! [`FakeEntra::accept_federated_assertion`] (as the app's federated credential would accept it).
 //! A bad system token gets a 401, or without the Suppress header the 302 to a sign-in page that
 //! Azure DevOps sends. [`FakePipelines::set_mode`] makes it misbehave on purpose.
+//!
+//! The OIDC token is no access token: it says who the pipeline is (`sub` = the service
+//! connection), and the access token patless gets for it is the fake Entra's, of the app the
+//! profile names (`appid` = its `client_id`, `tid` = its tenant).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

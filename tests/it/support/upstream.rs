@@ -1,8 +1,16 @@
-//! A fake upstream API (think Azure DevOps or Defender) that insists on a valid Entra bearer token.
+//! A fake upstream API (think Azure DevOps or Defender) that insists on a valid Entra bearer token
+//! of the identity it expects.
 //!
 //! Every request's `Authorization: Bearer <jwt>` is verified against [`super::TEST_PUB_PEM`]
-//! (RS256, expected `aud`, `exp` in the future with no leeway, `nbf` not in the future). Requests
-//! without a valid token get a 401 with `WWW-Authenticate`. Valid ones are routed:
+//! (RS256, expected `aud`, `exp` in the future with no leeway, `nbf` not in the future), then
+//! checked against the expected [`Identity`]: who the token is for (`appid`, `tid`, `oid`),
+//! whether it is an app's or a person's (no `scp`, or `scp`), and the `roles`/`scp` entries it
+//! must hold. [`FakeUpstream::start`] expects the fake Entra's default app ([`CLIENT_ID`] in
+//! [`TENANT`]); a test whose route uses another identity says which
+//! ([`FakeUpstream::expect`]). So a token of another profile or tenant, even for the right
+//! audience, fails the test. Requests without a valid token of that identity get a 401 with
+//! `WWW-Authenticate`, and their reason (the claim and both values, never the token) is recorded.
+//! Valid ones are routed:
 //!
 //! - `GET /download/{n}`: 200, exactly `n` bytes of [`super::pattern_byte`], streamed lazily in
 //!   64 KiB chunks, no `Content-Length`.
@@ -33,6 +41,7 @@ use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Map, Value};
 
+use super::entra::{app_object_id, CLIENT_ID, TENANT, USER_OID, USER_SCP};
 use super::{empty, fnv1a, full, lock, pattern_byte, AbortOnDrop, Body, FNV_OFFSET};
 
 /// `WWW-Authenticate` value of the fake's 401 answers.
@@ -52,6 +61,8 @@ pub struct RecordedRequest {
     pub token_valid: bool,
     /// Why the token was refused, when it was.
     pub token_error: Option<String>,
+    /// The claims of a valid token (of the expected identity).
+    pub claims: Option<Value>,
     /// A valid token refused by policy (revoked, claims challenge), and how.
     pub refused: Option<String>,
 }
@@ -59,7 +70,7 @@ pub struct RecordedRequest {
 /// What arrived, counted (always, recording or not).
 #[derive(Debug, Default)]
 pub struct Counts {
-    /// Requests with a valid, unexpired token of the right audience.
+    /// Requests with a valid, unexpired token of the right audience and identity.
     pub valid: std::sync::atomic::AtomicU64,
     /// Requests without one (never expected from patless).
     pub invalid: std::sync::atomic::AtomicU64,
@@ -87,6 +98,7 @@ pub enum RevokedAnswer {
 struct State {
     base_url: String,
     audience: String,
+    identity: Mutex<Identity>,
     key: DecodingKey,
     requests: Mutex<Vec<RecordedRequest>>,
     revoked: Mutex<Vec<String>>,
@@ -112,13 +124,15 @@ pub struct FakeUpstream {
 }
 
 impl FakeUpstream {
-    /// Starts a fake API accepting tokens whose `aud` is `expected_audience`.
+    /// Starts a fake API accepting tokens whose `aud` is `expected_audience`, of the fake Entra's
+    /// default app ([`Identity::default_app`]; another with [`FakeUpstream::expect`]).
     pub async fn start(expected_audience: &str) -> FakeUpstream {
         let listener = super::bind_loopback().await;
         let addr = listener.local_addr().expect("local_addr");
         let state = Arc::new(State {
             base_url: format!("http://{addr}"),
             audience: expected_audience.to_string(),
+            identity: Mutex::new(Identity::default_app()),
             key: test_decoding_key(),
             requests: Mutex::new(Vec::new()),
             revoked: Mutex::new(Vec::new()),
@@ -145,6 +159,11 @@ impl FakeUpstream {
         self.state.base_url.clone()
     }
 
+    /// Accepts only tokens of `identity` from now on (a token of anyone else is a bad token).
+    pub fn expect(&self, identity: Identity) {
+        *lock(&self.state.identity) = identity;
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -154,7 +173,7 @@ impl FakeUpstream {
         lock(&self.state.requests).clone()
     }
 
-    /// Requests that arrived without a valid token.
+    /// Requests that arrived without a valid token of the expected identity.
     pub fn rejected(&self) -> usize {
         lock(&self.state.requests)
             .iter()
@@ -333,16 +352,19 @@ fn refusal_answer(
 
 /// Checks the request's bearer token; `Ok` carries the token and its claims, `Err` the reason.
 fn verify(state: &State, headers: &HeaderMap) -> Result<(String, Value), String> {
-    verify_bearer(headers, &state.key, &state.audience)
+    let identity = lock(&state.identity).clone();
+    verify_bearer(headers, &state.key, &state.audience, &identity)
 }
 
 /// Verifies `Authorization: Bearer <jwt>` against the fake Entra's signing key: RS256 signature,
-/// `aud == audience`, `exp`/`nbf` with no leeway. Shared by every stand-in that must accept only
-/// tokens patless obtained (the fake upstream, the git and REST stand-ins).
+/// `aud == audience`, `exp`/`nbf` with no leeway, and who it is for ([`Identity::check`]).
+/// Shared by every stand-in that must accept only tokens patless obtained for the identity its
+/// test configured (the fake upstream, the git and REST stand-ins).
 pub fn verify_bearer(
     headers: &HeaderMap,
     key: &DecodingKey,
     audience: &str,
+    identity: &Identity,
 ) -> Result<(String, Value), String> {
     let value = headers
         .get(header::AUTHORIZATION)
@@ -362,9 +384,142 @@ pub fn verify_bearer(
     validation.validate_nbf = true;
     validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["exp", "aud"]);
-    jsonwebtoken::decode::<Value>(token.trim(), key, &validation)
-        .map(|data| (token.trim().to_string(), data.claims))
-        .map_err(|e| format!("invalid token: {e}"))
+    let claims = jsonwebtoken::decode::<Value>(token.trim(), key, &validation)
+        .map_err(|e| format!("invalid token: {e}"))?
+        .claims;
+    identity.check(&claims)?;
+    Ok((token.trim().to_string(), claims))
+}
+
+/// Who a stand-in expects tokens to be for: an app (service principal, managed identity) or a
+/// person signed in with a client, in a tenant, holding some `roles` or `scp` entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `None`: any identity ([`Identity::any`]).
+    expected: Option<Expected>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expected {
+    /// A person's token (`scp`) or an app's (no `scp`).
+    user: bool,
+    appid: String,
+    tid: String,
+    oid: String,
+    roles: Vec<String>,
+    scp: Vec<String>,
+}
+
+impl Identity {
+    /// The app-only token of confidential app `client_id` in `tenant`, as the fake Entra issues
+    /// it (`oid` = [`app_object_id`]); no role required (add some with [`Identity::with_roles`]).
+    pub fn app(client_id: &str, tenant: &str) -> Identity {
+        Identity::app_with_oid(client_id, tenant, &app_object_id(tenant, client_id))
+    }
+
+    /// An app-only token of `client_id` in `tenant` whose service principal is `oid` (a managed
+    /// identity).
+    pub fn app_with_oid(client_id: &str, tenant: &str, oid: &str) -> Identity {
+        Identity {
+            expected: Some(Expected {
+                user: false,
+                appid: client_id.to_string(),
+                tid: tenant.to_string(),
+                oid: oid.to_string(),
+                roles: Vec::new(),
+                scp: Vec::new(),
+            }),
+        }
+    }
+
+    /// The fake Entra's default app: [`CLIENT_ID`] in [`TENANT`], object id
+    /// [`super::entra::OBJECT_ID`]. What [`FakeUpstream::start`] expects.
+    pub fn default_app() -> Identity {
+        Identity::app(CLIENT_ID, TENANT)
+    }
+
+    /// The test user ([`USER_OID`] in [`TENANT`]) signed in with the public client `client_id`,
+    /// holding the `scp` [`USER_SCP`].
+    pub fn user(client_id: &str) -> Identity {
+        Identity {
+            expected: Some(Expected {
+                user: true,
+                appid: client_id.to_string(),
+                tid: TENANT.to_string(),
+                oid: USER_OID.to_string(),
+                roles: Vec::new(),
+                scp: vec![USER_SCP.to_string()],
+            }),
+        }
+    }
+
+    /// Anyone the fake Entra signed a token for. Only for a test that deliberately accepts
+    /// several identities on one upstream, saying why where it is used.
+    pub fn any() -> Identity {
+        Identity { expected: None }
+    }
+
+    /// Also requires each of `roles` in the token's `roles`.
+    pub fn with_roles(mut self, roles: &[&str]) -> Identity {
+        if let Some(e) = &mut self.expected {
+            e.roles.extend(roles.iter().map(|r| r.to_string()));
+        }
+        self
+    }
+
+    /// Whether `claims` (of a token whose signature, audience and lifetime are valid) are this
+    /// identity's; `Err` names the first claim that is not, with both values.
+    pub fn check(&self, claims: &Value) -> Result<(), String> {
+        let Some(e) = &self.expected else {
+            return Ok(());
+        };
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        for (name, want) in [("appid", &e.appid), ("tid", &e.tid), ("oid", &e.oid)] {
+            match text(name) {
+                Some(got) if got == want.as_str() => {}
+                got => {
+                    return Err(format!(
+                        "wrong identity: {name} is {}, expected {want:?}",
+                        got.map_or("missing".to_string(), |g| format!("{g:?}"))
+                    ))
+                }
+            }
+        }
+        let scp: Vec<&str> = text("scp")
+            .map(|s| s.split(' ').collect())
+            .unwrap_or_default();
+        match (e.user, text("scp")) {
+            (false, Some(got)) => {
+                return Err(format!(
+                    "wrong identity: scp is {got:?} (a person's token), expected an app's token without scp"
+                ))
+            }
+            (true, None) => {
+                return Err(
+                    "wrong identity: scp is missing (an app's token), expected a person's token"
+                        .to_string(),
+                )
+            }
+            _ => {}
+        }
+        if let Some(missing) = e.scp.iter().find(|w| !scp.contains(&w.as_str())) {
+            return Err(format!(
+                "wrong identity: scp is {:?}, expected it to hold {missing:?}",
+                text("scp").unwrap_or_default()
+            ));
+        }
+        let roles: Vec<&str> = claims
+            .get("roles")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Some(missing) = e.roles.iter().find(|w| !roles.contains(&w.as_str())) {
+            return Err(format!(
+                "wrong identity: roles are {roles:?}, expected them to hold {missing:?}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The fake Entra's public key, for [`verify_bearer`].
@@ -451,6 +606,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             body_len,
             token_valid: verdict.is_ok(),
             token_error: verdict.as_ref().err().cloned(),
+            claims: verdict.as_ref().ok().map(|(_, claims)| claims.clone()),
             refused: refused.as_ref().map(|(why, _)| why.clone()),
         });
     }
