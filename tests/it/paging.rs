@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::support::entra::FakeEntra;
 use crate::support::patless::{bot_config, route_toml, Patless};
-use crate::support::upstream::{test_decoding_key, verify_bearer};
+use crate::support::upstream::{test_decoding_key, verify_bearer, Identity};
 use crate::support::{self, full, lock, AbortOnDrop, Body};
 
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
@@ -81,7 +81,13 @@ async fn answer(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Body> 
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
-    let verified = verify_bearer(req.headers(), &state.key, GRAPH_AUDIENCE).map(|_| ());
+    let verified = verify_bearer(
+        req.headers(),
+        &state.key,
+        GRAPH_AUDIENCE,
+        &Identity::default_app(),
+    )
+    .map(|_| ());
     lock(&state.seen).push(Seen {
         path_and_query: path_and_query.clone(),
         verified: verified.clone(),

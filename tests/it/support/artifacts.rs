@@ -72,7 +72,7 @@ use hyper::body::Incoming;
 use jsonwebtoken::DecodingKey;
 use serde_json::{json, Value};
 
-use super::upstream::{test_decoding_key, verify_bearer};
+use super::upstream::{test_decoding_key, verify_bearer, Identity};
 use super::{full, lock, AbortOnDrop, Body};
 
 use archive::{crate_file, npm_tarball, nupkg, wheel};
@@ -159,6 +159,8 @@ struct Feed {
 struct State {
     base_url: String,
     key: DecodingKey,
+    /// Whose tokens the feed accepts (the default app, unless [`FakeArtifacts::expect`] says).
+    identity: Mutex<Identity>,
     feeds: Mutex<BTreeMap<String, Feed>>,
     requests: Mutex<Vec<FeedRequest>>,
     blob_redirects: AtomicBool,
@@ -187,6 +189,7 @@ impl FakeArtifacts {
         let state = Arc::new(State {
             base_url: format!("http://{addr}"),
             key: test_decoding_key(),
+            identity: Mutex::new(Identity::default_app()),
             feeds: Mutex::new(feeds),
             requests: Mutex::new(Vec::new()),
             blob_redirects: AtomicBool::new(true),
@@ -201,6 +204,11 @@ impl FakeArtifacts {
             _server: server,
             _blob: blob_server,
         }
+    }
+
+    /// Accepts tokens of `identity` only (by default the fake Entra's default app).
+    pub fn expect(&self, identity: Identity) {
+        *lock(&self.state.identity) = identity;
     }
 
     /// `http://127.0.0.1:PORT`, standing for `https://pkgs.dev.azure.com`.
@@ -446,7 +454,8 @@ fn authenticate(state: &State, headers: &HeaderMap) -> (AuthForm, Result<String,
         Ok(v) => bearer.insert(header::AUTHORIZATION, v),
         Err(_) => return (form, Err("credential is not a header value".into())),
     };
-    let verdict = verify_bearer(&bearer, &state.key, ADO_AUDIENCE).map(|(_, claims)| {
+    let identity = lock(&state.identity).clone();
+    let verdict = verify_bearer(&bearer, &state.key, ADO_AUDIENCE, &identity).map(|(_, claims)| {
         claims
             .get("oid")
             .and_then(Value::as_str)
