@@ -1,6 +1,8 @@
 //! Path validation, before routing: dot segments (raw or percent-encoded, any case), encoded
 //! slashes or backslashes, NUL and bad escapes are refused, so a routed path never escapes its
-//! prefix and the upstream sees exactly what was matched.
+//! prefix and the upstream sees exactly what was matched. One encoded slash is let through: the
+//! one in an npm scoped package name, `@scope%2Fname`, which npm sends for every scoped package
+//! (decoded, it is two plain segments, neither of them `.` or `..`).
 
 use std::task::{Context, Poll};
 
@@ -30,6 +32,7 @@ pub fn validate(path: &str) -> Result<(), &'static str> {
                     return Err("the path has an invalid percent escape");
                 };
                 match (h * 16 + l) as u8 {
+                    b'/' if is_npm_scope_slash(path, i) => {}
                     b'/' | b'\\' => return Err("the path has an encoded slash or backslash"),
                     0 => return Err("the path has an encoded NUL"),
                     _ => {}
@@ -45,6 +48,21 @@ pub fn validate(path: &str) -> Result<(), &'static str> {
         return Err("the path has a `.` or `..` segment");
     }
     Ok(())
+}
+
+/// Whether the `%2F` at `at` is the one of an npm scoped name: its segment is `@scope%2Fname`,
+/// with a non-empty scope, no other encoded slash before it in the segment, and a name that is
+/// neither empty nor a dot segment (a second `%2F` in the name is refused when the scan meets it).
+fn is_npm_scope_slash(path: &str, at: usize) -> bool {
+    let start = path[..at].rfind('/').map_or(0, |i| i + 1);
+    let scope = &path[start..at];
+    let end = path[at + 3..].find('/').map_or(path.len(), |i| at + 3 + i);
+    let name = &path[at + 3..end];
+    scope.len() > 1
+        && scope.starts_with('@')
+        && !scope.to_ascii_lowercase().contains("%2f")
+        && !name.is_empty()
+        && !is_dot_segment(name)
 }
 
 /// `.` or `..`, each dot raw or as `%2e` in either case (without allocating: this runs on every
@@ -176,6 +194,13 @@ mod tests {
             "/..",
             "/ado/x/..",
             "/ado/a%2fb",
+            "/ado/@%2fb",
+            "/ado/@scope%2f",
+            "/ado/@scope%2f..",
+            "/ado/@scope%2F%2e",
+            "/ado/@a%2fb%2fc",
+            "/ado/x@a%2fb",
+            "/ado/@a%5cb",
             "/ado/a%5Cb",
             "/ado/a\\b",
             "/ado/%zz",
@@ -194,6 +219,8 @@ mod tests {
             "/ado/...",
             "/ado/%2e%2e%2e",
             "/ado/%2ex",
+            "/feed/npm/registry/@contoso%2fwidget",
+            "/feed/npm/registry/@contoso%2Fwidget/-/widget-1.0.0.tgz",
         ] {
             assert!(validate(good).is_ok(), "{good} should pass");
         }

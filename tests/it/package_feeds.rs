@@ -36,7 +36,9 @@ use crate::support::artifacts::{
     AuthForm, FakeArtifacts, ADO_AUDIENCE,
 };
 use crate::support::clients;
-use crate::support::entra::mint_token;
+use crate::support::entra::{mint_token, FakeEntra, ADO_SCOPE, CLIENT_ID, TENANT};
+use crate::support::patless::{config, route_toml, Patless};
+use crate::support::upstream::Identity;
 use crate::support::{http_client, write_file};
 
 /// Longest a client may take.
@@ -739,4 +741,126 @@ async fn nuget_finds_and_downloads_a_package_over_http() {
     };
     nuget_restore_over_http(&feed, &target).await;
     assert_clean(&feed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same clients through patless (docs/feeds.md): each keeps a stale PAT in its config, as a
+// config left over from before the migration would; patless drops it, sends its own token as a
+// `Basic` password, and points the feed's absolute URLs (tarballs, index links, service-index
+// `@id`s, cargo's `dl`/`api`) at itself, so that every request but the blob downloads goes
+// through it.
+
+/// The PAT the clients still hold. The feed refuses it; it must never get there.
+const STALE_PAT: &str = "stalepat7q3xkz2m5n8b4v6c1x9z0l2k4j6h8g0f2d4s6a8p0o9i";
+
+/// patless in front of `feed` on `/feed`, as a user configures it for a feed on a loopback
+/// stand-in (for `pkgs.dev.azure.com` both keys are the defaults).
+async fn patless_for(feed: &FakeArtifacts) -> (FakeEntra, Patless) {
+    let entra = FakeEntra::start().await;
+    let mut toml = config(&entra, &[], "", "");
+    toml.push_str(&route_toml("/feed", &feed.feed_url(), "bot", ADO_SCOPE));
+    toml.push_str("auth = \"basic\"\nrewrite_urls = true\n");
+    let p = Patless::start(&toml).await;
+    (entra, p)
+}
+
+/// Through patless: the feed saw patless's token as a `Basic` password on every request (never
+/// the stale PAT, never nothing), downloads went to blob storage without a credential.
+fn assert_all_through_patless(feed: &FakeArtifacts) {
+    let served = assert_clean(feed);
+    assert!(!served.is_empty());
+    let patless = AuthForm::Basic {
+        user: "patless".into(),
+    };
+    assert_eq!(forms(&served), [patless], "{served:#?}");
+}
+
+async fn through_patless(
+    scenario: impl AsyncFnOnce(&FakeArtifacts, &Target<'_>),
+    check_blob: bool,
+) {
+    let feed = FakeArtifacts::start().await;
+    // Only the token of the profile the route names (`bot`) opens the feed.
+    feed.expect(Identity::app(CLIENT_ID, TENANT));
+    let (_entra, p) = patless_for(&feed).await;
+    let url = p.url("/feed");
+    let target = Target {
+        feed_url: &url,
+        credential: STALE_PAT,
+    };
+    scenario(&feed, &target).await;
+    if check_blob {
+        assert_all_through_patless(&feed);
+    } else {
+        let served = feed.assert_only_valid_credentials();
+        let patless = AuthForm::Basic {
+            user: "patless".into(),
+        };
+        assert_eq!(forms(&served), [patless], "{served:#?}");
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_through_patless_installs_and_publishes_with_a_stale_token_in_npmrc() {
+    if !clients::require_tool("npm", "apt-get install npm") {
+        return;
+    }
+    through_patless(
+        async |feed, target| npm_install_and_publish(feed, target, NpmAuth::Token).await,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_through_patless_installs_and_publishes_with_a_stale_password_in_npmrc() {
+    if !clients::require_tool("npm", "apt-get install npm") {
+        return;
+    }
+    through_patless(
+        async |feed, target| npm_install_and_publish(feed, target, NpmAuth::Password).await,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_and_twine_through_patless() {
+    if !clients::require_python_module("pip", "apt-get install python3-pip")
+        || !clients::require_python_module("twine", "python3 -m pip install twine==7.0.0")
+    {
+        return;
+    }
+    through_patless(pip_install_and_twine_upload, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cargo_through_patless_publishes_and_fetches() {
+    through_patless(cargo_publish_and_fetch, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maven_through_patless_resolves_and_deploys() {
+    if !clients::require_tool("mvn", "apt-get install maven")
+        || !clients::require(
+            "Debian's Maven deploy and dependency plugins",
+            std::process::Command::new("test").args(MAVEN_PLUGINS_PROBE),
+            "apt-get install libmaven-deploy-plugin-java libmaven-dependency-plugin-java junit4",
+        )
+    {
+        return;
+    }
+    // Maven's files are served by the feed itself: no blob storage.
+    through_patless(maven_resolve_and_deploy, false).await;
+}
+
+#[tokio::test]
+async fn maven_layout_through_patless_over_http() {
+    through_patless(maven_over_http, false).await;
+}
+
+#[tokio::test]
+async fn nuget_through_patless_follows_the_rewritten_service_index() {
+    through_patless(nuget_restore_over_http, true).await;
 }

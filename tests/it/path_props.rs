@@ -382,18 +382,25 @@ proptest! {
         prop_assert!(validate(&path).is_ok(), "refused {path:?}: {:?}", validate(&path));
     }
 
-    /// An accepted path has none of the forbidden bytes or escapes, whatever it was made of.
+    /// An accepted path has none of the forbidden bytes or escapes, whatever it was made of: the
+    /// only encoded slash is an npm scoped name's (`@scope%2Fname`, one per segment), and with it
+    /// decoded there is still no dot segment.
     #[test]
     fn accepted_paths_are_clean(path in any_path()) {
         if validate(&path).is_ok() {
             let lower = path.to_ascii_lowercase();
             prop_assert!(path.starts_with('/'));
             prop_assert!(!path.contains('\\') && !path.contains('\0'), "{path:?}");
-            prop_assert!(
-                !lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%00"),
-                "{path:?}"
-            );
+            prop_assert!(!lower.contains("%5c") && !lower.contains("%00"), "{path:?}");
+            for segment in lower.split('/').filter(|s| s.contains("%2f")) {
+                prop_assert!(
+                    segment.starts_with('@') && segment.matches("%2f").count() == 1,
+                    "{path:?}"
+                );
+            }
             prop_assert!(!path.split('/').any(is_dot_segment), "{path:?}");
+            let decoded = lower.replace("%2f", "/");
+            prop_assert!(!decoded.split('/').any(is_dot_segment), "{path:?}");
         }
     }
 
