@@ -5,7 +5,9 @@
 //! cycles, with Entra faulting at random, the upstream revoking tokens at random, and config
 //! reloads — and the promise kept: no request reaches the upstream without a valid, unexpired
 //! token, no client request is lost or corrupted, token requests stay within a bound of the refresh
-//! cycles, nothing is left allocated.
+//! cycles, nothing is left allocated. patless runs as `serve` runs it, the proxy on worker threads
+//! (`Patless::start_file`: the machine's cores, the default of a config that does not set
+//! `server.workers`).
 //!
 //! The short form runs in `cargo test` (about 40 s). The long form, by hand:
 //!

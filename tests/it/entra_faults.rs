@@ -7,10 +7,11 @@
 //! bounds — not a storm.
 //!
 //! Read timeouts and the other faults run on real time (with a short `[entra] request_timeout`
-//! where it matters); the connect timeout, `Retry-After` and the storm run on paused time: the
-//! fakes' delays and the refresher's sleeps are all `tokio::time`, and loopback I/O between
-//! in-process tasks is ready as soon as it is written, so the clock only jumps when every task
-//! waits on a timer.
+//! where it matters), with the proxy on worker threads as `serve` runs it; the connect timeout,
+//! `Retry-After` and the storm run on paused time, with the proxy on the test's runtime
+//! (`Patless::start_on_test_clock`: worker threads keep the real clock): the fakes' delays and the
+//! refresher's sleeps are all `tokio::time`, and loopback I/O between in-process tasks is ready as
+//! soon as it is written, so the clock only jumps when every task waits on a timer.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -97,15 +98,20 @@ fn refresh_count(metrics: &str, result: &str) -> u64 {
         .map_or(0, |n| n.trim().parse().expect("counter"))
 }
 
-/// Patless with Entra at `authority` and one route `/ado` to `upstream`.
+/// Patless with Entra at `authority` and one route `/ado` to `upstream`, the proxy on worker
+/// threads as `serve` runs it.
 async fn patless(authority: &str, upstream: &str, entra_extra: &str) -> Patless {
-    Patless::start(&faults::config(
-        authority,
-        &[("/ado", upstream, ADO)],
-        "",
-        entra_extra,
-    ))
-    .await
+    Patless::start(&faults_config(authority, upstream, entra_extra)).await
+}
+
+/// [`patless`] for the tests on paused time: the proxy on the test's runtime, so that its clock
+/// (the `Retry-After` left, the waits for a token) is the one the test controls.
+async fn patless_on_test_clock(authority: &str, upstream: &str) -> Patless {
+    Patless::start_on_test_clock(&faults_config(authority, upstream, "")).await
+}
+
+fn faults_config(authority: &str, upstream: &str, entra_extra: &str) -> String {
+    faults::config(authority, &[("/ado", upstream, ADO)], "", entra_extra)
 }
 
 /// Once Entra answers again, the refresher's next attempt succeeds and requests pass (real time).
@@ -138,7 +144,7 @@ async fn connect_timeout_to_a_black_hole_is_timeout() {
     let hole = Blackhole::start().await;
     tokio::time::pause();
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = patless(&hole.url(), &up.url(), "").await;
+    let p = patless_on_test_clock(&hole.url(), &up.url()).await;
     let started = Instant::now();
     expect_failure(&p, "timeout", "timed out connecting to Entra").await;
     let took = started.elapsed();
@@ -307,7 +313,7 @@ async fn a_429_holds_off_the_next_attempt_for_retry_after() {
         retry_after_secs: 30,
     }));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = patless(&entra.authority(), &up.url(), "").await;
+    let p = patless_on_test_clock(&entra.authority(), &up.url()).await;
     let retry = expect_failure(&p, "throttled", "HTTP 429").await;
     assert_eq!(
         retry, 30,
@@ -350,7 +356,7 @@ async fn retry_after_on_a_503_is_honoured_too() {
     ))
     .await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = patless(&entra.url(), &up.url(), "").await;
+    let p = patless_on_test_clock(&entra.url(), &up.url()).await;
     assert_eq!(expect_failure(&p, "server_error", "HTTP 503").await, 20);
     let t0 = entra.received()[0].at;
     entra.set(Action::Reply(Reply::token(ADO_AUDIENCE, 3599)));
@@ -402,7 +408,7 @@ async fn no_storm_500_clients_through_a_five_minute_outage_make_a_bounded_trickl
     ))
     .await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = patless(&entra.url(), &up.url(), "").await;
+    let p = patless_on_test_clock(&entra.url(), &up.url()).await;
     let client = support::http_client();
     let t0 = Instant::now();
     let answered = Arc::new(AtomicUsize::new(0));

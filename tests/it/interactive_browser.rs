@@ -2,7 +2,8 @@
 //! the `BROWSER` convention (else `xdg-open`, else prints it), takes one redirect, checks its
 //! `state`, redeems the code with the PKCE verifier and stores the refresh token. The "browser"
 //! here is a shell script running `curl -L`, which follows the fake Entra's 302 to the listener
-//! and keeps the page it got — or the test itself, reading the printed URL.
+//! and keeps the page it got — or the test itself, reading the printed URL. (Without curl those
+//! tests fail, unless `PATLESS_SKIP_CLIENTS` names it: `support::clients`.)
 
 use std::collections::HashMap;
 use std::net::TcpStream;
@@ -71,8 +72,12 @@ scope = "{ADO_SCOPE}"
 }
 
 /// A browser: `curl -L` the URL (its first argument), keeping the final page in `page` (renamed
-/// into place once complete; read it with [`page_of`]).
-fn browser_script(dir: &Path, name: &str, page: &Path) -> PathBuf {
+/// into place once complete; read it with [`page_of`]). `None` when curl is missing and
+/// `PATLESS_SKIP_CLIENTS` names it (the test returns).
+fn browser_script(dir: &Path, name: &str, page: &Path) -> Option<PathBuf> {
+    if !support::clients::require_tool("curl", "apt-get install curl") {
+        return None;
+    }
     let path = dir.join(name);
     std::fs::write(
         &path,
@@ -83,7 +88,7 @@ fn browser_script(dir: &Path, name: &str, page: &Path) -> PathBuf {
     )
     .expect("write script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    path
+    Some(path)
 }
 
 /// An environment with the real `PATH` (for `sh` and `curl`) and these extra variables.
@@ -149,7 +154,9 @@ async fn login_with_browser(s: &Setup, env: Env) -> (Result<String, LoginError>,
 async fn the_browser_signs_in_and_the_refresh_token_is_stored() {
     let s = setup(None).await;
     let page = s.dir.path().join("page.html");
-    let script = browser_script(s.dir.path(), "browser.sh", &page);
+    let Some(script) = browser_script(s.dir.path(), "browser.sh", &page) else {
+        return;
+    };
     let (result, out) =
         login_with_browser(&s, env_with(&[("BROWSER", script.display().to_string())])).await;
     let summary = result.expect("login succeeds");
@@ -218,7 +225,9 @@ async fn the_browser_signs_in_and_the_refresh_token_is_stored() {
 async fn browser_is_a_colon_separated_list_with_percent_s() {
     let s = setup(None).await;
     let page = s.dir.path().join("page.html");
-    let script = browser_script(s.dir.path(), "browser.sh", &page);
+    let Some(script) = browser_script(s.dir.path(), "browser.sh", &page) else {
+        return;
+    };
     // The first command does not exist; the second takes the URL where `%s` is.
     let browser = format!("/nonexistent/firefox:/bin/sh {} %s", script.display());
     let (result, out) = login_with_browser(&s, env_with(&[("BROWSER", browser.clone())])).await;
@@ -234,7 +243,9 @@ async fn xdg_open_on_path_is_used_without_browser() {
     let bin = s.dir.path().join("bin");
     std::fs::create_dir(&bin).expect("mkdir");
     let page = s.dir.path().join("page.html");
-    browser_script(&bin, "xdg-open", &page);
+    if browser_script(&bin, "xdg-open", &page).is_none() {
+        return;
+    }
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -295,7 +306,9 @@ async fn a_redirect_with_another_state_is_refused() {
     let s = setup(None).await;
     s.entra.push_authorize_step(AuthorizeStep::WrongState);
     let page = s.dir.path().join("page.html");
-    let script = browser_script(s.dir.path(), "browser.sh", &page);
+    let Some(script) = browser_script(s.dir.path(), "browser.sh", &page) else {
+        return;
+    };
     let (result, _) =
         login_with_browser(&s, env_with(&[("BROWSER", script.display().to_string())])).await;
     let err = result.expect_err("state mismatch");
@@ -313,7 +326,9 @@ async fn a_declined_consent_is_reported() {
     let s = setup(None).await;
     s.entra.push_authorize_step(AuthorizeStep::Deny);
     let page = s.dir.path().join("page.html");
-    let script = browser_script(s.dir.path(), "browser.sh", &page);
+    let Some(script) = browser_script(s.dir.path(), "browser.sh", &page) else {
+        return;
+    };
     let (result, _) =
         login_with_browser(&s, env_with(&[("BROWSER", script.display().to_string())])).await;
     let err = result.expect_err("denied").to_string();
@@ -328,7 +343,9 @@ async fn a_code_bound_to_another_challenge_is_refused_by_entra() {
     let s = setup(None).await;
     s.entra.push_authorize_step(AuthorizeStep::SwapChallenge);
     let page = s.dir.path().join("page.html");
-    let script = browser_script(s.dir.path(), "browser.sh", &page);
+    let Some(script) = browser_script(s.dir.path(), "browser.sh", &page) else {
+        return;
+    };
     let (result, _) =
         login_with_browser(&s, env_with(&[("BROWSER", script.display().to_string())])).await;
     let err = result.expect_err("PKCE mismatch").to_string();
@@ -370,7 +387,9 @@ async fn the_configured_redirect_port_is_used() {
         .port();
     let s = setup(Some(free)).await;
     let page = s.dir.path().join("page.html");
-    let script = browser_script(s.dir.path(), "browser.sh", &page);
+    let Some(script) = browser_script(s.dir.path(), "browser.sh", &page) else {
+        return;
+    };
     let (result, out) =
         login_with_browser(&s, env_with(&[("BROWSER", script.display().to_string())])).await;
     result.expect("login succeeds");

@@ -8,11 +8,22 @@
 //!   hands it one instead of calling `std::env::set_var`; child processes get theirs with
 //!   `Command::env_clear()` and `.env(…)`, and their working directory with `.current_dir(…)`;
 //! - the global `tracing` subscriber: [`support::capture::init`] installs the one TRACE capture
-//!   for the whole binary, and tests read it with [`support::capture::logs`];
+//!   for the whole binary (it holds what the proxy's worker threads log too), and tests read it
+//!   with [`support::capture::logs`];
 //! - the rustls default crypto provider: [`support::install_crypto_provider`] (idempotent);
 //! - Prometheus: every `App` gets a `Registry` of its own;
 //! - ports: every listener binds `127.0.0.1:0`, the real binary's too (`PatlessProcess` reads
 //!   the addresses from its log); the fixed addresses in configs are never bound.
+//!
+//! patless runs as `patless serve` runs it: [`support::patless::Patless`] serves the proxy on
+//! worker threads of its own (the config's `server.workers`; 2 when a config given as text sets
+//! none), with their own runtimes on the real clock. Only a test on tokio's paused clock
+//! (`start_paused = true`, `time::pause()`) starts it with `Patless::start_on_test_clock`, which
+//! serves the proxy on the test's runtime so that `advance()` moves the proxy's time too.
+//!
+//! A test that drives a real client (git, curl, the Azure SDKs for Python and Node) fails when the
+//! client is missing, unless `PATLESS_SKIP_CLIENTS` names it ([`support::clients`]); `bash
+//! .ci/setup` installs them all.
 //!
 //! `tests/soak.rs` is its own binary (it counts the process's allocations) and reuses `support/`.
 

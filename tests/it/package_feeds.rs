@@ -590,6 +590,7 @@ async fn maven_resolves_and_deploys() {
     if !clients::require_tool("mvn", "apt-get install maven")
         || !clients::require(
             "Debian's Maven deploy and dependency plugins",
+            &["mvn"],
             std::process::Command::new("test").args(MAVEN_PLUGINS_PROBE),
             "apt-get install libmaven-deploy-plugin-java libmaven-dependency-plugin-java junit4",
         )
@@ -845,6 +846,7 @@ async fn maven_through_patless_resolves_and_deploys() {
     if !clients::require_tool("mvn", "apt-get install maven")
         || !clients::require(
             "Debian's Maven deploy and dependency plugins",
+            &["mvn"],
             std::process::Command::new("test").args(MAVEN_PLUGINS_PROBE),
             "apt-get install libmaven-deploy-plugin-java libmaven-dependency-plugin-java junit4",
         )

@@ -9,7 +9,9 @@
 //!   arrives later serves the next request;
 //! - a replayable body (a `Content-Length` ≤ 1 MiB, read before sending) that breaks off: nothing
 //!   reaches the upstream, not even a partial request;
-//! - a `Location` rewritten onto a route whose upstream has a base path, and one outside it.
+//! - a `Location` rewritten onto a route whose upstream has a base path, and one outside it;
+//! - hop-by-hop headers in an answer (the fixed ones and those `Connection` names) dropped, the
+//!   end-to-end ones kept.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,7 +49,7 @@ impl Answer {
     fn header(&self, name: &str) -> Option<&str> {
         self.head.lines().skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            (k.trim() == name).then(|| v.trim())
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
     }
 
@@ -278,7 +280,7 @@ async fn a_token_wait_runs_out_while_entra_hangs_and_the_late_token_serves_the_n
     // `[entra] request_timeout`, 30 s: patless keeps waiting for it).
     entra.push_fault(Fault::Delay(ENTRA_SILENT));
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
-    let p = Patless::start(&config(
+    let p = Patless::start_on_test_clock(&config(
         &entra,
         &[("/ado", &up.url(), ADO)],
         "token_wait_timeout = \"2s\"",
@@ -453,4 +455,39 @@ async fn a_location_under_the_upstreams_base_path_is_rewritten_onto_the_route() 
     assert!(seen
         .iter()
         .all(|r| r.token_valid && r.path_and_query.starts_with("/base/path/redirect-to?to=")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hop-by-hop headers in answers
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_in_an_answer_stop_at_patless() {
+    let (_entra, up, p) = start_ado("").await;
+    // Raw, so that what patless writes is read as it is on the wire (a client library could
+    // hide or consume `Connection` and `Keep-Alive`).
+    let mut c = Raw::connect(p.addr).await;
+    c.send(b"GET /ado/hop-by-hop HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let answer = c.answer().await.expect("an answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("x-end"), Some("kept"), "{answer:?}");
+    assert_eq!(answer.header("x-upstream"), Some("fake"), "{answer:?}");
+    for hop in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "upgrade",
+    ] {
+        assert_eq!(answer.header(hop), None, "{hop}: {answer:?}");
+    }
+    // The connection is still the client's to reuse.
+    c.send(b"GET /ado/after HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    assert_eq!(c.answer().await.expect("a second answer").status, 200);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|r| r.token_valid));
 }

@@ -6,8 +6,9 @@
 //! patless points back at itself (`src/proxy/urls/`).
 //!
 //! Clients run as child processes (tokio::process) so the in-process fakes keep serving; the
-//! proxy variables are removed from their environment. `.ci/run` installs the SDKs
-//! (PIP_PACKAGES, NPM_PACKAGES); elsewhere a missing one makes its test say NOT RUN and return.
+//! proxy variables are removed from their environment. `.ci/setup` installs the SDKs
+//! (PIP_PACKAGES, NPM_PACKAGES); a missing one fails its test unless `PATLESS_SKIP_CLIENTS` names
+//! it (`support::clients`).
 
 use std::path::Path;
 use std::process::Stdio;

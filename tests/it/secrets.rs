@@ -1139,6 +1139,48 @@ async fn inbound_token_wrong_and_right() {
     h.finish();
 }
 
+/// The proxy serves requests on worker threads of its own, as `serve` does; what it logs there
+/// reaches the capture every check above reads (the subscriber is global, not the test thread's),
+/// so the checks cover the request path as production runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_proxy_logs_on_its_worker_threads_is_checked_too() {
+    const ROUTE: &str = "/hygiene-on-workers";
+    let mut h = Hygiene::new("proxy on worker threads");
+    h.forbid("inbound token", INBOUND);
+    h.forbid("a wrong inbound token", WRONG_INBOUND);
+    h.forbid("client secret", CLIENT_SECRET);
+    h.forbid("stale PAT the client sends", PAT);
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let toml_text = support::patless::config(
+        &entra,
+        &[(ROUTE, &up.url(), ADO)],
+        &format!("inbound_token = \"{INBOUND}\""),
+        "",
+    );
+    let p = Patless::start(&toml_text).await;
+    let url = p.url(&format!("{ROUTE}/org/_apis/projects"));
+    let (status, b) = send(client().get(&url).header("x-patless-token", WRONG_INBOUND)).await;
+    assert_eq!(status, 401, "{b}");
+    h.output("401 body", b);
+    let (status, _echo) = send(
+        client()
+            .get(&url)
+            .header("x-patless-token", INBOUND)
+            .basic_auth("", Some(PAT)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    admin_outputs(&mut h, &p, "workers").await;
+    p.stop().await;
+    assert_eq!(up.accepted(), 1);
+    assert!(h.forbid_all("access token", entra.issued_tokens()) >= 1);
+    // The answer was logged on a worker thread (`patless-proxy-N`), not on the test's.
+    h.expect_logged(&["patless-proxy-", "answered", ROUTE]);
+    h.expect_logged(&["patless-proxy-", "refused", "inbound_auth_required"]);
+    h.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // `patless config`, the real binary, with every kind's secret keys set.
 // ---------------------------------------------------------------------------------------------

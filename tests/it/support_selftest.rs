@@ -898,3 +898,40 @@ async fn servers_stop_when_dropped() {
     assert!(tokio::net::TcpStream::connect(entra_addr).await.is_err());
     assert!(tokio::net::TcpStream::connect(upstream_addr).await.is_err());
 }
+
+/// The harness's patless serves requests as `serve` does, on worker threads (`patless-proxy-N`),
+/// and `Patless::start_on_test_clock` on the test's own thread, as it says. The capture names the
+/// thread of each line, and each route's label is this test's own.
+#[tokio::test]
+async fn patless_serves_on_worker_threads_and_on_the_test_clock_only_when_asked() {
+    use crate::support::patless::{config, Patless, ADO};
+    support::capture::init();
+    let entra = FakeEntra::start().await;
+    let up = FakeUpstream::start(ADO_AUDIENCE).await;
+    let answered = |route: &str| -> Vec<String> {
+        support::capture::logs()
+            .lines()
+            .filter(|l| l.contains("answered") && l.contains(&format!("\"{route}\"")))
+            .map(str::to_owned)
+            .collect()
+    };
+    for (route, test_clock) in [("/selftest-workers", false), ("/selftest-test-clock", true)] {
+        let toml = config(&entra, &[(route, &up.url(), ADO)], "", "");
+        let p = if test_clock {
+            Patless::start_on_test_clock(&toml).await
+        } else {
+            Patless::start(&toml).await
+        };
+        let r = support::get(&http_client(), p.url(&format!("{route}/x"))).await;
+        assert_eq!(r.status(), 200);
+        p.stop().await;
+        let lines = answered(route);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(
+            lines[0].contains(" patless-proxy-"),
+            !test_clock,
+            "{route}: {}",
+            lines[0]
+        );
+    }
+}

@@ -7,6 +7,11 @@
 //! (plus its own outputs against its own secrets): whichever test ends last has checked every
 //! log line against every secret, whatever the order.
 //!
+//! The subscriber is global, so it also holds what patless logs on the threads it starts itself:
+//! the proxy's worker threads (`patless-proxy-N`), where every request is served. Each line
+//! names its thread (a test's own is named after the test, a multi-threaded test runtime's
+//! `tokio-runtime-worker`), so a check can tell them apart.
+//!
 //! (`log`-crate records of dependencies are not bridged: patless itself logs through `tracing`.)
 
 use std::sync::{Mutex, OnceLock};
@@ -29,6 +34,7 @@ pub fn init() -> &'static SharedBuf {
         tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
+            .with_thread_names(true)
             .with_writer(move || writer.clone())
             .try_init()
             .expect("no other global subscriber in this test binary");
@@ -148,8 +154,10 @@ impl Hygiene {
         );
         assert!(!self.outputs.is_empty(), "{}: no output checked", self.kind);
         let logs = logs();
+        let installed = format!("{}: {INSTALLED}", module_path!());
         assert!(
-            logs.contains(&format!("TRACE {}: {INSTALLED}", module_path!())),
+            logs.lines()
+                .any(|l| l.contains(" TRACE ") && l.ends_with(&installed)),
             "the capture does not hold TRACE events"
         );
         let all: Vec<(String, String)> = lock(&FORBIDDEN).clone();

@@ -1,20 +1,48 @@
-//! Real clients (git, curl, Python and Node packages) that the end-to-end tests drive through
-//! patless. `.ci/run` installs them (APT_PACKAGES, PIP_PACKAGES, NPM_PACKAGES). On a runner with
-//! `CI=true` a missing client fails the test; on a developer's machine the test says what to
-//! install and returns, so that `cargo test` still runs everything else.
+//! Real clients (git, curl, package managers, Python and Node packages) that the end-to-end tests drive through
+//! patless. `bash .ci/setup` installs them, at the versions CI pins (APT_PACKAGES, PIP_PACKAGES,
+//! NPM_PACKAGES); `.ci/run` runs it first.
+//!
+//! A missing client fails its test, with the command that installs it, unless
+//! `PATLESS_SKIP_CLIENTS` names it: then the test prints `SKIPPED: … (PATLESS_SKIP_CLIENTS)` and
+//! returns. The variable is a comma-separated list of these names:
+//! - a command-line tool by its binary: `git`, `curl`, `python3`, `node`, `npm`, `mvn` (Maven and
+//!   its Debian plugins);
+//! - a Python module by its module name (`azure.identity`, `azure.devops`, `pip`, `twine`), or
+//!   all of them and `python3` by the group name `python`;
+//! - an npm package by its package name (`@azure/identity`, `azure-devops-node-api`), or all of
+//!   them, `node` and `npm` by the group name `node`;
+//! - `all`: every client.
+//!
+//! A client that is installed is used whatever the list says: the list excuses a missing client,
+//! it does not turn off one that is there. (`CI` plays no part.)
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// Whether this run is CI, where every client must be present.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
+/// The variable that names the clients whose absence skips a test instead of failing it.
+pub const SKIP_VAR: &str = "PATLESS_SKIP_CLIENTS";
+
+/// The names in a `PATLESS_SKIP_CLIENTS` value: comma-separated, trimmed, empty ones dropped.
+pub fn skip_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
-/// `true` when `probe` runs and exits 0. Otherwise panics in CI and, elsewhere, prints why the
-/// test is not run (with `install`, the command that would install the client) and returns
-/// `false`.
-pub fn require(what: &str, probe: &mut Command, install: &str) -> bool {
+/// Whether `list` skips a client known by `names` (its own name and its group's): it holds one
+/// of them, or `all`.
+pub fn skips(list: &[String], names: &[&str]) -> bool {
+    list.iter()
+        .any(|n| n == "all" || names.iter().any(|name| n == name))
+}
+
+/// `true` when `probe` runs and exits 0. Otherwise, when `PATLESS_SKIP_CLIENTS` holds one of
+/// `names` (the client's name first, then its group), prints why the test is skipped and returns
+/// `false`; else panics with `install`, the command that installs the client.
+pub fn require(what: &str, names: &[&str], probe: &mut Command, install: &str) -> bool {
     let ok = probe
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -24,31 +52,46 @@ pub fn require(what: &str, probe: &mut Command, install: &str) -> bool {
     if ok {
         return true;
     }
-    if in_ci() {
-        panic!("{what} is missing on this CI runner: .ci/run should have installed it ({install})");
+    let list = skip_list(&std::env::var(SKIP_VAR).unwrap_or_default());
+    if skips(&list, names) {
+        eprintln!("SKIPPED: {what} is not installed, and the test is skipped ({SKIP_VAR})");
+        return false;
     }
-    eprintln!("NOT RUN: {what} is not installed here. `.ci/run` installs it; by hand: {install}");
-    false
+    panic!(
+        "{what} is not installed: `bash .ci/setup` installs every client the tests drive (this \
+         one by hand: {install}); or skip the tests that need it with {SKIP_VAR}={}",
+        names[0]
+    );
 }
 
-/// The command-line tool `bin` (probed with `--version`).
+/// The command-line tool `bin` (probed with `--version`); skipped by its name, `python3` also by
+/// `python`, `node` and `npm` also by `node`.
 pub fn require_tool(bin: &str, install: &str) -> bool {
-    require(bin, Command::new(bin).arg("--version"), install)
+    let group = match bin {
+        "python3" => Some("python"),
+        "node" | "npm" => Some("node"),
+        _ => None,
+    };
+    let names: Vec<&str> = std::iter::once(bin).chain(group).collect();
+    require(bin, &names, Command::new(bin).arg("--version"), install)
 }
 
-/// The Python module `module` importable by `python3`.
+/// The Python module `module` importable by `python3`; skipped by its name or `python`.
 pub fn require_python_module(module: &str, install: &str) -> bool {
     require(
         &format!("Python module `{module}`"),
+        &[module, "python"],
         Command::new("python3").args(["-c", &format!("import {module}")]),
         install,
     )
 }
 
-/// The npm package `package` loadable by `node` from the global modules ([`node_path`]).
+/// The npm package `package` loadable by `node` from the global modules ([`node_path`]); skipped
+/// by its name or `node`.
 pub fn require_node_module(package: &str, install: &str) -> bool {
     require(
         &format!("npm package `{package}`"),
+        &[package, "node"],
         Command::new("node")
             .env("NODE_PATH", node_path())
             .args(["-e", &format!("require({package:?})")]),
@@ -70,4 +113,48 @@ pub fn node_path() -> String {
             .unwrap_or_default()
     })
     .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{skip_list, skips};
+
+    #[test]
+    fn the_skip_list_names_clients_groups_or_all() {
+        assert!(skip_list("").is_empty());
+        assert!(skip_list(" , ,").is_empty());
+        assert_eq!(
+            skip_list(" git,curl ,, @azure/identity "),
+            ["git", "curl", "@azure/identity"]
+        );
+        let list = skip_list("git, azure.devops, node");
+        assert!(skips(&list, &["git"]));
+        assert!(!skips(&list, &["curl"]), "only what it names");
+        assert!(
+            skips(&list, &["azure.devops", "python"]),
+            "a module by name"
+        );
+        assert!(
+            !skips(&list, &["azure.identity", "python"]),
+            "not its neighbour"
+        );
+        assert!(
+            skips(&list, &["@azure/identity", "node"]),
+            "a package by group"
+        );
+        assert!(skips(&list, &["npm", "node"]), "a tool by group");
+        assert!(!skips(&skip_list("python"), &["node"]));
+        assert!(
+            !skips(&skip_list("gi,git2,Git"), &["git"]),
+            "whole names only"
+        );
+        for names in [
+            &["git"][..],
+            &["azure.identity", "python"],
+            &["npm", "node"],
+        ] {
+            assert!(skips(&skip_list("all"), names), "{names:?}");
+        }
+        assert!(!skips(&[], &["git"]), "nothing skipped by default");
+    }
 }

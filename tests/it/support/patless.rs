@@ -1,4 +1,15 @@
-//! Starts patless in process, the way `main` does, on listeners bound to `127.0.0.1:0`.
+//! Starts patless in process, the way `patless serve` does, on listeners bound to `127.0.0.1:0`.
+//!
+//! Every entry point serves the proxy listener on worker threads of its own, as `serve` does
+//! (`RunOptions { worker_threads: true, .. }`, `src/server/workers.rs`), as many as the config's
+//! `server.workers`. When a config given as text does not set it, the harness makes it
+//! [`HARNESS_WORKERS`] (2: several workers, whatever the machine, and not one thread per core for
+//! each of the dozens of patless a test run starts). A config file ([`Patless::start_file`]) is
+//! taken as written, its default included (the machine's cores, as `serve` does): reloads read
+//! the same file, and a count they did not read would be a `server.workers` change they refuse.
+//! Those threads run their own runtimes, on the real clock. A test on tokio's paused clock (`start_paused = true`, `time::pause()`) would
+//! not control their time, so it starts patless with [`Patless::start_on_test_clock`], which
+//! serves the proxy on the test's own runtime — the one place the single-runtime path is used.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +32,20 @@ pub const ADO: &str = "499b84ac-1321-427f-aa17-267ca6975798/.default";
 /// The Defender XDR scope.
 pub const DEFENDER: &str = "https://api.security.microsoft.com/.default";
 
+/// The proxy's worker threads when the config does not set `server.workers`: more than one, so
+/// that connections really are spread over several workers, each with its own upstream pool.
+pub const HARNESS_WORKERS: usize = 2;
+
+/// How the proxy listener is served.
+#[derive(Clone, Copy)]
+enum Serving {
+    /// On worker threads, as `serve` does: `Some(n)` threads, or `None`: the config's
+    /// `server.workers` ([`HARNESS_WORKERS`] when a config given as text sets none).
+    Workers(Option<usize>),
+    /// On the test's runtime, whose clock the test may pause.
+    TestClock,
+}
+
 /// A running patless.
 pub struct Patless {
     /// Proxy address.
@@ -36,59 +61,67 @@ pub struct Patless {
 }
 
 impl Patless {
-    /// Starts patless with `toml` and an empty environment.
+    /// Starts patless with `toml` and an empty environment, the proxy on worker threads (see the
+    /// module's doc).
     pub async fn start(toml: &str) -> Patless {
         Self::start_with_env(toml, MapEnv::default()).await
     }
 
-    /// Starts patless with `toml` and the environment `env`. Unless `toml` sets
-    /// `server.shutdown_delay`, it is 0 here (not 5 s): stopping a test's patless is immediate.
+    /// Starts patless with `toml` and the environment `env`, the proxy on worker threads. Unless
+    /// `toml` sets `server.shutdown_delay`, it is 0 here (not 5 s): stopping a test's patless is
+    /// immediate.
     pub async fn start_with_env(toml: &str, env: MapEnv) -> Patless {
-        Self::start_inner(toml, env, None, ArcAgent::default()).await
+        Self::start_inner(toml, env, Serving::Workers(None), ArcAgent::default()).await
     }
 
     /// [`Patless::start_with_env`], with the Azure Arc agent looked for at `arc` (a temporary
     /// directory) instead of its real paths.
     pub async fn start_with_arc_agent(toml: &str, env: MapEnv, arc: ArcAgent) -> Patless {
-        Self::start_inner(toml, env, None, arc).await
+        Self::start_inner(toml, env, Serving::Workers(None), arc).await
     }
 
-    /// [`Patless::start`], with the proxy served on `workers` threads of its own, as `serve`
-    /// does (those threads run on the real clock, not the test's).
+    /// [`Patless::start`], with the proxy served on exactly `workers` threads, whatever the
+    /// config says.
     pub async fn start_with_workers(toml: &str, workers: usize) -> Patless {
-        Self::start_inner(toml, MapEnv::default(), Some(workers), ArcAgent::default()).await
+        let serving = Serving::Workers(Some(workers));
+        Self::start_inner(toml, MapEnv::default(), serving, ArcAgent::default()).await
     }
 
-    async fn start_inner(
-        toml: &str,
-        env: MapEnv,
-        workers: Option<usize>,
-        arc: ArcAgent,
-    ) -> Patless {
+    /// [`Patless::start`], but the proxy served on the test's own runtime instead of worker
+    /// threads: for tests on tokio's paused clock only (`#[tokio::test(start_paused = true)]`,
+    /// `tokio::time::pause()`). Worker threads run their own runtimes on the real clock, so the
+    /// proxy's timers (`Retry-After` left, request timeouts) would not follow the test's
+    /// `advance()`, and the paused runtime would jump its clock while waiting on them. Every
+    /// other test uses the production path.
+    pub async fn start_on_test_clock(toml: &str) -> Patless {
+        let env = MapEnv::default();
+        Self::start_inner(toml, env, Serving::TestClock, ArcAgent::default()).await
+    }
+
+    async fn start_inner(toml: &str, env: MapEnv, serving: Serving, arc: ArcAgent) -> Patless {
         let mut loaded = load(toml, &env);
         if loaded.raw.server.shutdown_delay.is_none() {
             loaded.config.server.shutdown_delay = Duration::ZERO;
         }
-        if let Some(n) = workers {
-            loaded.config.server.workers = n;
-        }
         let app = App::with_arc_agent(
-            loaded.config,
+            harness_workers(loaded, serving),
             std::sync::Arc::new(env),
             prometheus::Registry::new(),
             arc,
         )
         .expect("app builds");
-        Self::launch(app, None, workers.is_some()).await
+        Self::launch(app, None, serving).await
     }
 
     /// Starts patless from the config file `path` (as `--config path` would), read with `env`,
     /// able to reload: through [`Patless::reloader`], and on file changes (polled every
-    /// `watch_interval`) when the file sets `watch_config = true`.
+    /// `watch_interval`) when the file sets `watch_config = true`. The proxy is on the file's
+    /// `server.workers` threads: the machine's cores when it sets none, as `serve` would.
     pub async fn start_file(path: &Path, env: MapEnv, watch_interval: Duration) -> Patless {
         let loaded = patless::config::load(Some(path), &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let source = loaded.source.clone();
+        let serving = Serving::Workers(None);
         let app = App::new(
             loaded.config,
             std::sync::Arc::new(env),
@@ -98,14 +131,14 @@ impl Patless {
         let (handle, requests) = patless::app::reload::channel();
         let mut reloader = Reloader::new(Some(path.to_path_buf()), source, requests);
         reloader.watch_interval = watch_interval;
-        let mut p = Self::launch(app, Some(reloader), false).await;
+        let mut p = Self::launch(app, Some(reloader), serving).await;
         p.reload = Some(handle);
         p
     }
 
     /// Binds the listeners on `127.0.0.1:0` (the identity endpoint's only when the config has
     /// one) and spawns `run_with`.
-    async fn launch(app: App, reload: Option<Reloader>, worker_threads: bool) -> Patless {
+    async fn launch(app: App, reload: Option<Reloader>, serving: Serving) -> Patless {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = proxy.local_addr().expect("addr");
@@ -131,7 +164,7 @@ impl Patless {
             },
             hurry: None,
             reload,
-            worker_threads,
+            worker_threads: matches!(serving, Serving::Workers(_)),
         };
         let task = tokio::spawn(patless::run_with(listeners, app, options));
         Patless {
@@ -252,6 +285,20 @@ impl Drop for Patless {
             t.abort();
         }
     }
+}
+
+/// The config of `loaded` (given as text), with `server.workers` as `serving` has it: the number
+/// given, else the config's own when it sets one, else [`HARNESS_WORKERS`].
+fn harness_workers(loaded: LoadedConfig, serving: Serving) -> Config {
+    let mut config = loaded.config;
+    match serving {
+        Serving::Workers(Some(n)) => config.server.workers = n,
+        Serving::Workers(None) if loaded.raw.server.workers.is_none() => {
+            config.server.workers = HARNESS_WORKERS;
+        }
+        Serving::Workers(None) | Serving::TestClock => {}
+    }
+    config
 }
 
 /// A fake Entra, an Azure DevOps upstream and patless routing `/ado` to it with the profile

@@ -651,6 +651,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             &json!({"len": body_len, "fnv": format!("{fnv:016x}")}),
         );
     }
+    if path == "/hop-by-hop" {
+        return hop_by_hop_answer();
+    }
     if path == "/redirect" {
         return redirect(&format!("{}/echo/after-redirect?x=1", state.base_url));
     }
@@ -698,6 +701,23 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             "body_len": body_len,
         }),
     )
+}
+
+/// `200` with every kind of hop-by-hop header (RFC 9110 §7.6.1: the fixed ones and one that
+/// `Connection` names) beside two end-to-end ones, `x-end` and `x-upstream`.
+fn hop_by_hop_answer() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONNECTION, "keep-alive, X-Hop")
+        .header("x-hop", "for the next hop only")
+        .header("keep-alive", "timeout=5, max=100")
+        .header("proxy-connection", "keep-alive")
+        .header(header::PROXY_AUTHENTICATE, "Basic realm=\"upstream proxy\"")
+        .header(header::UPGRADE, "h2c")
+        .header("x-end", "kept")
+        .header("x-upstream", "fake")
+        .body(empty())
+        .expect("response")
 }
 
 fn redirect(location: &str) -> Response<Body> {
