@@ -1,12 +1,14 @@
 //! The cache: one [`TokenEntry`] per (profile, scope, claims), created on first use over the
-//! profile's credential, handed over to the next cache on a reload, stopped on shutdown.
+//! profile's credential, handed over to the next cache on a reload, stopped on shutdown. The
+//! entries of one profile share its [`ProfileFailures`], so that its failures are logged once for
+//! the profile, not once per scope.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::TokenEntry;
+use super::{ProfileFailures, TokenEntry};
 use crate::credentials::Credential;
 use crate::metrics::Metrics;
 
@@ -34,6 +36,8 @@ pub struct CacheSettings {
 pub struct TokenCache {
     credentials: HashMap<String, Arc<dyn Credential>>,
     entries: Mutex<HashMap<CacheKey, Arc<TokenEntry>>>,
+    /// Each profile's failures, shared by its entries (and handed over with them on a reload).
+    failures: Mutex<HashMap<String, Arc<ProfileFailures>>>,
     settings: CacheSettings,
     metrics: Metrics,
     runtime: Option<tokio::runtime::Handle>,
@@ -57,6 +61,7 @@ impl TokenCache {
         TokenCache {
             credentials,
             entries: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             settings,
             metrics,
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -87,12 +92,22 @@ impl TokenCache {
             Arc::new(TokenEntry::new(
                 key,
                 Arc::clone(credential),
+                self.failures_of(profile),
                 self.settings,
                 self.metrics.clone(),
                 self.runtime.clone(),
             ))
         });
         Some(Arc::clone(entry))
+    }
+
+    /// The failures of `profile`, shared by all its entries.
+    fn failures_of(&self, profile: &str) -> Arc<ProfileFailures> {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = failures
+            .entry(profile.to_string())
+            .or_insert_with(|| Arc::new(ProfileFailures::new(profile)));
+        Arc::clone(shared)
     }
 
     /// Every entry created so far.
@@ -111,8 +126,12 @@ impl TokenCache {
         let mut adopted = Vec::new();
         let theirs = old.entries();
         if let Ok(mut ours) = self.entries.lock() {
+            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
             for e in theirs.into_iter().filter(|e| keep(e.key())) {
                 adopted.push(e.key().clone());
+                // The profile's new entries join the adopted ones' failures: one story per
+                // profile across the reload.
+                failures.insert(e.key().profile.clone(), Arc::clone(&e.failures));
                 ours.insert(e.key().clone(), e);
             }
         }

@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::{CacheKey, CacheSettings, CachedToken};
+use super::{CacheKey, CacheSettings, CachedToken, ProfileFailures};
 use crate::credentials::{Credential, CredentialError, ErrorClass};
 use crate::metrics::Metrics;
 
@@ -57,6 +57,8 @@ pub(super) struct Status {
 pub struct TokenEntry {
     pub(super) key: CacheKey,
     pub(super) credential: Arc<dyn Credential>,
+    /// The failures of the entry's profile, shared with its other entries (what to log).
+    pub(super) failures: Arc<ProfileFailures>,
     pub(super) settings: CacheSettings,
     pub(super) metrics: Metrics,
     pub(super) current: ArcSwapOption<CachedToken>,
@@ -102,6 +104,7 @@ impl TokenEntry {
     pub(super) fn new(
         key: CacheKey,
         credential: Arc<dyn Credential>,
+        failures: Arc<ProfileFailures>,
         settings: CacheSettings,
         metrics: Metrics,
         runtime: Option<tokio::runtime::Handle>,
@@ -109,6 +112,7 @@ impl TokenEntry {
         TokenEntry {
             key,
             credential,
+            failures,
             settings,
             metrics,
             current: ArcSwapOption::empty(),

@@ -9,14 +9,18 @@
 //! - `entry.rs`: [`TokenEntry`], one token read without a lock and the single-flight wait for it;
 //! - `refresher.rs`: an entry's background refresher, the only code that asks the credential;
 //! - `cached.rs`: [`CachedToken`], the header ready to attach and the moments that bound its use;
-//! - `schedule.rs`: when to refresh, until when a token may be used, how long to back off.
+//! - `schedule.rs`: when to refresh, until when a token may be used, how long to back off;
+//! - `failures.rs`: [`ProfileFailures`], what the log says when a profile's acquisitions keep
+//!   failing (once at WARN, then a summary a minute at most, one line at recovery).
 
 mod cache;
 mod cached;
 mod entry;
+pub mod failures;
 mod refresher;
 pub mod schedule;
 
 pub use cache::{CacheKey, CacheSettings, TokenCache};
 pub use cached::CachedToken;
 pub use entry::{EntryStatus, NoReplay, TokenEntry, TokenUnavailable, FORCED_REACQUIRE_INTERVAL};
+pub use failures::ProfileFailures;

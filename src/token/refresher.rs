@@ -1,7 +1,8 @@
 //! An entry's background refresher, the only code that talks to Entra for it. Each round takes
 //! the forced acquisition asked for (if any), acquires within the timeout, installs the token or
 //! records the failure, then sleeps: until refresh time when healthy, until the backoff ends
-//! when not (docs/credentials.md, "Token lifecycle").
+//! when not (docs/credentials.md, "Token lifecycle"). Every attempt is counted in the metrics and
+//! logged at DEBUG; what reaches WARN is decided per profile by `failures.rs`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::failures::{human, when, Verdict};
 use super::{schedule, CachedToken, TokenEntry};
 use crate::credentials::{AccessToken, CredentialError, ErrorClass};
 
@@ -24,8 +26,9 @@ impl TokenEntry {
             let (served, forced) = self.take_forced();
             let installed = match self.acquire(&forced).await {
                 Ok(token) => {
-                    failures = 0;
+                    let failed_before = std::mem::take(&mut failures);
                     self.install(token, &forced)
+                        .inspect(|_| self.note_recovery(failed_before))
                 }
                 Err(err) => Err(err),
             };
@@ -141,13 +144,15 @@ impl TokenEntry {
         tokio::time::sleep_until(at).await;
     }
 
-    /// Records a failed acquisition: counts it, logs it (at WARN when its cause is new), and
+    /// Records a failed acquisition: counts it (every attempt), logs it as the profile's
+    /// [`ProfileFailures`](super::ProfileFailures) decides (docs/troubleshooting.md), and
     /// publishes the error and the next attempt, backed off with jitter.
     fn fail(&self, failures: &mut u32, err: CredentialError) {
         *failures = failures.saturating_add(1);
+        let profile = self.key.profile.as_str();
         self.metrics
             .token_refreshes
-            .with_label_values(&[self.key.profile.as_str(), err.class.as_str()])
+            .with_label_values(&[profile, err.class.as_str()])
             .inc();
         let delay = schedule::backoff(
             *failures,
@@ -155,40 +160,70 @@ impl TokenEntry {
             err.retry_after,
             rand::random::<f64>(),
         );
-        let still_usable = self.usable().is_some();
-        // The first failure, and any change of cause, at WARN; the same failure again at DEBUG.
-        let repeated = self
-            .status
-            .borrow()
-            .last_error
-            .as_ref()
-            .is_some_and(|prev| prev.class == err.class && prev.message == err.message);
-        if repeated {
+        let now = Instant::now();
+        let verdict = self.failures.failed(&self.key.scope, err.class, now);
+        // Every attempt, in full, at DEBUG; at WARN only what is news or a minute's summary.
+        if verdict != Verdict::New {
             tracing::debug!(
-                profile = %self.key.profile,
+                profile = %profile,
                 scope = %self.key.scope,
                 class = %err.class,
                 attempt = *failures,
                 retry_in_ms = delay.as_millis() as u64,
-                "token acquisition failed again"
-            );
-        } else {
-            tracing::warn!(
-                profile = %self.key.profile,
-                scope = %self.key.scope,
-                class = %err.class,
-                attempt = *failures,
-                retry_in_ms = delay.as_millis() as u64,
-                still_serving_cached_token = still_usable,
-                "token acquisition failed: {}",
+                "token acquisition failed again: {}",
                 err.message
             );
         }
-        let next = Instant::now() + delay;
+        match verdict {
+            Verdict::New => tracing::warn!(
+                profile = %profile,
+                scope = %self.key.scope,
+                class = %err.class,
+                attempt = *failures,
+                retry_in_ms = delay.as_millis() as u64,
+                still_serving_cached_token = self.usable().is_some(),
+                "token acquisition failed: {}",
+                err.message
+            ),
+            Verdict::Summary(s) => tracing::warn!(
+                profile = %profile,
+                class = %err.class,
+                attempts = s.attempts,
+                scopes = s.scopes,
+                since = %when(s.since),
+                next_retry_in_s = delay.as_secs(),
+                "still failing: {} attempts since {}, next in {}",
+                s.attempts,
+                when(s.since),
+                human(delay)
+            ),
+            Verdict::Repeated => {}
+        }
+        let next = now + delay;
         self.status.send_modify(|s| {
             s.acquiring = false;
             s.last_error = Some(Arc::new(err));
             s.next_attempt = Some(next);
         });
+    }
+
+    /// A token installed after `failed_before` failed attempts of this entry: the profile's
+    /// recovery is one INFO line, said by the first of its failing scopes to get a token (the
+    /// others, recovering with it, say nothing more).
+    fn note_recovery(&self, failed_before: u32) {
+        if failed_before == 0 {
+            return;
+        }
+        if let Some(r) = self.failures.recovered(Instant::now()) {
+            tracing::info!(
+                profile = %self.key.profile,
+                scope = %self.key.scope,
+                failed_attempts = r.failed_attempts,
+                since = %when(r.since),
+                failed_for_s = r.failed_for.as_secs(),
+                "token acquisition recovered after {} failed attempts",
+                r.failed_attempts
+            );
+        }
     }
 }
