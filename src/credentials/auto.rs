@@ -161,8 +161,10 @@ impl AutoCredential {
         Err(self.nothing_found(&skipped))
     }
 
-    /// The error when no source is available, naming each and why it was skipped; logged, and
-    /// kept for `describe`.
+    /// The error when no source is available, naming each and why it was skipped; kept for
+    /// `describe`. Not logged above DEBUG here: the cache's refresher logs the error, once per
+    /// profile at WARN and then summed up (src/token/failures.rs), where a WARN per search would
+    /// repeat this long text at every backoff attempt of every scope.
     fn nothing_found(&self, skipped: &[String]) -> String {
         let why = format!(
             "no credential found for profile `{}` (kind auto). Tried: {}. Fix: export AZURE_CLIENT_ID, \
@@ -172,7 +174,7 @@ impl AutoCredential {
             self.profile,
             skipped.join("; ")
         );
-        tracing::warn!(profile = %self.profile, "auto profile: {why}");
+        tracing::debug!(profile = %self.profile, "auto profile: no credential source available");
         if let Ok(mut state) = self.state.lock() {
             *state = why.clone();
         }
