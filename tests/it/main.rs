@@ -41,8 +41,9 @@ mod security;
 mod upstream_faults;
 mod workers;
 
-// Tokens: the cache, refresh, Entra failing, the refresh-token store.
+// Tokens: the cache, refresh, Entra failing (and what the log says), the refresh-token store.
 mod entra_faults;
+mod quiet_failures;
 mod refresh;
 mod token_store;
 

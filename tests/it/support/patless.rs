@@ -94,7 +94,11 @@ impl Patless {
     /// `advance()`, and the paused runtime would jump its clock while waiting on them. Every
     /// other test uses the production path.
     pub async fn start_on_test_clock(toml: &str) -> Patless {
-        let env = MapEnv::default();
+        Self::start_on_test_clock_with_env(toml, MapEnv::default()).await
+    }
+
+    /// [`Patless::start_on_test_clock`] with the environment `env`.
+    pub async fn start_on_test_clock_with_env(toml: &str, env: MapEnv) -> Patless {
         Self::start_inner(toml, env, Serving::TestClock, ArcAgent::default()).await
     }
 
