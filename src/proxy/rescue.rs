@@ -108,6 +108,18 @@ pub fn answer(rejection: &Rejection, request_id: &str) -> Response<ProxyBody> {
     let label = route.map(|t| &*t.label);
     if err.is_clients_fault() {
         tracing::debug!(request_id, code = err.code(), "refused: {err}");
+    } else if let ProxyError::TokenUnavailable { retry_after, .. } = err {
+        // Its cause is the profile's failure, which the refresher logs once at WARN and then as
+        // a summary a minute (src/token/failures.rs): one short line per answer, not the whole
+        // explanation again for every request a client makes meanwhile.
+        tracing::info!(
+            request_id,
+            route = label.unwrap_or("-"),
+            profile = route.map_or("-", |t| &*t.profile),
+            code = err.code(),
+            retry_after_s = retry_after.as_secs(),
+            "answered 503: the profile has no token yet"
+        );
     } else {
         tracing::warn!(
             request_id,
