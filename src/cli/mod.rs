@@ -62,6 +62,9 @@ pub enum Command {
         /// A profile of a kind a person signs in for (listed from the kind table).
         #[arg(long, help = format!("A {} profile", config::kinds::sign_in_names("or")))]
         profile: String,
+        /// Print the sign-in URL instead of opening a browser (for machines without one).
+        #[arg(long)]
+        no_browser: bool,
     },
     /// Forget a profile's stored tokens.
     Logout {
@@ -175,9 +178,17 @@ async fn run(
         Command::GitCredential { .. } => {
             git_credential_get(loaded, env, git_request.unwrap_or_default()).await
         }
-        Command::Login { profile } => {
+        Command::Login {
+            profile,
+            no_browser,
+        } => {
             let mut out = std::io::stdout();
-            match crate::login::login(&loaded.config, &profile, env, &mut out).await {
+            let options = crate::login::LoginOptions {
+                open_browser: !no_browser,
+                ..Default::default()
+            };
+            match crate::login::login_with(&loaded.config, &profile, env, &mut out, &options).await
+            {
                 Ok(summary) => {
                     println!("{summary}");
                     ExitCode::SUCCESS

@@ -37,7 +37,7 @@ pub use load::{
     Format, LoadedConfig,
 };
 pub use logging::{LogFormat, LoggingConfig};
-pub use profiles::{ManagedIdentityId, Profile, ProfileKind};
+pub use profiles::{CertificateFiles, ClientCredential, ManagedIdentityId, Profile, ProfileKind};
 pub use raw::{RawConfig, RawIdentityEndpoint, SecretValue};
 pub use routes::Route;
 pub use server::{Limits, ListenAddr, ServerConfig};

@@ -36,6 +36,31 @@ pub enum ManagedIdentityId {
     ResourceId(String),
 }
 
+/// How a confidential client (a web app) proves itself when it redeems an authorization code or
+/// a refresh token: the same keys, and the same semantics, as the `client_secret` and
+/// `client_certificate` kinds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientCredential {
+    /// `client_secret`.
+    Secret(SecretSource),
+    /// `certificate`, with its key, password and chain settings: a signed client assertion.
+    Certificate(CertificateFiles),
+}
+
+/// A client certificate's settings (`certificate`, `certificate_key`, `certificate_password`,
+/// `send_certificate_chain`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateFiles {
+    /// PEM (certificate + key) or PFX file, read at each use.
+    pub certificate: PathBuf,
+    /// The private key's PEM file, when separate.
+    pub key: Option<PathBuf>,
+    /// PFX (or encrypted key) password.
+    pub password: Option<SecretSource>,
+    /// Send `x5c`.
+    pub send_chain: bool,
+}
+
 /// The credential kinds this build supports, with their validated settings. Values that default
 /// from the environment (`AZURE_CLIENT_ID`, …) are `None` here and resolved when the credential is
 /// built, from the injected environment. The keys, names and constructors of the kinds are in
@@ -112,15 +137,21 @@ pub enum ProfileKind {
         /// The public client's application id.
         client_id: String,
     },
-    /// Authorization code + PKCE on a loopback redirect at `patless login`, then the stored
-    /// refresh token.
+    /// Authorization code + PKCE at `patless login` (the redirect taken on a loopback listener,
+    /// or pasted by the person), then the stored refresh token.
     InteractiveBrowser {
         /// Tenant (or `organizations`/`common`).
         tenant_id: String,
-        /// The public client's application id.
+        /// The application id: a public client, or a web app with `client_credential`.
         client_id: String,
-        /// Loopback redirect port; `None` picks a free one.
+        /// Loopback redirect port; `None` picks a free one (unless `redirect_uri` names one).
         redirect_port: Option<u16>,
+        /// The redirect URI as written (an absolute http or https URL); `None`:
+        /// `http://localhost:PORT`.
+        redirect_uri: Option<String>,
+        /// A web (confidential) app's secret or certificate, sent with the code exchange and
+        /// every refresh; `None` for a public client.
+        client_credential: Option<ClientCredential>,
     },
     /// The `auto` chain.
     Auto {

@@ -209,11 +209,12 @@ pub struct RawProfile {
     pub tenant_id: Option<String>,
     /// Application (client) id.
     pub client_id: Option<String>,
-    /// Client secret.
+    /// Client secret (`client_secret`, and a web app's `interactive_browser`).
     pub client_secret: Option<SecretValue>,
     /// Authority host (overrides `[entra]`).
     pub authority_host: Option<String>,
-    /// `client_certificate`: PEM (certificate + key) or PFX/P12 file.
+    /// `client_certificate` (and a web app's `interactive_browser`): PEM (certificate + key) or
+    /// PFX/P12 file.
     pub certificate: Option<PathBuf>,
     /// `client_certificate`: the private key in a separate PEM file, when `certificate` holds only
     /// the certificate(s).
@@ -234,6 +235,10 @@ pub struct RawProfile {
     pub subscription: Option<String>,
     /// `interactive_browser`: the loopback redirect port (default: a free one).
     pub redirect_port: Option<u16>,
+    /// `interactive_browser`: the redirect URI registered on the app (default
+    /// `http://localhost:PORT`); one patless cannot listen on means the person pastes the address
+    /// the browser was sent to.
+    pub redirect_uri: Option<String>,
     /// `azure_pipelines`: the service connection's id.
     pub service_connection_id: Option<String>,
     /// `azure_pipelines`: the job's access token (default: the environment variable
@@ -262,7 +267,7 @@ impl RawProfile {
     /// The keys that only some kinds take, in the order problems with them are reported, each
     /// with whether it is written. The kind table (`config/kinds.rs`) names these keys; this is
     /// where a name meets its field.
-    pub(crate) fn kind_keys(&self) -> [(&'static str, Presence); 14] {
+    pub(crate) fn kind_keys(&self) -> [(&'static str, Presence); 15] {
         fn text(v: &Option<String>) -> Presence {
             match v {
                 None => Presence::Absent,
@@ -291,6 +296,7 @@ impl RawProfile {
             ("system_access_token", any(&self.system_access_token)),
             ("subscription", text(&self.subscription)),
             ("redirect_port", any(&self.redirect_port)),
+            ("redirect_uri", text(&self.redirect_uri)),
         ]
     }
 

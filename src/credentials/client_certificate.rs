@@ -123,6 +123,53 @@ impl ClientCertificateCredential {
     }
 }
 
+impl ClientCertificateCredential {
+    /// The certificate file, for descriptions.
+    pub(crate) fn certificate_path(&self) -> String {
+        self.certificate.display().to_string()
+    }
+
+    /// Reads the certificate (and its key) now and signs a fresh client assertion for the token
+    /// URL. Also returns the leaf as the Entra portal lists it, for [`name_refused_certificate`].
+    pub(crate) async fn sign_assertion(&self) -> Result<(Secret, String), CredentialError> {
+        let mut bytes = tokio::fs::read(&self.certificate)
+            .await
+            .map_err(|e| self.not_configured(format_args!("cannot read the file: {e}")))?;
+        if let Some(key_file) = &self.key_file {
+            if is_pfx(&self.certificate, &bytes) {
+                return Err(self.not_configured(
+                    "certificate_key is for a PEM certificate; a PFX file holds its own key",
+                ));
+            }
+            let key = tokio::fs::read(key_file).await.map_err(|e| {
+                self.not_configured(format_args!(
+                    "cannot read the key file {}: {e}",
+                    key_file.display()
+                ))
+            })?;
+            bytes.push(b'\n');
+            bytes.extend_from_slice(&key);
+        }
+        let signer = Signer::load(&self.certificate, &bytes, &|| self.password())
+            .map_err(|problem| self.not_configured(problem))?;
+        let assertion = signer
+            .assertion(&self.token_url, &self.client_id, self.send_chain)
+            .map_err(|problem| self.not_configured(problem))?;
+        Ok((Secret::new(assertion), signer.describe_leaf()))
+    }
+}
+
+/// Refused signature (AADSTS700027): says which certificate (`leaf`, from
+/// [`ClientCertificateCredential::sign_assertion`]) was used, as the portal shows it.
+pub(crate) fn name_refused_certificate(e: &mut CredentialError, leaf: &str) {
+    if e.codes.contains(&700027) {
+        e.message.push_str(&format!(
+            " (patless signed with the certificate {leaf}; compare with the app's Certificates & \
+             secrets)"
+        ));
+    }
+}
+
 impl Credential for ClientCertificateCredential {
     fn acquire<'a>(
         &'a self,
@@ -130,41 +177,18 @@ impl Credential for ClientCertificateCredential {
         claims: Option<&'a str>,
     ) -> BoxFuture<'a, Result<AccessToken, CredentialError>> {
         Box::pin(async move {
-            let mut bytes = tokio::fs::read(&self.certificate)
-                .await
-                .map_err(|e| self.not_configured(format_args!("cannot read the file: {e}")))?;
-            if let Some(key_file) = &self.key_file {
-                if is_pfx(&self.certificate, &bytes) {
-                    return Err(self.not_configured(
-                        "certificate_key is for a PEM certificate; a PFX file holds its own key",
-                    ));
-                }
-                let key = tokio::fs::read(key_file).await.map_err(|e| {
-                    self.not_configured(format_args!(
-                        "cannot read the key file {}: {e}",
-                        key_file.display()
-                    ))
-                })?;
-                bytes.push(b'\n');
-                bytes.extend_from_slice(&key);
-            }
-            let signer = Signer::load(&self.certificate, &bytes, &|| self.password())
-                .map_err(|problem| self.not_configured(problem))?;
-            let assertion = signer
-                .assertion(&self.token_url, &self.client_id, self.send_chain)
-                .map_err(|problem| self.not_configured(problem))?;
+            let (assertion, leaf) = self.sign_assertion().await?;
             self.entra
-                .exchange_assertion(&self.token_url, &self.client_id, scope, &assertion, claims)
+                .exchange_assertion(
+                    &self.token_url,
+                    &self.client_id,
+                    scope,
+                    assertion.expose(),
+                    claims,
+                )
                 .await
                 .map_err(|mut e| {
-                    // Refused signature: say which certificate was used, as the portal shows it.
-                    if e.codes.contains(&700027) {
-                        e.message.push_str(&format!(
-                            " (patless signed with the certificate {}; compare with the app's \
-                             Certificates & secrets)",
-                            signer.describe_leaf()
-                        ));
-                    }
+                    name_refused_certificate(&mut e, &leaf);
                     e
                 })
         })

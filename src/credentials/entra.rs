@@ -39,6 +39,12 @@ pub fn hint_for(code: u32) -> Option<&'static str> {
         700024 => "client assertion outside its valid time range: check the machine's clock",
         50076 | 53003 => "MFA or Conditional Access blocked the request: it needs an interactive sign-in",
         70008 | 700082 | 50173 => "the refresh token expired or was revoked: run `patless login` again",
+        7000218 => {
+            "the app is a confidential client and the request carried no secret: give an interactive_browser profile the app's client_secret (or certificate), or turn on \"Allow public client flows\" in the app registration (Authentication → Advanced settings)"
+        }
+        700025 => {
+            "the app is a public client, which must not send a secret: remove client_secret and certificate from the profile (or register the app as a web app)"
+        }
         _ => return None,
     })
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use super::{
     capabilities, AccessToken, AutoCredential, AzureCliCredential, AzureDeveloperCliCredential,
-    AzurePipelinesCredential, BoxFuture, ClientCertificateCredential, ClientSecretCredential,
-    Credential, CredentialContext, CredentialError, ErrorClass, ManagedIdentityCredential,
-    RefreshTokenCredential, WorkloadIdentityCredential,
+    AzurePipelinesCredential, BoxFuture, ClientAuth, ClientCertificateCredential,
+    ClientSecretCredential, Credential, CredentialContext, CredentialError, ErrorClass,
+    ManagedIdentityCredential, RefreshTokenCredential, WorkloadIdentityCredential,
 };
 use crate::config::{Profile, ProfileKind};
 use crate::env::{non_empty, Environment};
@@ -317,36 +317,55 @@ pub(crate) fn azure_developer_cli(profile: &Profile, ctx: &CredentialContext) ->
     })
 }
 
-/// `device_code` and `interactive_browser`: after `patless login`, the stored refresh token.
+/// `device_code` and `interactive_browser`: after `patless login`, the stored refresh token (with
+/// a web app's secret or certificate).
 pub(crate) fn stored_login(profile: &Profile, ctx: &CredentialContext) -> Option<Built> {
-    let (ProfileKind::DeviceCode {
-        tenant_id,
-        client_id,
-    }
-    | ProfileKind::InteractiveBrowser {
-        tenant_id,
-        client_id,
-        ..
-    }) = &profile.kind
-    else {
-        return None;
+    let (tenant_id, client_id, credential) = match &profile.kind {
+        ProfileKind::DeviceCode {
+            tenant_id,
+            client_id,
+        } => (tenant_id, client_id, None),
+        ProfileKind::InteractiveBrowser {
+            tenant_id,
+            client_id,
+            client_credential,
+            ..
+        } => (tenant_id, client_id, client_credential.as_ref()),
+        _ => return None,
     };
+    let auth = credential.map(|c| {
+        ClientAuth::new(
+            c,
+            &ctx.entra,
+            &profile.authority_host,
+            tenant_id,
+            client_id,
+            ctx.env.clone(),
+        )
+    });
+    let with = auth
+        .as_ref()
+        .map(|a| format!(", the web app's {}", a.describe()))
+        .unwrap_or_default();
     Some(Built {
         source: fixed(format!(
             "{} login of app {client_id} in tenant {tenant_id}: the refresh token stored under {} \
-             by `patless login --profile {}`",
+             by `patless login --profile {}`{with}",
             profile.kind.name(),
             ctx.store.dir().display(),
             profile.name
         )),
-        credential: Arc::new(RefreshTokenCredential::new(
-            ctx.entra.clone(),
-            profile.authority_host.clone(),
-            tenant_id.clone(),
-            client_id.clone(),
-            profile.name.clone(),
-            ctx.store.clone(),
-        )),
+        credential: Arc::new(
+            RefreshTokenCredential::new(
+                ctx.entra.clone(),
+                profile.authority_host.clone(),
+                tenant_id.clone(),
+                client_id.clone(),
+                profile.name.clone(),
+                ctx.store.clone(),
+            )
+            .with_client_auth(auth),
+        ),
     })
 }
 

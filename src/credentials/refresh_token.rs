@@ -3,8 +3,8 @@
 //!
 //! Each acquisition reads the login from the store afresh, so a `patless login` run by another
 //! process while `serve` runs is used at the next acquisition. It redeems the refresh token for
-//! the asked scope (`grant_type=refresh_token`, public client: no secret) and saves the new refresh
-//! token Entra returns — unless the store changed meanwhile, so an older login never replaces a
+//! the asked scope (`grant_type=refresh_token`; a public client sends no secret, a web app its
+//! secret or certificate assertion, [`ClientAuth`]) and saves the new refresh token Entra returns — unless the store changed meanwhile, so an older login never replaces a
 //! newer one. A refresh token is bound to user and client, not to a resource: one serves every
 //! API the app is consented for. `serve` never starts an interactive sign-in: when the refresh
 //! token is missing, expired or revoked, the error (class `interaction_required`) says to run
@@ -13,8 +13,10 @@
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::entra::FullTokenError;
-use super::{AccessToken, BoxFuture, Credential, CredentialError, EntraClient, ErrorClass};
+use super::entra::{FullToken, FullTokenError};
+use super::{
+    AccessToken, BoxFuture, ClientAuth, Credential, CredentialError, EntraClient, ErrorClass,
+};
 use crate::secret::Secret;
 use crate::store::{account_from_id_token, SaveOutcome, StoredLogin, TokenStore};
 
@@ -27,6 +29,8 @@ pub struct RefreshTokenCredential {
     client_id: String,
     profile: String,
     store: TokenStore,
+    /// A web app's secret or certificate, sent with every refresh; `None` for a public client.
+    client_auth: Option<ClientAuth>,
     /// Held across one redemption: refresh tokens rotate, so two scopes of the profile must not
     /// redeem the same one at once. Holds the newest login when it could not be saved.
     serial: Mutex<Option<Unsaved>>,
@@ -46,6 +50,7 @@ impl std::fmt::Debug for RefreshTokenCredential {
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
             .field("store", &self.store)
+            .field("client_auth", &self.client_auth)
             .finish()
     }
 }
@@ -77,8 +82,15 @@ impl RefreshTokenCredential {
             client_id,
             profile,
             store,
+            client_auth: None,
             serial: Mutex::new(None),
         }
+    }
+
+    /// A web (confidential) app: `auth` goes with every refresh.
+    pub fn with_client_auth(mut self, auth: Option<ClientAuth>) -> Self {
+        self.client_auth = auth;
+        self
     }
 
     fn login_hint(&self) -> String {
@@ -148,17 +160,7 @@ impl RefreshTokenCredential {
         let (mut on_disk, mut login) = self.load(&mut unsaved)?;
         let mut reloaded = false;
         loop {
-            let scopes = format!("{scope} offline_access");
-            let mut form = vec![
-                ("grant_type", "refresh_token"),
-                ("client_id", self.client_id.as_str()),
-                ("refresh_token", login.refresh_token.expose()),
-                ("scope", scopes.as_str()),
-            ];
-            if let Some(c) = claims {
-                form.push(("claims", c));
-            }
-            match self.entra.request_token_full(&self.token_url, &form).await {
+            match self.redeem(&login, scope, claims).await {
                 Ok(full) => {
                     if let Some(rt) = full.refresh_token {
                         let account = full
@@ -194,6 +196,37 @@ impl RefreshTokenCredential {
                 Err(e) => return Err(e.credential),
             }
         }
+    }
+
+    /// One refresh token grant for `scope` (with a web app's secret or assertion).
+    async fn redeem(
+        &self,
+        login: &StoredLogin,
+        scope: &str,
+        claims: Option<&str>,
+    ) -> Result<FullToken, FullTokenError> {
+        let scopes = format!("{scope} offline_access");
+        let auth = match &self.client_auth {
+            Some(a) => Some(a.fields().await?),
+            None => None,
+        };
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("client_id", self.client_id.as_str()),
+            ("refresh_token", login.refresh_token.expose()),
+            ("scope", scopes.as_str()),
+        ];
+        if let Some(c) = claims {
+            form.push(("claims", c));
+        }
+        if let Some(a) = &auth {
+            a.add_to(&mut form);
+        }
+        let mut result = self.entra.request_token_full(&self.token_url, &form).await;
+        if let (Err(e), Some(a)) = (&mut result, &auth) {
+            a.explain(&mut e.credential);
+        }
+        result
     }
 
     /// Stores the rotated login unless the store changed since `on_disk` was read; returns the

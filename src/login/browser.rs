@@ -1,21 +1,22 @@
-//! The authorization code flow with PKCE (RFC 7636) on a loopback redirect (RFC 8252), as Entra
-//! serves it to a public client: listen on `127.0.0.1`, open the authorize URL in a browser
-//! (`BROWSER`, else `xdg-open`, else the person opens the printed URL), take the one redirect that
-//! comes back, close the listener, check its `state`, redeem the code with the PKCE verifier, and
-//! answer the browser with a small page that says how it ended.
+//! The loopback side of `interactive_browser` (RFC 8252): listen on the loopback address of the
+//! redirect URI, open the authorize URL in a browser (`BROWSER`, else `xdg-open`, else the person
+//! opens the printed URL; never with `--no-browser`), take the one redirect that comes back, close
+//! the listener, judge it and redeem its code (`authorize.rs`), and answer the browser with a
+//! small page that says how it ended. Opening the browser serves the paste flow (`paste.rs`) too.
 
 use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::{entra_error, LoginError, LoginOptions, Target};
+use super::authorize::{authorize_url, judge, new_state, pkce_pair, redeem, Redirect};
+use super::{LoginError, LoginOptions, Target};
 use crate::env::{non_empty, Environment};
 
 /// How long one connection may take to send its request head.
@@ -23,35 +24,28 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest request head accepted.
 const HEAD_LIMIT: usize = 16 * 1024;
 
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A PKCE verifier (86 characters of the unreserved set, from 64 random bytes) and its S256
-/// challenge: base64url, unpadded, of its SHA-256.
-pub(super) fn pkce_pair() -> (String, String) {
-    let random: [u8; 64] = rand::random();
-    let verifier = b64url(&random);
-    let challenge =
-        b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref());
-    (verifier, challenge)
-}
-
-/// Runs the flow; returns the summary.
+/// Runs the flow on a listener at `ip:port` (a free port when `None`), for the redirect URI
+/// `uri` (given the port, [`Redirect::uri_on`]); returns the summary.
 pub(super) async fn run(
     target: &Target<'_>,
-    port: Option<u16>,
+    (ip, port, uri): (IpAddr, Option<u16>, &str),
     env: &dyn Environment,
     out: &mut (dyn io::Write + Send),
     options: &LoginOptions,
 ) -> Result<String, LoginError> {
-    let (listener, port) = listen(port).await?;
-    let redirect_uri = format!("http://localhost:{port}");
+    let (listener, port) = listen(ip, port).await?;
+    let redirect_uri = Redirect::uri_on(uri, port);
     let (verifier, challenge) = pkce_pair();
-    let state = b64url(&rand::random::<[u8; 24]>());
+    let state = new_state();
     let authorize = authorize_url(target, &redirect_uri, &challenge, &state)?;
     let wait = options.browser_timeout;
-    show(out, env, &authorize, wait)?;
+    writeln!(
+        out,
+        "To sign in, open this page in a browser on this machine (patless waits {}):\n\n  {authorize}\n",
+        human(wait)
+    )
+    .map_err(LoginError::Output)?;
+    announce_browser(out, env, &authorize, options)?;
 
     let (mut stream, params) = tokio::time::timeout(wait, receive_redirect(listener))
         .await
@@ -78,116 +72,48 @@ pub(super) async fn run(
     outcome
 }
 
-/// Listens on `127.0.0.1:port` (any free port when `None`); returns the listener and its port.
-async fn listen(port: Option<u16>) -> Result<(TcpListener, u16), LoginError> {
-    let addr = format!("127.0.0.1:{}", port.unwrap_or(0));
-    let listener = TcpListener::bind(&addr)
+/// Listens on `ip:port` (any free port when `None`); returns the listener and its port.
+async fn listen(ip: IpAddr, port: Option<u16>) -> Result<(TcpListener, u16), LoginError> {
+    let addr = SocketAddr::new(ip, port.unwrap_or(0));
+    let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| LoginError::Listen {
-            addr: addr.clone(),
+            addr: addr.to_string(),
             source,
         })?;
     let port = listener
         .local_addr()
-        .map_err(|source| LoginError::Listen { addr, source })?
+        .map_err(|source| LoginError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?
         .port();
     Ok((listener, port))
 }
 
-/// The authorize URL: code flow, PKCE S256, the answer in the redirect's query.
-fn authorize_url(
-    target: &Target<'_>,
-    redirect_uri: &str,
-    challenge: &str,
-    state: &str,
-) -> Result<url::Url, LoginError> {
-    url::Url::parse_with_params(
-        &target.endpoint("authorize"),
-        &[
-            ("client_id", target.client_id.as_str()),
-            ("response_type", "code"),
-            ("redirect_uri", redirect_uri),
-            ("response_mode", "query"),
-            ("scope", target.scopes.as_str()),
-            ("state", state),
-            ("code_challenge", challenge),
-            ("code_challenge_method", "S256"),
-            ("prompt", "select_account"),
-        ],
-    )
-    .map_err(|e| LoginError::Setup(format!("cannot build the authorize URL: {e}")))
-}
-
-/// Prints the authorize URL and opens it in a browser when there is one.
-fn show(
+/// Opens the printed authorize URL in a browser, unless `--no-browser` said not to, and says
+/// what it did.
+pub(super) fn announce_browser(
     out: &mut (dyn io::Write + Send),
     env: &dyn Environment,
     authorize: &url::Url,
-    wait: Duration,
+    options: &LoginOptions,
 ) -> Result<(), LoginError> {
-    writeln!(
-        out,
-        "To sign in, open this page in a browser on this machine (patless waits {}):\n\n  {authorize}\n",
-        human(wait)
-    )
-    .map_err(LoginError::Output)?;
-    match open_browser(env, authorize.as_str()) {
-        Some(how) => writeln!(out, "Opened the sign-in page with `{how}`.").map_err(LoginError::Output)?,
-        None => writeln!(
+    let said = if !options.open_browser {
+        writeln!(
             out,
-            "No browser to open it with (set BROWSER, or install xdg-open): open the URL above yourself."
+            "Not opening a browser (--no-browser): open the URL above yourself."
         )
-        .map_err(LoginError::Output)?,
-    }
-    out.flush().map_err(LoginError::Output)
-}
-
-/// Redeems the authorization code with the PKCE verifier; stores the refresh token.
-async fn redeem(
-    target: &Target<'_>,
-    code: &str,
-    redirect_uri: &str,
-    verifier: &str,
-) -> Result<String, LoginError> {
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("client_id", target.client_id.as_str()),
-        ("code", code),
-        ("redirect_uri", redirect_uri),
-        ("code_verifier", verifier),
-        ("scope", target.scopes.as_str()),
-    ];
-    let token = target
-        .entra
-        .request_token_full(&target.endpoint("token"), &form)
-        .await
-        .map_err(|e| entra_error(e.credential))?;
-    target.finish(token)
-}
-
-/// The code of a redirect, or why there is none. The state is checked first: an answer that is
-/// not this login's is not trusted for anything.
-fn judge(
-    params: &HashMap<String, String>,
-    state: &str,
-    profile: &str,
-) -> Result<String, LoginError> {
-    if params.get("state").map(String::as_str) != Some(state) {
-        return Err(LoginError::StateMismatch(profile.to_string()));
-    }
-    if let Some(error) = params.get("error") {
-        return Err(LoginError::Denied {
-            error: error.clone(),
-            description: params
-                .get("error_description")
-                .map(|d| d.lines().next().unwrap_or_default().to_string()),
-        });
-    }
-    params
-        .get("code")
-        .filter(|c| !c.is_empty())
-        .cloned()
-        .ok_or(LoginError::NoCode)
+    } else {
+        match open_browser(env, authorize.as_str()) {
+            Some(how) => writeln!(out, "Opened the sign-in page with `{how}`."),
+            None => writeln!(
+                out,
+                "No browser to open it with (set BROWSER, or install xdg-open): open the URL above yourself."
+            ),
+        }
+    };
+    said.and_then(|()| out.flush()).map_err(LoginError::Output)
 }
 
 /// Waits for the one request that carries the sign-in answer (`code`, `error` or `state` in the
@@ -270,7 +196,7 @@ fn html_escape(text: &str) -> String {
         .collect()
 }
 
-fn human(d: Duration) -> String {
+pub(super) fn human(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 60 && s % 60 == 0 {
         format!("{} min", s / 60)
@@ -365,52 +291,6 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pkce_is_rfc7636() {
-        let (v, c) = pkce_pair();
-        assert!((43..=128).contains(&v.len()), "{}", v.len());
-        assert!(v
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-._~".contains(ch)));
-        assert_eq!(c.len(), 43);
-        assert_ne!(pkce_pair().0, v);
-        // RFC 7636 appendix B.
-        let digest = aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            b"dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
-        );
-        assert_eq!(
-            b64url(digest.as_ref()),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
-    }
-
-    #[test]
-    fn state_is_checked_before_anything_else() {
-        let p = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert!(matches!(
-            judge(&p(&[("code", "c"), ("state", "x")]), "s", "p"),
-            Err(LoginError::StateMismatch(_))
-        ));
-        assert!(matches!(
-            judge(&p(&[("error", "access_denied")]), "s", "p"),
-            Err(LoginError::StateMismatch(_))
-        ));
-        assert!(matches!(
-            judge(&p(&[("error", "access_denied"), ("state", "s")]), "s", "p"),
-            Err(LoginError::Denied { .. })
-        ));
-        assert_eq!(
-            judge(&p(&[("code", "c"), ("state", "s")]), "s", "p").expect("code"),
-            "c"
-        );
-    }
 
     #[test]
     fn pages_escape_what_entra_sent() {

@@ -76,11 +76,10 @@ async fn request_code(target: &Target<'_>) -> Result<DeviceCode, LoginError> {
         ))
     })?;
     if !status.is_success() {
-        return Err(entra_error(parse_error(
-            status.as_u16(),
-            &content_type,
-            &body,
-        )));
+        return Err(entra_error(
+            parse_error(status.as_u16(), &content_type, &body),
+            false,
+        ));
     }
     let parsed: DeviceCodeBody = serde_json::from_slice(&body).map_err(|_| {
         LoginError::Entra(format!(
@@ -154,7 +153,7 @@ async fn poll(target: &Target<'_>, code: &DeviceCode) -> Result<String, LoginErr
                         tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
                     }
                 }
-                _ => return Err(entra_error(e.credential)),
+                _ => return Err(entra_error(e.credential, false)),
             },
         }
     }

@@ -5,39 +5,53 @@
 //! `signs_in` (`config/kinds.rs`); this module holds their flows:
 //!
 //! - `device_code` (`device_code.rs`): Entra shows a code, the person enters it on any device.
-//! - `interactive_browser` (`browser.rs`): authorization code with PKCE, redirected to a
-//!   loopback listener on this machine.
+//! - `interactive_browser`: authorization code with PKCE (`authorize.rs`), redirected to a
+//!   loopback listener on this machine (`browser.rs`), or, for a redirect URI patless cannot
+//!   listen on (a web app's `https://localhost/myapp`), to an address the person pastes back
+//!   (`paste.rs`). A web (confidential) app adds its client secret or certificate assertion to the
+//!   code exchange, as every refresh does after it.
 //!
 //! Login asks for one resource — the scope of the first route that uses the profile — plus
 //! `offline_access openid profile`: the refresh token it gets serves every API the app is
 //! consented for. `serve` never starts an interactive flow.
 
+mod authorize;
 mod browser;
 mod device_code;
+mod paste;
 
 use std::io;
 use std::time::Duration;
 
+pub use paste::PasteInput;
+
+use authorize::Redirect;
+
 use crate::config::{Config, Profile, ProfileKind};
 use crate::credentials::entra::FullToken;
-use crate::credentials::{state_dir, CredentialError, EntraClient};
+use crate::credentials::{state_dir, ClientAuth, ClientAuthFields, CredentialError, EntraClient};
 use crate::env::Env;
 use crate::store::{account_from_id_token, StoreError, StoredLogin, TokenStore};
 
 /// The scopes a login adds to the resource's: a refresh token, and an id token naming the person.
 const LOGIN_SCOPES: &str = "offline_access openid profile";
 
-/// What a login may wait for, injectable for tests.
+/// What a login may wait for, and whether it opens a browser.
 #[derive(Debug, Clone)]
 pub struct LoginOptions {
-    /// How long the browser flow waits for the redirect (default 5 min).
+    /// How long the browser flow waits for the redirect, or for the pasted address (default
+    /// 5 min).
     pub browser_timeout: Duration,
+    /// Whether to open the authorize URL in a browser (`false`: `--no-browser`, the URL is only
+    /// printed).
+    pub open_browser: bool,
 }
 
 impl Default for LoginOptions {
     fn default() -> Self {
         LoginOptions {
             browser_timeout: Duration::from_secs(300),
+            open_browser: true,
         }
     }
 }
@@ -99,6 +113,31 @@ pub enum LoginError {
     /// The redirect had neither a code nor an error.
     #[error("the sign-in redirect carried no authorization code")]
     NoCode,
+    /// The pasted address is another address than the redirect URI.
+    #[error("the pasted address is not the redirect URI {redirect_uri}: copy the address the browser shows after you sign in (it starts with {redirect_uri}?code=); nothing was stored; run `patless login --profile {profile}` again")]
+    NotTheRedirect {
+        /// Profile.
+        profile: String,
+        /// The redirect URI.
+        redirect_uri: String,
+    },
+    /// The pasted text is neither an address nor a code.
+    #[error("the pasted text is neither the address the browser was sent to ({redirect_uri}?code=…) nor an authorization code: nothing was stored; run `patless login --profile {profile}` again")]
+    Unreadable {
+        /// Profile.
+        profile: String,
+        /// The redirect URI.
+        redirect_uri: String,
+    },
+    /// Stdin ended before anything was pasted.
+    #[error("the input ended before the redirected address was pasted: nothing was stored; run `patless login --profile {0}` in a terminal")]
+    InputClosed(String),
+    /// Stdin could not be read.
+    #[error("cannot read the pasted address: {0}")]
+    Input(#[source] io::Error),
+    /// The web app's secret or certificate cannot be read.
+    #[error("{0}: nothing was sent to Entra")]
+    ClientCredential(String),
     /// The loopback listener could not be bound.
     #[error(
         "cannot listen for the sign-in redirect on {addr}: {source} (is redirect_port in use?)"
@@ -118,11 +157,12 @@ pub enum LoginError {
     Output(#[source] io::Error),
 }
 
-/// Hints for errors a login meets that the token path does not.
-fn login_hint(codes: &[u32]) -> Option<&'static str> {
+/// Hints for errors a login meets that the token path does not; `confidential`: a web app's
+/// login (with a secret or certificate).
+fn login_hint(codes: &[u32], confidential: bool) -> Option<&'static str> {
     codes.iter().find_map(|c| match c {
-        7000218 | 700025 => Some(
-            "the app is not a public client: in its registration, Authentication → Advanced settings → turn on \"Allow public client flows\"",
+        50011 | 500113 if confidential => Some(
+            "register the profile's redirect_uri, exactly as written, on the app's Web platform (Authentication → Web → Redirect URIs)",
         ),
         50011 | 500113 => Some(
             "add the platform \"Mobile and desktop applications\" with redirect URI http://localhost to the app registration",
@@ -131,9 +171,9 @@ fn login_hint(codes: &[u32]) -> Option<&'static str> {
     })
 }
 
-fn entra_error(e: CredentialError) -> LoginError {
+fn entra_error(e: CredentialError, confidential: bool) -> LoginError {
     let mut message = e.message;
-    if let Some(h) = login_hint(&e.codes) {
+    if let Some(h) = login_hint(&e.codes, confidential) {
         message.push_str(" — hint: ");
         message.push_str(h);
     }
@@ -150,9 +190,23 @@ struct Target<'a> {
     scopes: String,
     entra: EntraClient,
     store: TokenStore,
+    /// A web app's secret or certificate; `None` for a public client.
+    client_auth: Option<ClientAuth>,
 }
 
 impl Target<'_> {
+    /// The web app's fields for one token request, read now; `None` for a public client.
+    async fn client_auth_fields(&self) -> Result<Option<ClientAuthFields>, LoginError> {
+        match &self.client_auth {
+            None => Ok(None),
+            Some(a) => a
+                .fields()
+                .await
+                .map(Some)
+                .map_err(|e| LoginError::ClientCredential(e.message)),
+        }
+    }
+
     /// `{authority}/{tenant}/oauth2/v2.0/{which}`.
     fn endpoint(&self, which: &str) -> String {
         format!("{}/{}/oauth2/v2.0/{which}", self.authority, self.tenant_id)
@@ -201,7 +255,8 @@ fn resource_scope(config: &Config, profile: &str) -> String {
 }
 
 /// `patless login --profile P`: runs the profile's interactive flow, writing instructions to
-/// `out`, and stores the refresh token. Returns a one-line summary.
+/// `out` (and reading a pasted address from stdin when the flow needs one), and stores the
+/// refresh token. Returns a one-line summary.
 pub async fn login(
     config: &Config,
     profile: &str,
@@ -214,23 +269,49 @@ pub async fn login(
 /// [`login`] with explicit options.
 pub async fn login_with(
     config: &Config,
-    profile_name: &str,
+    profile: &str,
     env: Env,
     out: &mut (dyn io::Write + Send),
     options: &LoginOptions,
 ) -> Result<String, LoginError> {
+    let mut stdin = PasteInput::stdin();
+    login_with_input(config, profile, env, &mut stdin, out, options).await
+}
+
+/// How a profile signs a person in.
+enum Flow {
+    DeviceCode,
+    AuthorizationCode(Redirect),
+}
+
+/// [`login_with`], reading a pasted address (for a redirect URI patless cannot listen on) from
+/// `input` instead of stdin.
+pub async fn login_with_input(
+    config: &Config,
+    profile_name: &str,
+    env: Env,
+    input: &mut PasteInput,
+    out: &mut (dyn io::Write + Send),
+    options: &LoginOptions,
+) -> Result<String, LoginError> {
     let p = profile(config, profile_name)?;
-    // The flow each kind that signs a person in uses; `None`: the device code flow.
-    let (tenant_id, client_id, redirect_port) = match &p.kind {
+    let (tenant_id, client_id, flow, credential) = match &p.kind {
         ProfileKind::DeviceCode {
             tenant_id,
             client_id,
-        } => (tenant_id.clone(), client_id.clone(), None),
+        } => (tenant_id, client_id, Flow::DeviceCode, None),
         ProfileKind::InteractiveBrowser {
             tenant_id,
             client_id,
             redirect_port,
-        } => (tenant_id.clone(), client_id.clone(), Some(*redirect_port)),
+            redirect_uri,
+            client_credential,
+        } => (
+            tenant_id,
+            client_id,
+            Flow::AuthorizationCode(Redirect::of(redirect_uri.as_deref(), *redirect_port)),
+            client_credential.as_ref(),
+        ),
         other => return Err(not_interactive(profile_name, other)),
     };
     let store = store_for(config, &env);
@@ -244,18 +325,37 @@ pub async fn login_with(
         config.server.egress_proxy.as_ref(),
     )
     .map_err(|e| LoginError::Setup(e.to_string()))?;
+    let entra = EntraClient::new(http).with_egress(config.server.egress_proxy.as_ref());
+    let client_auth = credential.map(|c| {
+        ClientAuth::new(
+            c,
+            &entra,
+            &p.authority_host,
+            tenant_id,
+            client_id,
+            env.clone(),
+        )
+    });
     let target = Target {
         profile: profile_name,
         authority: p.authority_host.as_str().trim_end_matches('/').to_string(),
-        tenant_id,
-        client_id,
+        tenant_id: tenant_id.clone(),
+        client_id: client_id.clone(),
         scopes: format!("{} {LOGIN_SCOPES}", resource_scope(config, profile_name)),
-        entra: EntraClient::new(http).with_egress(config.server.egress_proxy.as_ref()),
+        entra,
         store,
+        client_auth,
     };
-    match redirect_port {
-        Some(port) => browser::run(&target, port, env.as_ref(), out, options).await,
-        None => device_code::run(&target, out).await,
+    // So is a web app's secret or certificate that cannot be read.
+    target.client_auth_fields().await?;
+    match flow {
+        Flow::DeviceCode => device_code::run(&target, out).await,
+        Flow::AuthorizationCode(Redirect::Listen { ip, port, uri }) => {
+            browser::run(&target, (ip, port, &uri), env.as_ref(), out, options).await
+        }
+        Flow::AuthorizationCode(Redirect::Paste(uri)) => {
+            paste::run(&target, &uri, env.as_ref(), out, options, input).await
+        }
     }
 }
 

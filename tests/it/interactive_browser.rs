@@ -116,6 +116,7 @@ async fn page_of(page: &Path) -> String {
 fn options(secs: u64) -> LoginOptions {
     LoginOptions {
         browser_timeout: Duration::from_secs(secs),
+        ..LoginOptions::default()
     }
 }
 

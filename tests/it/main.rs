@@ -56,6 +56,7 @@ mod client_certificate;
 mod device_code;
 mod interactive_browser;
 mod managed_identity;
+mod web_app_login;
 mod workload_identity;
 
 // The process: CLI, config, reload, shutdown, admin, the identity endpoint.

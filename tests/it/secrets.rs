@@ -873,6 +873,7 @@ async fn browser_login(
     let mut writer = out.clone();
     let opts = LoginOptions {
         browser_timeout: Duration::from_secs(10),
+        ..LoginOptions::default()
     };
     let flow = login_with(config, "web", env, &mut writer, &opts);
     let person = async {
@@ -1186,8 +1187,16 @@ async fn what_the_proxy_logs_on_its_worker_threads_is_checked_too() {
 // ---------------------------------------------------------------------------------------------
 
 /// A secret for every secret-bearing key and variable of the `patless config` tests.
-const EVERY_KIND_SECRETS: [(&str, &str); 13] = [
+const EVERY_KIND_SECRETS: [(&str, &str); 15] = [
     ("literal client_secret", "literal-client-secret-VALUE-1a2b"),
+    (
+        "web app's literal client_secret",
+        "web-app-client-secret-VALUE-6d7e",
+    ),
+    (
+        "web app's literal certificate_password",
+        "web-app-cert-password-VALUE-8f9a",
+    ),
     (
         "client_secret from PATLESS_…",
         "override-client-secret-VALUE-3c4d",
@@ -1300,6 +1309,19 @@ client_id = "{PUBLIC_CLIENT_ID}"
 kind = "interactive_browser"
 client_id = "{PUBLIC_CLIENT_ID}"
 
+[profiles.webapp]
+kind = "interactive_browser"
+client_id = "{CLIENT_ID}"
+client_secret = "{web_secret}"
+redirect_uri = "https://localhost/myapp"
+
+[profiles.webcert]
+kind = "interactive_browser"
+client_id = "{CLIENT_ID}"
+certificate = "/nonexistent/web.pfx"
+certificate_password = "{web_cert_password}"
+redirect_uri = "https://localhost/myapp"
+
 [profiles.auto]
 kind = "auto"
 
@@ -1313,6 +1335,8 @@ profile = "bot"
         literal = s("literal client_secret"),
         file = secret_file.display(),
         cert_password = s("literal certificate_password"),
+        web_secret = s("web app's literal client_secret"),
+        web_cert_password = s("web app's literal certificate_password"),
         system_token = s("literal system_access_token"),
         proxy_password = s("egress proxy password"),
     );
@@ -1374,7 +1398,8 @@ fn patless_config_redacts_every_kind_of_secret() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     // It printed the config, with the secrets' places shown.
     for profile in [
-        "bot", "bot2", "bot3", "cert", "ci", "wi", "mi", "az", "azd", "team", "web", "auto",
+        "bot", "bot2", "bot3", "cert", "ci", "wi", "mi", "az", "azd", "team", "web", "webapp",
+        "webcert", "auto",
     ] {
         assert!(
             stdout.contains(&format!("[profiles.{profile}]")),

@@ -7,7 +7,9 @@ use url::Url;
 use crate::config::check::{secret_source, Errors};
 use crate::config::effective::redacted_ref;
 use crate::config::raw::RawProfile;
-use crate::config::{defaults, ManagedIdentityId, ProfileKind, SecretSource};
+use crate::config::{
+    defaults, CertificateFiles, ClientCredential, ManagedIdentityId, ProfileKind, SecretSource,
+};
 
 /// What a kind's `parse` reads: the profile as written and its tenant (the profile's, else
 /// `[entra] tenant_id`).
@@ -233,12 +235,89 @@ pub(super) fn print_device_code(kind: &ProfileKind, raw: &mut RawProfile) {
     }
 }
 
+/// A public client (no secret) or a web app (`client_secret` or `certificate`), redirected to a
+/// loopback listener or to the `redirect_uri` registered on the app.
 pub(super) fn parse_interactive_browser(s: &mut Settings<'_>) -> Option<ProfileKind> {
+    let redirect_uri = s.raw.redirect_uri.clone().map(|u| u.trim().to_string());
+    if let Some(uri) = &redirect_uri {
+        if let Err(problem) = redirect_uri_problem(uri) {
+            s.error("redirect_uri", problem);
+        }
+        if s.raw.redirect_port.is_some() {
+            s.error(
+                "redirect_port",
+                "set redirect_uri or redirect_port, not both (a loopback redirect_uri names its \
+                 port: \"http://localhost:8400\")",
+            );
+        }
+    }
     Some(ProfileKind::InteractiveBrowser {
         tenant_id: s.tenant_id.clone()?,
         client_id: s.raw.client_id.clone()?,
         redirect_port: s.raw.redirect_port,
+        redirect_uri,
+        client_credential: confidential_client(s),
     })
+}
+
+/// Why `uri` cannot be a redirect URI: it must be an absolute `http://` or `https://` URL with a
+/// host, without user-info or a fragment (OAuth forbids one: the answer comes in the query).
+fn redirect_uri_problem(uri: &str) -> Result<(), String> {
+    let expected = "expected the absolute URL registered as the app's redirect URI, such as \
+                    \"https://localhost/myapp\" or \"http://localhost:8400\"";
+    let parsed =
+        Url::parse(uri).map_err(|e| format!("`{uri}` is not an absolute URL ({e}); {expected}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!("`{uri}`: {expected}"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "`{uri}`: a redirect URI has no user-info; {expected}"
+        ));
+    }
+    if parsed.fragment().is_some() {
+        return Err(format!(
+            "`{uri}`: a redirect URI has no #fragment (Entra sends the answer in its query)"
+        ));
+    }
+    Ok(())
+}
+
+/// A web app's `client_secret` or `certificate` (with the certificate's other keys), as the
+/// `client_secret` and `client_certificate` kinds take them; `None` for a public client.
+fn confidential_client(s: &mut Settings<'_>) -> Option<ClientCredential> {
+    let p = s.raw;
+    if p.client_secret.is_some() && p.certificate.is_some() {
+        s.error(
+            "client_secret",
+            "set client_secret or certificate, not both (the app proves itself with one of them)",
+        );
+        return None;
+    }
+    if p.certificate.is_none() {
+        let stray = [
+            ("certificate_key", p.certificate_key.is_some()),
+            ("certificate_password", p.certificate_password.is_some()),
+            ("send_certificate_chain", p.send_certificate_chain.is_some()),
+        ];
+        for (key, _) in stray.into_iter().filter(|(_, set)| *set) {
+            s.error(
+                key,
+                "only with certificate (a web app's client certificate)",
+            );
+        }
+    }
+    if let Some(secret) = &p.client_secret {
+        return Some(ClientCredential::Secret(secret_source(secret)));
+    }
+    Some(ClientCredential::Certificate(CertificateFiles {
+        certificate: p.certificate.clone()?,
+        key: p.certificate_key.clone(),
+        password: p.certificate_password.as_ref().map(secret_source),
+        send_chain: p
+            .send_certificate_chain
+            .unwrap_or(defaults::SEND_CERTIFICATE_CHAIN),
+    }))
 }
 
 pub(super) fn print_interactive_browser(kind: &ProfileKind, raw: &mut RawProfile) {
@@ -246,11 +325,26 @@ pub(super) fn print_interactive_browser(kind: &ProfileKind, raw: &mut RawProfile
         tenant_id,
         client_id,
         redirect_port,
+        redirect_uri,
+        client_credential,
     } = kind
     {
         raw.tenant_id = Some(tenant_id.clone());
         raw.client_id = Some(client_id.clone());
         raw.redirect_port = *redirect_port;
+        raw.redirect_uri = redirect_uri.clone();
+        match client_credential {
+            None => {}
+            Some(ClientCredential::Secret(secret)) => {
+                raw.client_secret = Some(redacted_ref(secret));
+            }
+            Some(ClientCredential::Certificate(c)) => {
+                raw.certificate = Some(c.certificate.clone());
+                raw.certificate_key = c.key.clone();
+                raw.certificate_password = c.password.as_ref().map(redacted_ref);
+                raw.send_certificate_chain = Some(c.send_chain);
+            }
+        }
     }
 }
 

@@ -111,6 +111,10 @@ const PUBLIC_APP: (&str, &str) = (
     "client_id",
     "the public client's application id (see the README: app registration for login)",
 );
+const SIGN_IN_APP: (&str, &str) = (
+    "client_id",
+    "the application id people sign in to: a public client, or a web app with client_secret or certificate",
+);
 
 pub(super) static CLIENT_SECRET: KindSpec = KindSpec {
     name: "client_secret",
@@ -220,8 +224,18 @@ pub(super) static DEVICE_CODE: KindSpec = KindSpec {
 
 pub(super) static INTERACTIVE_BROWSER: KindSpec = KindSpec {
     name: "interactive_browser",
-    required: &[SIGN_IN_TENANT, PUBLIC_APP],
-    optional: &["redirect_port"],
+    required: &[SIGN_IN_TENANT, SIGN_IN_APP],
+    // A web (confidential) app adds its secret or certificate, as the client_secret and
+    // client_certificate kinds take them, and the redirect URI registered on it.
+    optional: &[
+        "redirect_port",
+        "redirect_uri",
+        "client_secret",
+        "certificate",
+        "certificate_key",
+        "certificate_password",
+        "send_certificate_chain",
+    ],
     sends_claims: true,
     signs_in: true,
     parse: keys::parse_interactive_browser,

@@ -14,20 +14,23 @@
 //! fake upstream expecting one app ([`super::upstream::Identity`]) refuses another app's token
 //! even for its audience.
 //!
-//! People: the registered public client [`PUBLIC_CLIENT_ID`] and one user, [`USER_UPN`].
+//! People: the registered public client [`PUBLIC_CLIENT_ID`] and one user, [`USER_UPN`]. The
+//! confidential app [`CLIENT_ID`] is a web app too ([`WEB_REDIRECT_URI`]): its authorization code
+//! and refresh token grants need its secret or assertion (AADSTS7000218 without), while the
+//! public client may send neither (AADSTS700025).
 //!
 //! - `POST …/devicecode` issues a device code; polls with the device code grant follow a script
 //!   ([`FakeEntra::push_device_code_step`], then [`FakeEntra::set_device_code_fallback`],
 //!   `Approve` by default).
-//! - `GET …/authorize` checks client, loopback redirect URI, `response_type=code` and an S256
-//!   challenge, then redirects (302) to `redirect_uri?code=…&state=…` — or as scripted with
+//! - `GET …/authorize` checks client, redirect URI (loopback for the public client, a registered
+//!   Web one for the web app), `response_type=code` and an S256 challenge, then redirects (302) to `redirect_uri?code=…&state=…` — or as scripted with
 //!   [`FakeEntra::push_authorize_step`]. The authorization code grant checks the PKCE verifier
 //!   against the challenge and the redirect URI against the authorize request's.
 //! - The refresh token grant rotates: each use returns a new refresh token and invalidates the
 //!   old one (AADSTS70008). [`FakeEntra::revoke_refresh_tokens`] (70008) and
 //!   [`FakeEntra::expire_refresh_tokens`] (700082) end every session. Access tokens carry the
-//!   requested resource's audience, `scp`, the user's `oid` and `upn`, `appid` = the public
-//!   client and `tid` = [`TENANT`] (the user's home tenant, also when the flow went through
+//!   requested resource's audience, `scp`, the user's `oid` and `upn`, `appid` = the client
+//!   signed in to and `tid` = [`TENANT`] (the user's home tenant, also when the flow went through
 //!   `common` or `organizations`); an `id_token` comes with `openid`.
 
 use std::collections::{HashMap, VecDeque};
@@ -49,7 +52,13 @@ use serde_json::{json, Value};
 use super::{full, lock, now_secs, AbortOnDrop, Body};
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// The confidential app: client credentials with [`CLIENT_SECRET`] or a client assertion, and a
+/// web app people sign in to (platform Web, redirect URI [`WEB_REDIRECT_URI`]), whose code and
+/// refresh token grants must carry that secret or assertion too.
 pub const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
+/// The redirect URI of [`CLIENT_ID`]'s Web platform, as a self-deployed app registers it: nothing
+/// answers there, the person copies the address.
+pub const WEB_REDIRECT_URI: &str = "https://localhost/myapp";
 /// The registered public client (no secret, "Allow public client flows" on, redirect URI
 /// `http://localhost`) that people sign in to.
 pub const PUBLIC_CLIENT_ID: &str = "33333333-3333-3333-3333-333333333333";
@@ -208,6 +217,8 @@ struct State {
     roles: Mutex<Option<Vec<String>>>,
     /// Confidential apps other than [`CLIENT_ID`] in [`TENANT`]: (tenant, client id).
     apps: Mutex<Vec<(String, String)>>,
+    /// The redirect URIs of [`CLIENT_ID`]'s Web platform.
+    web_redirect_uris: Mutex<Vec<String>>,
 }
 
 /// Checks a `client_assertion` (JWT) against what the app has registered; `Err((aadsts, message))`
@@ -254,6 +265,7 @@ impl FakeEntra {
             }),
             roles: Mutex::new(None),
             apps: Mutex::new(Vec::new()),
+            web_redirect_uris: Mutex::new(vec![WEB_REDIRECT_URI.to_string()]),
         });
         let handler_state = state.clone();
         let server = super::serve(listener, move |req| handle(handler_state.clone(), req));
@@ -276,6 +288,12 @@ impl FakeEntra {
     pub fn register_app(&self, tenant: &str, client_id: &str) -> super::upstream::Identity {
         lock(&self.state.apps).push((tenant.to_string(), client_id.to_string()));
         super::upstream::Identity::app(client_id, tenant)
+    }
+
+    /// Adds `uri` to the redirect URIs of [`CLIENT_ID`]'s Web platform (it has
+    /// [`WEB_REDIRECT_URI`]).
+    pub fn register_web_redirect_uri(&self, uri: &str) {
+        lock(&self.state.web_redirect_uris).push(uri.to_string());
     }
 
     /// Verifies other client assertions (certificate-signed ones) with `verifier`.
@@ -907,8 +925,8 @@ async fn token_endpoint(
         Some("urn:ietf:params:oauth:grant-type:device_code") => {
             device_code_grant(&state, &ctx, &form)
         }
-        Some("authorization_code") => authorization_code_grant(&state, &ctx, &form),
-        Some("refresh_token") => refresh_token_grant(&state, &ctx, &form),
+        Some("authorization_code") => authorization_code_grant(&state, &ctx, &tenant, &form),
+        Some("refresh_token") => refresh_token_grant(&state, &ctx, &tenant, &form),
         Some(other) => entra_error(
             &ctx,
             StatusCode::BAD_REQUEST,
@@ -954,42 +972,8 @@ fn client_credentials(
     if !knows_app(state, tenant, &client_id) {
         return app_not_found(ctx, tenant, &client_id);
     }
-    if let Some(assertion) = form.get("client_assertion") {
-        if form.get("client_assertion_type").map(String::as_str)
-            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-        {
-            return entra_error(
-                ctx,
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                50_027,
-                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
-            );
-        }
-        let federated = lock(&state.federated).iter().any(|a| a == assertion);
-        if !federated {
-            let verifier = lock(&state.assertion_verifier).clone();
-            let token_url = format!("http://{}/{tenant}/oauth2/v2.0/token", state.addr);
-            let verdict = match verifier {
-                Some(v) => v(assertion, &token_url),
-                None => Err((
-                    70_021,
-                    "No matching federated identity record found for presented assertion."
-                        .to_string(),
-                )),
-            };
-            if let Err((code, message)) = verdict {
-                return entra_error(
-                    ctx,
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    u64::from(code),
-                    &message,
-                );
-            }
-        }
-    } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
-        return invalid_client(ctx, &client_id);
+    if let Err(refused) = verify_client_credential(state, ctx, tenant, &client_id, form) {
+        return *refused;
     }
     let scope = form.get("scope").cloned().unwrap_or_default();
     let audience = match scope.strip_suffix("/.default") {
@@ -1024,6 +1008,55 @@ fn client_credentials(
     lock(&state.issued).push(token.clone());
     let body = success_body(state, lifetime, token);
     json_response(StatusCode::OK, &body)
+}
+
+/// Checks a confidential app's secret or client assertion (certificate-signed, verified by the
+/// [`AssertionVerifier`], or federated), as the token endpoint does for every grant of such an app.
+fn verify_client_credential(
+    state: &State,
+    ctx: &ErrorCtx,
+    tenant: &str,
+    client_id: &str,
+    form: &HashMap<String, String>,
+) -> Result<(), Box<Response<Body>>> {
+    if let Some(assertion) = form.get("client_assertion") {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return Err(Box::new(entra_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50_027,
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            )));
+        }
+        let federated = lock(&state.federated).iter().any(|a| a == assertion);
+        if !federated {
+            let verifier = lock(&state.assertion_verifier).clone();
+            let token_url = format!("http://{}/{tenant}/oauth2/v2.0/token", state.addr);
+            let verdict = match verifier {
+                Some(v) => v(assertion, &token_url),
+                None => Err((
+                    70_021,
+                    "No matching federated identity record found for presented assertion."
+                        .to_string(),
+                )),
+            };
+            if let Err((code, message)) = verdict {
+                return Err(Box::new(entra_error(
+                    ctx,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    u64::from(code),
+                    &message,
+                )));
+            }
+        }
+    } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+        return Err(Box::new(invalid_client(ctx, client_id)));
+    }
+    Ok(())
 }
 
 /// The token claim where the fake copies a client-credentials request's `claims` parameter.
@@ -1077,7 +1110,25 @@ fn user_scope(scope: &str) -> Result<(String, bool, bool), String> {
     ))
 }
 
-/// Who may run a user flow: the public client, without a secret.
+/// Who may redeem a code or a refresh token: the public client without a secret, or the web
+/// app [`CLIENT_ID`] with its secret or certificate assertion (without one: AADSTS7000218).
+fn check_code_client(
+    state: &State,
+    ctx: &ErrorCtx,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Result<String, Box<Response<Body>>> {
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    let credential = form.contains_key("client_secret") || form.contains_key("client_assertion");
+    if client_id != CLIENT_ID || !credential {
+        return check_public_client(ctx, form);
+    }
+    verify_client_credential(state, ctx, tenant, &client_id, form)?;
+    Ok(client_id)
+}
+
+/// Who may run the device code flow: the public client, without a secret (a confidential app
+/// without "Allow public client flows": AADSTS7000218).
 fn check_public_client(
     ctx: &ErrorCtx,
     form: &HashMap<String, String>,
@@ -1276,9 +1327,10 @@ fn device_code_grant(
 fn authorization_code_grant(
     state: &State,
     ctx: &ErrorCtx,
+    tenant: &str,
     form: &HashMap<String, String>,
 ) -> Response<Body> {
-    let client_id = match check_public_client(ctx, form) {
+    let client_id = match check_code_client(state, ctx, tenant, form) {
         Ok(c) => c,
         Err(resp) => return *resp,
     };
@@ -1323,9 +1375,10 @@ fn authorization_code_grant(
 fn refresh_token_grant(
     state: &State,
     ctx: &ErrorCtx,
+    tenant: &str,
     form: &HashMap<String, String>,
 ) -> Response<Body> {
-    let client_id = match check_public_client(ctx, form) {
+    let client_id = match check_code_client(state, ctx, tenant, form) {
         Ok(c) => c,
         Err(resp) => return *resp,
     };
@@ -1414,6 +1467,24 @@ fn loopback_redirect(uri: &str) -> bool {
     }
 }
 
+/// Whether `requested` is the registered web redirect URI `registered`: the same string, or for
+/// an `http://` loopback one, the same but for the port (Entra ignores a loopback port).
+fn same_redirect(registered: &str, requested: &str) -> bool {
+    if registered == requested {
+        return true;
+    }
+    let without_port = |uri: &str| {
+        url::Url::parse(uri)
+            .ok()
+            .filter(|u| u.scheme() == "http")
+            .and_then(|mut u| {
+                let loopback = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+                (loopback && u.set_port(None).is_ok()).then(|| u.to_string())
+            })
+    };
+    without_port(registered).is_some_and(|r| Some(r) == without_port(requested))
+}
+
 fn authorize_endpoint(state: Arc<State>, tenant: String, req: Request<Incoming>) -> Response<Body> {
     let query = super::query_params(req.uri());
     let mut u = lock(&state.users);
@@ -1444,9 +1515,16 @@ fn authorize_endpoint(state: Arc<State>, tenant: String, req: Request<Incoming>)
             &format!("Application with identifier '{client_id}' was not found in the directory."),
         );
     }
-    // Only the public client registers http://localhost; errors about the redirect URI are shown,
-    // never redirected to it.
-    if client_id != PUBLIC_CLIENT_ID || !loopback_redirect(&redirect_uri) {
+    // The public client registers http://localhost, the web app its Web redirect URIs; errors
+    // about the redirect URI are shown, never redirected to it.
+    let registered = if client_id == PUBLIC_CLIENT_ID {
+        loopback_redirect(&redirect_uri)
+    } else {
+        lock(&state.web_redirect_uris)
+            .iter()
+            .any(|r| same_redirect(r, &redirect_uri))
+    };
+    if !registered {
         return html_error(StatusCode::BAD_REQUEST, 50_011, &format!("The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'."));
     }
     let state_param = get("state");
