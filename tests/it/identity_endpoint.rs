@@ -163,7 +163,10 @@ async fn answers_the_app_service_shape_from_the_shared_cache() {
 
     let m = p.metrics().await;
     assert_eq!(
-        metric(&m, r#"patless_identity_requests_total{result="success"}"#),
+        metric(
+            &m,
+            r#"patless_identity_requests_total{protocol="app_service",result="success"}"#
+        ),
         3.0,
         "{m}"
     );
@@ -206,7 +209,7 @@ async fn the_header_is_required_and_must_match() {
     assert_eq!(
         metric(
             &m,
-            r#"patless_identity_requests_total{result="inbound_auth_required"}"#
+            r#"patless_identity_requests_total{protocol="app_service",result="inbound_auth_required"}"#
         ),
         5.0,
         "{m}"
@@ -278,7 +281,7 @@ async fn malformed_requests_get_json_errors() {
     }
     let client = support::http_client();
     let resp = client
-        .get(p.identity_url("/metadata/identity/oauth2/token"))
+        .get(p.identity_url("/metadata/instance?api-version=2021-02-01"))
         .header("X-IDENTITY-HEADER", HEADER)
         .send()
         .await
@@ -650,7 +653,10 @@ async fn assert_sdk_tokens(p: &Patless, entra: &FakeEntra, got: &Value) {
     );
     let m = p.metrics().await;
     assert_eq!(
-        metric(&m, r#"patless_identity_requests_total{result="success"}"#),
+        metric(
+            &m,
+            r#"patless_identity_requests_total{protocol="app_service",result="success"}"#
+        ),
         2.0,
         "each credential asked patless once: {m}"
     );
