@@ -13,6 +13,10 @@ pub mod name {
     pub const IDENTITY_HEADER: &str = "x-identity-header";
     /// See [`super::TFS_FEDAUTH_REDIRECT`].
     pub const TFS_FEDAUTH_REDIRECT: &str = "x-tfs-fedauthredirect";
+    /// See [`super::METADATA`].
+    pub const METADATA: &str = "metadata";
+    /// See [`super::X_FORWARDED_FOR`].
+    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 }
 
 /// The inbound token a client presents when `server.inbound_token` is set (docs/security.md).
@@ -28,3 +32,11 @@ pub static IDENTITY_HEADER: HeaderName = HeaderName::from_static(name::IDENTITY_
 /// `X-TFS-FedAuthRedirect: Suppress` asks Azure DevOps for a plain `401` instead of a redirect to
 /// its sign-in page when it refuses a token.
 pub static TFS_FEDAUTH_REDIRECT: HeaderName = HeaderName::from_static(name::TFS_FEDAUTH_REDIRECT);
+
+/// `Metadata: true`, which IMDS requires of every request (a request forged by a server-side bug
+/// rarely carries it): sent by patless to IMDS, and required by patless's IMDS-compatible path.
+pub static METADATA: HeaderName = HeaderName::from_static(name::METADATA);
+
+/// Set by a proxy that relays a request: IMDS refuses such requests, and so does patless's
+/// IMDS-compatible path.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(name::X_FORWARDED_FOR);

@@ -29,7 +29,7 @@ pub struct Metrics {
     pub inbound_rejections: IntCounterVec,
     /// `patless_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
-    /// `patless_identity_requests_total{result}`
+    /// `patless_identity_requests_total{protocol, result}`
     pub identity_requests: IntCounterVec,
     /// `patless_build_info{version}`
     pub build_info: IntGaugeVec,
@@ -105,8 +105,8 @@ const CONFIG_RELOADS: Family = Family::new(
 );
 const IDENTITY_REQUESTS: Family = Family::new(
     "patless_identity_requests_total",
-    "Identity endpoint requests by result (success or the error code).",
-    &["result"],
+    "Identity endpoint requests by protocol (app_service, imds, other) and result (success or the error code).",
+    &["protocol", "result"],
 );
 const BUILD_INFO: Family = Family::new(
     "patless_build_info",

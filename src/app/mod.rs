@@ -4,7 +4,8 @@
 //! with listeners they bound themselves and an [`App`] built from a validated config.
 //!
 //! - `admin.rs`: `/healthz`, `/readyz`, `/metrics` on the admin listener, and its policy.
-//! - `identity.rs`: the identity endpoint for SDKs (App Service protocol).
+//! - `identity/`: the identity endpoint for SDKs (App Service's protocol and, with
+//!   `identity_endpoint.imds`, IMDS's token path).
 //! - `reload.rs`: SIGHUP and `server.watch_config`.
 //! - `run.rs`: the listeners and the shutdown sequence.
 

@@ -14,8 +14,8 @@
 //! `idle_timeout`, `max_connections`) or of `identity_endpoint.listen` (including adding or
 //! removing `[identity_endpoint]`) is refused — logged, with the running value kept — and the
 //! rest of the new config applies. A restart applies those. The identity endpoint's header,
-//! profile and resources do follow a reload; a removed `[identity_endpoint]` hands out no more
-//! tokens at once.
+//! profile, resources and `imds` do follow a reload; a removed `[identity_endpoint]` hands out no
+//! more tokens at once.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -409,8 +409,8 @@ fn keep_server_listeners(o: &config::ServerConfig, n: &mut config::ServerConfig,
     };
 }
 
-/// The identity endpoint's listener, bound at start or not at all. Its header, profile and
-/// resources follow the reload; a table added is served once patless restarts, and a table
+/// The identity endpoint's listener, bound at start or not at all. Its header, profile,
+/// resources and `imds` follow the reload; a table added is served once patless restarts, and a table
 /// removed stops handing out tokens at once while its listener stays bound until a restart.
 fn keep_identity_listener(old: &Config, new: &mut Config, r: &mut Refused) {
     let off = || "\"\" (off)".to_string();

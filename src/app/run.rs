@@ -209,10 +209,21 @@ impl Running {
     /// The identity endpoint's listener, if `[identity_endpoint]` is set.
     async fn serve_identity(&self, listener: Option<Listener>) {
         let Some(l) = listener else { return };
+        let imds = self
+            .current
+            .load()
+            .identity
+            .as_ref()
+            .is_some_and(|e| e.config.imds);
         tracing::info!(
             listen = %l.describe(),
-            "identity endpoint listening (GET {} for SDKs)",
-            identity::TOKEN_PATH
+            "identity endpoint listening (GET {}{} for SDKs)",
+            identity::TOKEN_PATH,
+            if imds {
+                format!(" and {}", identity::IMDS_TOKEN_PATH)
+            } else {
+                String::new()
+            }
         );
         let current = Arc::clone(&self.current);
         let handler = move |req| identity::handle(current.load_full(), req);

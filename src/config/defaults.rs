@@ -11,6 +11,8 @@ pub const LISTEN: SocketAddr = loopback(7070);
 pub const ADMIN_LISTEN: SocketAddr = loopback(7071);
 /// `identity_endpoint.listen`.
 pub const IDENTITY_ENDPOINT_LISTEN: SocketAddr = loopback(7072);
+/// `identity_endpoint.imds`: the IMDS-compatible token path, off unless asked for.
+pub const IDENTITY_ENDPOINT_IMDS: bool = false;
 /// `server.host_routes`: serve `/{known-host}/…` with the default profile.
 pub const HOST_ROUTES: bool = true;
 /// `server.default_profile`; this profile exists even when not written down (kind `auto`).

@@ -1,6 +1,7 @@
 //! `[identity_endpoint]`: the App Service managed-identity protocol served to SDKs on the same
 //! pod or machine (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`), handing out one profile's tokens for
-//! a fixed list of resources.
+//! a fixed list of resources; with `imds = true`, IMDS's token path on the same listener too
+//! (docs/migrate-from-pat.md, "The IMDS-compatible path").
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,9 @@ pub struct IdentityEndpointConfig {
     pub resources: Vec<String>,
     /// Whether `resources` was written down (else it came from the profile's routes).
     pub resources_explicit: bool,
+    /// Whether IMDS's token path (`/metadata/identity/oauth2/token`, no secret, `Metadata: true`)
+    /// is served too.
+    pub imds: bool,
 }
 
 impl IdentityEndpointConfig {
@@ -51,6 +55,7 @@ impl IdentityEndpointConfig {
             header: Some(redacted_ref(&self.header)),
             profile: Some(self.profile.clone()),
             resources: Some(self.resources.clone()),
+            imds: Some(self.imds),
         }
     }
 }
@@ -81,6 +86,17 @@ pub(super) fn validate(
 ) -> Option<IdentityEndpointConfig> {
     let before = errs.count();
     let listen = listener(errs, ie, cx.server);
+    let imds = ie.imds.unwrap_or(defaults::IDENTITY_ENDPOINT_IMDS);
+    if let (true, Some(ListenAddr::Unix(path))) = (imds, &listen) {
+        errs.add(
+            "identity_endpoint.imds",
+            format!(
+                "IMDS clients connect over TCP and cannot reach unix:{}; listen on a loopback \
+                 IP:PORT such as 127.0.0.1:7072, or leave imds off",
+                path.display()
+            ),
+        );
+    }
     let header = header(errs, ie.header.as_ref());
     let (profile, profile_ok) = profile(errs, ie, cx);
     let resources = match &ie.resources {
@@ -96,6 +112,7 @@ pub(super) fn validate(
         profile,
         resources,
         resources_explicit: ie.resources.is_some(),
+        imds,
     })
 }
 

@@ -198,6 +198,7 @@ fn env_value(key: &str, text: &str) -> Value {
         "allow_unauthenticated_clients",
         "allow_unauthenticated_admin",
         "watch_config",
+        "imds",
     ];
     let last = key.rsplit('.').next().unwrap_or(key);
     match (BOOLEAN_KEYS.contains(&last), text.trim()) {

@@ -99,7 +99,8 @@ pub struct RawLogging {
     pub format: Option<String>,
 }
 
-/// `[identity_endpoint]`: the App Service managed-identity protocol served to local SDKs.
+/// `[identity_endpoint]`: the App Service managed-identity protocol served to local SDKs (and,
+/// with `imds`, IMDS's token path).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdentityEndpoint {
@@ -112,6 +113,8 @@ pub struct RawIdentityEndpoint {
     pub profile: Option<String>,
     /// The resources it hands out tokens for (default: those of the profile's routes).
     pub resources: Option<Vec<String>>,
+    /// Also serve the IMDS token path (default `false`).
+    pub imds: Option<bool>,
 }
 
 /// `[server]`

@@ -19,11 +19,11 @@ use crate::support::sandbox::Sandbox;
 use crate::support::upstream::{test_decoding_key, verify_bearer, FakeUpstream, Identity};
 
 /// The header secret the tests configure.
-const HEADER: &str = "idh-7Qm2xV9pL4sK8wN3rT6yB1cZ5";
-const GRAPH: &str = "https://graph.microsoft.com";
+pub(crate) const HEADER: &str = "idh-7Qm2xV9pL4sK8wN3rT6yB1cZ5";
+pub(crate) const GRAPH: &str = "https://graph.microsoft.com";
 
 /// `[identity_endpoint]` for profile `bot` with `extra` keys, beside one `/ado` route of `bot`.
-fn ie_config(entra: &FakeEntra, upstream: &str, extra: &str) -> String {
+pub(crate) fn ie_config(entra: &FakeEntra, upstream: &str, extra: &str) -> String {
     config(
         entra,
         &[("/ado", upstream, ADO)],
@@ -61,13 +61,13 @@ fn query(resource: &str) -> String {
     )
 }
 
-fn json(body: &str) -> Value {
+pub(crate) fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 /// Verifies `token` as the fake upstream would, for `audience` and the endpoint's profile `bot`
 /// (the fake Entra's default app); returns its claims.
-fn verify(token: &str, audience: &str) -> Value {
+pub(crate) fn verify(token: &str, audience: &str) -> Value {
     let mut h = HeaderMap::new();
     h.insert(
         "authorization",
@@ -93,7 +93,7 @@ fn error_code(status: u16, headers: &HeaderMap, body: &str) -> String {
 }
 
 /// Token requests the fake Entra got for `scope`.
-fn asked_for(entra: &FakeEntra, scope: &str) -> usize {
+pub(crate) fn asked_for(entra: &FakeEntra, scope: &str) -> usize {
     entra
         .requests()
         .iter()
@@ -103,8 +103,8 @@ fn asked_for(entra: &FakeEntra, scope: &str) -> usize {
 
 /// Resources = [Graph], which no route uses: a token request for it can come only from the
 /// identity endpoint (the `/ado` route's refresher asks for Azure DevOps from the start).
-const ONLY_GRAPH: &str = "resources = [\"https://graph.microsoft.com\"]\n";
-const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+pub(crate) const ONLY_GRAPH: &str = "resources = [\"https://graph.microsoft.com\"]\n";
+pub(crate) const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_the_app_service_shape_from_the_shared_cache() {
@@ -163,7 +163,10 @@ async fn answers_the_app_service_shape_from_the_shared_cache() {
 
     let m = p.metrics().await;
     assert_eq!(
-        metric(&m, r#"patless_identity_requests_total{result="success"}"#),
+        metric(
+            &m,
+            r#"patless_identity_requests_total{protocol="app_service",result="success"}"#
+        ),
         3.0,
         "{m}"
     );
@@ -206,7 +209,7 @@ async fn the_header_is_required_and_must_match() {
     assert_eq!(
         metric(
             &m,
-            r#"patless_identity_requests_total{result="inbound_auth_required"}"#
+            r#"patless_identity_requests_total{protocol="app_service",result="inbound_auth_required"}"#
         ),
         5.0,
         "{m}"
@@ -278,7 +281,7 @@ async fn malformed_requests_get_json_errors() {
     }
     let client = support::http_client();
     let resp = client
-        .get(p.identity_url("/metadata/identity/oauth2/token"))
+        .get(p.identity_url("/metadata/instance?api-version=2021-02-01"))
         .header("X-IDENTITY-HEADER", HEADER)
         .send()
         .await
@@ -420,7 +423,11 @@ async fn header_profile_and_resources_follow_a_reload_but_the_listener_does_not(
 }
 
 /// `patless ARGS --config FILE` with `toml` in a scrubbed environment plus `env`.
-fn run_patless(args: &[&str], toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+pub(crate) fn run_patless(
+    args: &[&str],
+    toml: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
     let sb = Sandbox::new();
     let path = sb.write("patless.toml", toml);
     let args: Vec<&str> = args
@@ -582,56 +589,15 @@ async fn neither_the_header_nor_a_token_is_logged() {
     hygiene.finish();
 }
 
-/// Environment variables that would send an SDK elsewhere (another managed-identity source, a
-/// proxy, workload identity): removed from the client's environment.
-const DIVERTING: &[&str] = &[
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "AZURE_CLIENT_ID",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-];
-
-/// Runs `program args` with IDENTITY_ENDPOINT/IDENTITY_HEADER pointing at `p` (tokio::process,
-/// so the in-process fakes keep serving); its stdout as JSON.
+/// Runs `program args` with IDENTITY_ENDPOINT/IDENTITY_HEADER pointing at `p`; its stdout as
+/// JSON.
 async fn run_sdk(p: &Patless, program: &str, args: &[&str], extra_env: &[(&str, String)]) -> Value {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env("IDENTITY_ENDPOINT", p.identity_url("/msi/token"))
-        .env("IDENTITY_HEADER", HEADER)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for var in DIVERTING {
-        cmd.env_remove(var);
-    }
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("the SDK finished within 60 s")
-        .expect("run the SDK");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{program} failed:\n{stderr}\n{stdout}"
-    );
-    json(stdout.trim())
+    let mut env = vec![
+        ("IDENTITY_ENDPOINT", p.identity_url("/msi/token")),
+        ("IDENTITY_HEADER", HEADER.to_string()),
+    ];
+    env.extend(extra_env.iter().cloned());
+    support::clients::run_json(program, args, &env).await
 }
 
 /// Both tokens an SDK printed verify for Azure DevOps, and patless answered both requests.
@@ -650,7 +616,10 @@ async fn assert_sdk_tokens(p: &Patless, entra: &FakeEntra, got: &Value) {
     );
     let m = p.metrics().await;
     assert_eq!(
-        metric(&m, r#"patless_identity_requests_total{result="success"}"#),
+        metric(
+            &m,
+            r#"patless_identity_requests_total{protocol="app_service",result="success"}"#
+        ),
         2.0,
         "each credential asked patless once: {m}"
     );

@@ -59,11 +59,13 @@ mod managed_identity;
 mod web_app_login;
 mod workload_identity;
 
-// The process: CLI, config, reload, shutdown, admin, the identity endpoint.
+// The process: CLI, config, reload, shutdown, admin, the identity endpoint (App Service's
+// protocol, and IMDS's).
 mod admin;
 mod cli;
 mod config;
 mod identity_endpoint;
+mod imds_endpoint;
 mod logs;
 mod reload;
 mod shutdown;

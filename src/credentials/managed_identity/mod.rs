@@ -36,20 +36,18 @@ mod retry;
 use std::fmt;
 use std::path::PathBuf;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use url::Url;
 
 use super::{AccessToken, BoxFuture, Credential, CredentialError, ErrorClass};
 use crate::config::ManagedIdentityId;
 use crate::env::{non_empty, Env, Environment};
+// `Metadata: true`, sent to IMDS, Azure ML, Cloud Shell and the Arc agent.
+use crate::header_names::METADATA;
 use crate::secret::Secret;
 use answer::Failure;
 
 pub use arc::ArcAgent;
-
-/// `Metadata: true`, sent to IMDS, Azure ML, Cloud Shell and the Arc agent. IMDS refuses a request
-/// without it: a request a browser or a server-side request forgery makes cannot carry it.
-static METADATA: HeaderName = HeaderName::from_static("metadata");
 
 /// Where the tokens come from, as detected.
 enum Source {

@@ -18,6 +18,7 @@
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The variable that names the clients whose absence skips a test instead of failing it.
 pub const SKIP_VAR: &str = "PATLESS_SKIP_CLIENTS";
@@ -113,6 +114,60 @@ pub fn node_path() -> String {
             .unwrap_or_default()
     })
     .clone()
+}
+
+/// Environment variables that would send an SDK elsewhere (another managed-identity source, a
+/// proxy, workload identity): removed from the client's environment.
+pub const DIVERTING: &[&str] = &[
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "AZUREPS_HOST_ENVIRONMENT",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+];
+
+/// Runs `program args` (an SDK's script) without the [`DIVERTING`] variables, with `env` and no
+/// proxy for loopback (tokio::process, so the in-process fakes keep serving); its stdout as JSON.
+pub async fn run_json(program: &str, args: &[&str], env: &[(&str, String)]) -> serde_json::Value {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for var in DIVERTING {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("the SDK finished within 90 s")
+        .expect("run the SDK");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{program} failed:\n{stderr}\n{stdout}"
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{program} printed no JSON ({e}): {stdout}"))
 }
 
 #[cfg(test)]
