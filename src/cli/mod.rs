@@ -44,7 +44,7 @@ pub enum Command {
     Config,
     /// Print a token the way `az account get-access-token --output json` does.
     Token {
-        /// Profile (default: `server.default_profile`).
+        /// Profile (default: `server.default_profile`, else the only profile defined, else `auto`).
         #[arg(long)]
         profile: Option<String>,
         /// Scope, e.g. `499b84ac-1321-427f-aa17-267ca6975798/.default`.
@@ -244,6 +244,10 @@ fn resource_to_scope(resource: String) -> String {
 
 fn print_config(loaded: &LoadedConfig) -> ExitCode {
     println!("# source: {}", loaded.source);
+    println!(
+        "# default profile: {}",
+        loaded.config.server.default_profile_reason()
+    );
     match toml::to_string_pretty(&loaded.config.effective(&loaded.raw)) {
         Ok(text) => {
             print!("{text}");

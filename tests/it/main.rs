@@ -61,6 +61,7 @@ mod workload_identity;
 mod admin;
 mod cli;
 mod config;
+mod first_minutes;
 mod identity_endpoint;
 mod logs;
 mod reload;
