@@ -74,6 +74,13 @@ pub enum Command {
         /// Only this profile.
         #[arg(long)]
         profile: Option<String>,
+        /// Test this scope instead of the profiles' routes' (else a profile no route uses is
+        /// tested with Azure DevOps' scope).
+        #[arg(long, conflicts_with = "resource")]
+        scope: Option<String>,
+        /// Test `<resource>/.default`.
+        #[arg(long)]
+        resource: Option<String>,
         /// Skip the probe requests.
         #[arg(long)]
         no_probe: bool,
@@ -171,7 +178,15 @@ async fn run(
             let scope = scope.or(resource.map(resource_to_scope));
             token(loaded, env, profile, scope, output).await
         }
-        Command::Check { profile, no_probe } => check(loaded, env, profile, no_probe).await,
+        Command::Check {
+            profile,
+            scope,
+            resource,
+            no_probe,
+        } => {
+            let scope = scope.or(resource.map(resource_to_scope));
+            check(loaded, env, profile, scope, no_probe).await
+        }
         Command::GitCredential { .. } => {
             git_credential_get(loaded, env, git_request.unwrap_or_default()).await
         }

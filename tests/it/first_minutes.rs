@@ -2,7 +2,8 @@
 //! `ado-bot`, and one route — and the commands they try first. With one profile defined that
 //! profile is the default one, for `token`, `check`, the host routes and `/readyz`
 //! (docs/configuration.md, `server.default_profile`); with several and no `default_profile`,
-//! every error about the implicit `auto` says so and how to pick another.
+//! every error about the implicit `auto` says so and how to pick another; `check --profile`
+//! tests the profile it names, used by a route or not (docs/commands.md).
 //! The host routes' side, which needs the real names, is in `host_routes.rs`.
 
 use std::time::Duration;
@@ -11,7 +12,9 @@ use patless::env::MapEnv;
 use serde_json::Value;
 
 use crate::support;
-use crate::support::entra::{FakeEntra, Fault, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, TENANT};
+use crate::support::entra::{
+    FakeEntra, Fault, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, DEFENDER_SCOPE, TENANT,
+};
 use crate::support::patless::Patless;
 use crate::support::sandbox::{Run, Sandbox};
 
@@ -177,6 +180,73 @@ async fn with_two_profiles_and_no_default_the_error_names_the_implicit_auto_and_
             .contains("# default profile: `ado-bot`, set by server.default_profile"),
         "{r:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_profile_tests_a_profile_no_route_uses_and_fails_on_a_wrong_secret() {
+    let entra = FakeEntra::start().await;
+    let sb = Sandbox::new();
+    // The one route is another profile's: nothing else would ever ask for ado-bot's token.
+    let toml = new_user_config(&entra, "ado-reader", &second_profile("ado-reader"));
+    let args = ["check", "--profile", "ado-bot"];
+
+    let r = run(&sb, &toml, &args, WRONG, &[]).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("profile ado-bot (client_secret), scope"))
+        .unwrap_or_else(|| panic!("no token line for ado-bot: {r:?}"));
+    assert!(
+        line.contains(&format!("scope {ADO_SCOPE}: FAILED")),
+        "{line}"
+    );
+    assert!(line.contains("AADSTS7000215"), "Entra's reason: {line}");
+    assert_eq!(scopes_asked(&entra), [ADO_SCOPE], "only ado-bot was tested");
+
+    // With the right secret it passes, and says which scope it tested and why.
+    let r = run(&sb, &toml, &args, CLIENT_SECRET, &[]).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    support::assert_contains_all(
+        &r.stdout,
+        &[
+            "profile ado-bot: no route uses it; testing Azure DevOps' scope",
+            &format!("profile ado-bot (client_secret), scope {ADO_SCOPE}: OK"),
+        ],
+    );
+    assert!(
+        !r.stdout.contains("route /ado"),
+        "no probe of another profile's route: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_profile_with_scope_tests_that_scope() {
+    let entra = FakeEntra::start().await;
+    let sb = Sandbox::new();
+    let toml = new_user_config(&entra, "ado-bot", "");
+    let r = run(
+        &sb,
+        &toml,
+        &["check", "--profile", "ado-bot", "--scope", DEFENDER_SCOPE],
+        CLIENT_SECRET,
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "profile ado-bot (client_secret), scope {DEFENDER_SCOPE}: OK — audience https://api.security.microsoft.com"
+        )),
+        "{r:?}"
+    );
+    assert_eq!(
+        scopes_asked(&entra),
+        [DEFENDER_SCOPE],
+        "only the scope asked for"
+    );
+    // The route's scope was not tested, so its upstream is not probed.
+    assert!(!r.stdout.contains("route /ado"), "{r:?}");
 }
 
 /// `/readyz`'s status and body.
