@@ -60,8 +60,18 @@ impl Api {
     /// The API a route talks to, from its scope (works for any upstream URL, a test double's
     /// too) or else its upstream host.
     pub fn of_route(scope: &str, upstream: &Url) -> Option<Api> {
+        Api::of_scope(scope).or_else(|| {
+            upstream
+                .host_str()
+                .and_then(|h| Api::of_host(&h.to_ascii_lowercase()))
+        })
+    }
+
+    /// The API a scope is for, when its resource says (Azure DevOps' and Defender for
+    /// Endpoint's application ids, or a known API's URL).
+    pub fn of_scope(scope: &str) -> Option<Api> {
         let resource = scope.strip_suffix("/.default").unwrap_or(scope);
-        let from_resource = if resource.eq_ignore_ascii_case(AZURE_DEVOPS_APP_ID) {
+        if resource.eq_ignore_ascii_case(AZURE_DEVOPS_APP_ID) {
             Some(Api::AzureDevOps)
         } else if resource.eq_ignore_ascii_case(WINDOWS_DEFENDER_ATP_APP_ID) {
             Some(Api::DefenderForEndpoint)
@@ -70,12 +80,7 @@ impl Api {
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
                 .and_then(|h| Api::of_host(&h))
-        };
-        from_resource.or_else(|| {
-            upstream
-                .host_str()
-                .and_then(|h| Api::of_host(&h.to_ascii_lowercase()))
-        })
+        }
     }
 
     fn of_host(host: &str) -> Option<Api> {

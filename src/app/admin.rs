@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (alive), `/readyz` (every profile a route uses has held a valid
-//! token, and patless is not shutting down), `/metrics` (Prometheus text).
+//! The admin listener: `/healthz` (alive), `/readyz` (every profile that serves traffic — each
+//! route's, and the host routes' default profile — has held a valid token, and patless is not
+//! shutting down), `/metrics` (Prometheus text).
 //!
 //! It applies the proxy's browser policy (docs/security.md), so a DNS-rebinding page cannot read
 //! it: the `Host` must be a loopback name, an `allowed_hosts` entry or an IP literal (a probe or a
@@ -107,17 +108,28 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 pub fn readiness(app: &App) -> (bool, serde_json::Value) {
     let mut profiles = Vec::new();
     let mut ready = true;
-    for t in app.proxy.router().routes() {
-        let s = t.entry.status();
+    let router = app.proxy.router();
+    // The host routes' entry says why its profile is the default, when no key chose it.
+    let note = app.config.server.default_profile_hint(false);
+    let host_routes = router
+        .host_readiness()
+        .map(|e| ("host routes", e, note.as_deref()));
+    let routes = router.routes().iter().map(|t| (&*t.label, &t.entry, None));
+    for (label, entry, note) in routes.chain(host_routes) {
+        let s = entry.status();
         ready &= s.ever_valid;
-        profiles.push(serde_json::json!({
-            "route": &*t.label,
+        let mut status = serde_json::json!({
+            "route": label,
             "profile": s.profile,
             "scope": s.scope,
             "has_held_valid_token": s.ever_valid,
             "valid_now": s.valid_now,
             "last_error": s.last_error.as_ref().map(|(class, msg)| serde_json::json!({"class": class.as_str(), "message": msg})),
-        }));
+        });
+        if let Some(note) = note {
+            status["note"] = note.into();
+        }
+        profiles.push(status);
     }
     (
         ready,

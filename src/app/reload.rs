@@ -290,8 +290,8 @@ async fn reload(
         Ok(built) => built,
         Err(e) => return failed(e.to_string()),
     };
-    for target in app.proxy.router().routes() {
-        target.entry.start();
+    for entry in app.proxy.router().eager_entries() {
+        entry.start();
     }
     current.store(Arc::new(app));
     // Adopted entries now belong to the new cache; every other entry of the old one stops (a

@@ -113,8 +113,8 @@ where
         reload,
         worker_threads,
     } = options;
-    for target in app.proxy.router().routes() {
-        target.entry.start();
+    for entry in app.proxy.router().eager_entries() {
+        entry.start();
     }
     let limits = app.config.server.limits;
     let workers = worker_threads.then_some(app.config.server.workers);

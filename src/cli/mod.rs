@@ -44,7 +44,7 @@ pub enum Command {
     Config,
     /// Print a token the way `az account get-access-token --output json` does.
     Token {
-        /// Profile (default: `server.default_profile`).
+        /// Profile (default: `server.default_profile`, else the only profile defined, else `auto`).
         #[arg(long)]
         profile: Option<String>,
         /// Scope, e.g. `499b84ac-1321-427f-aa17-267ca6975798/.default`.
@@ -77,6 +77,13 @@ pub enum Command {
         /// Only this profile.
         #[arg(long)]
         profile: Option<String>,
+        /// Test this scope instead of the profiles' routes' (else a profile no route uses is
+        /// tested with Azure DevOps' scope).
+        #[arg(long, conflicts_with = "resource")]
+        scope: Option<String>,
+        /// Test `<resource>/.default`.
+        #[arg(long)]
+        resource: Option<String>,
         /// Skip the probe requests.
         #[arg(long)]
         no_probe: bool,
@@ -174,7 +181,15 @@ async fn run(
             let scope = scope.or(resource.map(resource_to_scope));
             token(loaded, env, profile, scope, output).await
         }
-        Command::Check { profile, no_probe } => check(loaded, env, profile, no_probe).await,
+        Command::Check {
+            profile,
+            scope,
+            resource,
+            no_probe,
+        } => {
+            let scope = scope.or(resource.map(resource_to_scope));
+            check(loaded, env, profile, scope, no_probe).await
+        }
         Command::GitCredential { .. } => {
             git_credential_get(loaded, env, git_request.unwrap_or_default()).await
         }
@@ -255,6 +270,10 @@ fn resource_to_scope(resource: String) -> String {
 
 fn print_config(loaded: &LoadedConfig) -> ExitCode {
     println!("# source: {}", loaded.source);
+    println!(
+        "# default profile: {}",
+        loaded.config.server.default_profile_reason()
+    );
     match toml::to_string_pretty(&loaded.config.effective(&loaded.raw)) {
         Ok(text) => {
             print!("{text}");

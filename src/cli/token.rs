@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Output, EXIT_CONFIG};
 use crate::app::App;
-use crate::config::LoadedConfig;
+use crate::config::{DefaultProfileChoice, LoadedConfig};
 use crate::env::Env;
 use crate::permissions::Grants;
 use crate::token::CachedToken;
@@ -27,6 +27,16 @@ pub(super) async fn token(
     scope: Option<String>,
     output: Output,
 ) -> ExitCode {
+    // Why the default profile, for an error about it (not when `--profile` named it).
+    let hint = match profile {
+        Some(_) => None,
+        None => loaded.config.server.default_profile_hint(true),
+    };
+    let say_why = || {
+        if let Some(h) = &hint {
+            eprintln!("patless: {h}");
+        }
+    };
     let profile = profile.unwrap_or_else(|| loaded.config.server.default_profile.clone());
     if !loaded.config.profiles.contains_key(&profile) {
         eprintln!(
@@ -39,10 +49,12 @@ pub(super) async fn token(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        say_why();
         return ExitCode::from(EXIT_CONFIG);
     }
     let Some(scope) = scope.or_else(|| scope_for_profile(&loaded, &profile)) else {
         eprintln!("patless: no route uses profile `{profile}`; name the token's audience with --scope or --resource");
+        say_why();
         return ExitCode::from(2);
     };
     let subscription = match loaded.config.profiles.get(&profile).map(|p| &p.kind) {
@@ -53,9 +65,16 @@ pub(super) async fn token(
         Ok(t) => t,
         Err(message) => {
             eprintln!("patless: {message}");
+            say_why();
             return ExitCode::FAILURE;
         }
     };
+    print_token(&token, output, subscription);
+    ExitCode::SUCCESS
+}
+
+/// The token on stdout, as `--output` asks.
+fn print_token(token: &CachedToken, output: Output, subscription: Option<String>) {
     match output {
         Output::Raw => println!("{}", token.secret().expose()),
         Output::Json => {
@@ -84,7 +103,6 @@ pub(super) async fn token(
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
     }
-    ExitCode::SUCCESS
 }
 
 /// One token for (profile, scope) without `serve`: the profile's credential chain, the token
@@ -114,9 +132,16 @@ pub(super) async fn git_credential_get(
     let Some(target) = crate::git_credential::select(&loaded.config, &req) else {
         return ExitCode::SUCCESS;
     };
+    let server = &loaded.config.server;
     let whose = match &target.route {
         Some(prefix) => format!("route `{prefix}`, profile `{}`", target.profile),
-        None => format!("server.default_profile `{}`", target.profile),
+        None if server.default_profile_choice == DefaultProfileChoice::Configured => {
+            format!("server.default_profile `{}`", target.profile)
+        }
+        None => format!(
+            "the default profile {} (set server.default_profile to pick another)",
+            server.default_profile_reason()
+        ),
     };
     if !loaded.config.profiles.contains_key(&target.profile) {
         eprintln!("patless git-credential: no token for {whose}: the profile is not defined");

@@ -101,7 +101,14 @@ pub(super) fn validate(
     let (profile, profile_ok) = profile(errs, ie, cx);
     let resources = match &ie.resources {
         Some(list) => listed_resources(errs, list),
-        None => route_resources(errs, &profile, profile_ok, cx.routes),
+        None => {
+            let hint = ie
+                .profile
+                .is_none()
+                .then(|| cx.server.default_profile_hint(false))
+                .flatten();
+            route_resources(errs, &profile, profile_ok, hint, cx.routes)
+        }
     };
     if errs.count() != before {
         return None;
@@ -237,6 +244,7 @@ fn route_resources(
     errs: &mut Errors,
     profile: &str,
     profile_ok: bool,
+    hint: Option<String>,
     routes: &[Route],
 ) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -254,7 +262,9 @@ fn route_resources(
             format!(
                 "no route of profile `{profile}` has a `<resource>/.default` scope to take \
                  the default from; list the resources SDKs may ask for, such as \
-                 [\"499b84ac-1321-427f-aa17-267ca6975798\"]"
+                 [\"499b84ac-1321-427f-aa17-267ca6975798\"]{}",
+                hint.map(|h| format!(" ({h}, or identity_endpoint.profile)"))
+                    .unwrap_or_default()
             ),
         );
     }

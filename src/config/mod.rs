@@ -40,7 +40,7 @@ pub use logging::{LogFormat, LoggingConfig};
 pub use profiles::{CertificateFiles, ClientCredential, ManagedIdentityId, Profile, ProfileKind};
 pub use raw::{RawConfig, RawIdentityEndpoint, SecretValue};
 pub use routes::Route;
-pub use server::{Limits, ListenAddr, ServerConfig};
+pub use server::{DefaultProfileChoice, Limits, ListenAddr, ServerConfig};
 
 use crate::env::Environment;
 use crate::secret::Secret;

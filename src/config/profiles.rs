@@ -203,8 +203,9 @@ impl ProfileKind {
     }
 }
 
-/// Validates every profile, and adds the `auto` profile that host routes (and an identity
-/// endpoint) use by default when it is not written down.
+/// Validates every profile, and adds the `auto` profile when something uses it without it being
+/// written down: the host routes or the identity endpoint (as the default profile when no
+/// profile, or several, are defined and `server.default_profile` is not set), or a route.
 pub(super) fn validate(
     errs: &mut Errors,
     raw: &RawConfig,
@@ -223,8 +224,12 @@ pub(super) fn validate(
         .identity_endpoint
         .as_ref()
         .is_some_and(|ie| ie.profile.as_deref().unwrap_or(default_profile) == implicit);
-    if (server.host_routes || identity_wants_it)
-        && default_profile == implicit
+    let a_route_names_it = raw
+        .routes
+        .iter()
+        .any(|r| r.profile.as_deref() == Some(implicit));
+    let host_routes_use_it = server.host_routes && default_profile == implicit;
+    if (host_routes_use_it || identity_wants_it || a_route_names_it)
         && !raw.profiles.contains_key(implicit)
     {
         profiles.insert(

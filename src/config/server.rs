@@ -46,8 +46,11 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Browser origins allowed to send requests.
     pub allowed_origins: Vec<String>,
-    /// Profile for host routes.
+    /// The default profile: of host routes, `patless token` and `git-credential` without a
+    /// route, and the identity endpoint.
     pub default_profile: String,
+    /// Why [`ServerConfig::default_profile`] is that profile.
+    pub default_profile_choice: DefaultProfileChoice,
     /// Drain time on SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     /// After SIGTERM/SIGINT, how long `/readyz` answers 503 while the proxy still serves, before
@@ -106,9 +109,49 @@ impl Default for Limits {
     }
 }
 
+/// Why the default profile is the one it is (docs/configuration.md, `server.default_profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultProfileChoice {
+    /// `server.default_profile` names it (in the file or the environment).
+    Configured,
+    /// It is the only profile under `[profiles]`.
+    OnlyProfile,
+    /// No profile is defined: the implicit `auto`.
+    NoProfiles,
+    /// This many profiles are defined and `server.default_profile` names none: the implicit
+    /// `auto`.
+    SeveralProfiles(usize),
+}
+
+/// `server.default_profile` when written; else the only profile defined; else `auto`.
+fn default_profile<'a>(
+    raw: &RawServer,
+    mut defined: impl ExactSizeIterator<Item = &'a String>,
+) -> (String, DefaultProfileChoice) {
+    if let Some(p) = &raw.default_profile {
+        return (p.clone(), DefaultProfileChoice::Configured);
+    }
+    let implicit = defaults::DEFAULT_PROFILE.to_string();
+    match defined.len() {
+        0 => (implicit, DefaultProfileChoice::NoProfiles),
+        1 => match defined.next() {
+            Some(only) => (only.clone(), DefaultProfileChoice::OnlyProfile),
+            None => (implicit, DefaultProfileChoice::NoProfiles),
+        },
+        n => (implicit, DefaultProfileChoice::SeveralProfiles(n)),
+    }
+}
+
 /// Validates `[server]`; the problems go to `errs` (the value returned is then not used).
-pub(super) fn validate(errs: &mut Errors, raw: &RawServer, env: &dyn Environment) -> ServerConfig {
+/// `profiles`: the names under `[profiles]`, which the default profile is chosen from.
+pub(super) fn validate<'a>(
+    errs: &mut Errors,
+    raw: &RawServer,
+    profiles: impl ExactSizeIterator<Item = &'a String>,
+    env: &dyn Environment,
+) -> ServerConfig {
     let listen = listener(errs, raw);
+    let (default_profile, default_profile_choice) = default_profile(raw, profiles);
     let admin_listen = admin_listener(errs, raw);
     ServerConfig {
         listen: listen.unwrap_or(ListenAddr::Tcp(defaults::LISTEN)),
@@ -120,10 +163,8 @@ pub(super) fn validate(errs: &mut Errors, raw: &RawServer, env: &dyn Environment
             .map(|h| h.trim().to_ascii_lowercase())
             .collect(),
         allowed_origins: raw.allowed_origins.clone(),
-        default_profile: raw
-            .default_profile
-            .clone()
-            .unwrap_or_else(|| defaults::DEFAULT_PROFILE.to_string()),
+        default_profile,
+        default_profile_choice,
         inbound_token: raw.inbound_token.as_ref().map(secret_source),
         admin_token: raw.admin_token.as_ref().map(secret_source),
         unix_socket_mode: unix_socket_mode(errs, raw),
@@ -322,6 +363,42 @@ fn egress_proxy(
 }
 
 impl ServerConfig {
+    /// Why the default profile is the one it is, in words: `patless config` prints it.
+    pub fn default_profile_reason(&self) -> String {
+        let p = &self.default_profile;
+        match self.default_profile_choice {
+            DefaultProfileChoice::Configured => format!("`{p}`, set by server.default_profile"),
+            DefaultProfileChoice::OnlyProfile => {
+                format!("`{p}`, the only profile defined under [profiles]")
+            }
+            DefaultProfileChoice::NoProfiles => format!(
+                "`{p}` (the implicit profile of kind auto): no profile is defined under [profiles]"
+            ),
+            DefaultProfileChoice::SeveralProfiles(n) => format!(
+                "`{p}` (the implicit profile of kind auto): {n} profiles are defined under \
+                 [profiles] and server.default_profile names none of them"
+            ),
+        }
+    }
+
+    /// For an error that involves the default profile when no `server.default_profile` chose
+    /// it: which profile that is, why, and how to pick another. `flag`: the command takes
+    /// `--profile`. `None` when the key chose it (the error names the profile already).
+    pub fn default_profile_hint(&self, flag: bool) -> Option<String> {
+        if self.default_profile_choice == DefaultProfileChoice::Configured {
+            return None;
+        }
+        let pick = if flag {
+            "name another with --profile NAME, or set server.default_profile"
+        } else {
+            "set server.default_profile to pick another"
+        };
+        Some(format!(
+            "the default profile is {}; {pick}",
+            self.default_profile_reason()
+        ))
+    }
+
     /// `[server]` as `patless config` prints it: every value in effect, secrets redacted. `raw`
     /// supplies the opt-outs, which the model does not keep.
     pub(super) fn to_raw(&self, raw: &RawServer) -> RawServer {

@@ -10,7 +10,7 @@ use crate::env::Environment;
 
 pub(super) fn validate(raw: &RawConfig, env: &dyn Environment) -> Result<Config, Vec<KeyError>> {
     let mut errs = Errors::default();
-    let server = server::validate(&mut errs, &raw.server, env);
+    let server = server::validate(&mut errs, &raw.server, raw.profiles.keys(), env);
     let entra = entra::validate(&mut errs, &raw.entra, env);
     let profiles = profiles::validate(&mut errs, raw, &server, &entra);
     let routes = routes::validate(&mut errs, &raw.routes, &profiles, &raw.profiles);
@@ -51,6 +51,73 @@ mod tests {
             }
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    fn loaded(toml: &str) -> crate::config::Config {
+        load_from_str(
+            toml,
+            Format::Toml,
+            ConfigSource::Embedded,
+            &MapEnv::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+    }
+
+    const PROFILE: &str = "kind = \"azure_cli\"\n";
+
+    #[test]
+    fn the_default_profile_is_the_key_else_the_only_profile_else_auto() {
+        use crate::config::DefaultProfileChoice as Choice;
+        let none = loaded("");
+        assert_eq!(none.server.default_profile, "auto");
+        assert_eq!(none.server.default_profile_choice, Choice::NoProfiles);
+        assert!(none.profiles.contains_key("auto"), "host routes need it");
+
+        let one = loaded(&format!("[profiles.ado-bot]\n{PROFILE}"));
+        assert_eq!(one.server.default_profile, "ado-bot");
+        assert_eq!(one.server.default_profile_choice, Choice::OnlyProfile);
+        assert_eq!(one.profiles.keys().collect::<Vec<_>>(), ["ado-bot"]);
+        assert_eq!(
+            one.server.default_profile_hint(true).as_deref(),
+            Some(
+                "the default profile is `ado-bot`, the only profile defined under [profiles]; \
+                 name another with --profile NAME, or set server.default_profile"
+            )
+        );
+
+        let two = loaded(&format!("[profiles.a]\n{PROFILE}[profiles.b]\n{PROFILE}"));
+        assert_eq!(two.server.default_profile, "auto");
+        assert_eq!(
+            two.server.default_profile_choice,
+            Choice::SeveralProfiles(2)
+        );
+        assert!(two.profiles.contains_key("auto"), "host routes are on");
+        let hint = two.server.default_profile_hint(false).expect("a hint");
+        assert!(hint.contains("2 profiles"), "{hint}");
+        assert!(
+            hint.ends_with("set server.default_profile to pick another"),
+            "{hint}"
+        );
+
+        let set = loaded(&format!(
+            "[server]\ndefault_profile = \"b\"\n[profiles.a]\n{PROFILE}[profiles.b]\n{PROFILE}"
+        ));
+        assert_eq!(set.server.default_profile, "b");
+        assert_eq!(set.server.default_profile_choice, Choice::Configured);
+        assert_eq!(set.server.default_profile_hint(true), None);
+        assert!(!set.profiles.contains_key("auto"));
+    }
+
+    #[test]
+    fn a_route_may_name_the_implicit_auto_beside_another_profile() {
+        let c = loaded(&format!(
+            "[server]\nhost_routes = false\n[profiles.ado-bot]\n{PROFILE}\
+             [[routes]]\nprefix = \"/me\"\nupstream = \"https://dev.azure.com\"\nprofile = \"auto\"\n"
+        ));
+        assert_eq!(c.server.default_profile, "ado-bot");
+        assert_eq!(c.profiles.keys().collect::<Vec<_>>(), ["ado-bot", "auto"]);
+        assert_eq!(c.routes[0].profile, "auto");
     }
 
     #[test]

@@ -461,10 +461,10 @@ async fn fresh_token(
         // (and when to retry), as for any request without a valid token.
         Err(token::NoReplay::Unavailable(e)) => {
             let error = ProxyError::TokenUnavailable {
-                message: format!(
+                message: target.explain(format!(
                     "the upstream refused the token ({why}) and no fresh one can be had: {}",
                     e.message
-                ),
+                )),
                 retry_after: e.retry_after,
             };
             Err(Rejection::on_route(error, target))

@@ -39,6 +39,19 @@ pub struct RouteTarget {
     /// This route's metric handles, looked up on first use (explicit routes only: a host
     /// route's target is built per request).
     pub metrics: Option<Arc<RouteMetrics>>,
+    /// For a host route whose profile is the default one by no `server.default_profile`: which
+    /// profile that is, why, and how to pick another; its token errors end with it.
+    pub profile_note: Option<Arc<str>>,
+}
+
+impl RouteTarget {
+    /// `message` (an error about this route's token), with the route's profile note if any.
+    pub fn explain(&self, message: String) -> String {
+        match &self.profile_note {
+            Some(note) => format!("{message}; {note}"),
+            None => message,
+        }
+    }
 }
 
 /// A route's handles into `patless_requests_total` and `patless_request_duration_seconds`, so a
@@ -69,8 +82,12 @@ pub struct Router {
     routes: Vec<Arc<RouteTarget>>,
     host_routes: bool,
     default_profile: Arc<str>,
+    /// Why the default profile, when no `server.default_profile` chose it (host routes' errors).
+    default_note: Option<Arc<str>>,
     /// Host-route entries of the default profile, by scope (the table is small and fixed).
     host_entries: HashMap<&'static str, Arc<TokenEntry>>,
+    /// The host routes' entry that readiness watches: see [`Router::host_readiness`].
+    host_ready: Option<Arc<TokenEntry>>,
 }
 
 /// A routing decision: the target and the path (with query) to send upstream.
@@ -137,6 +154,7 @@ impl Router {
                 entry,
                 host_header: host_header(&authority),
                 metrics: Some(Arc::default()),
+                profile_note: None,
                 authority,
             }));
         }
@@ -150,11 +168,22 @@ impl Router {
                 }
             }
         }
+        // A profile that holds a token for one API can be trusted for the others; one whose
+        // routes hold none is watched through Azure DevOps', the scope `check` tests it with.
+        let host_ready = (config.server.host_routes
+            && !config
+                .routes
+                .iter()
+                .any(|r| r.profile.as_str() == &*default_profile))
+        .then(|| cache.entry(&default_profile, hosts::AZURE_DEVOPS_SCOPE, None))
+        .flatten();
         Ok(Router {
             routes,
             host_routes: config.server.host_routes,
             default_profile,
+            default_note: config.server.default_profile_hint(false).map(Into::into),
             host_entries,
+            host_ready,
         })
     }
 
@@ -176,6 +205,23 @@ impl Router {
         &self.routes
     }
 
+    /// With host routes on, their (default) profile serves traffic, so readiness waits for it
+    /// too: when no explicit route uses that profile (whose entries readiness watches already),
+    /// this is its entry for Azure DevOps' scope, started with the routes' (docs/configuration.md,
+    /// `server.default_profile`).
+    pub fn host_readiness(&self) -> Option<&Arc<TokenEntry>> {
+        self.host_ready.as_ref()
+    }
+
+    /// The entries to start with the table: every explicit route's, and
+    /// [`Router::host_readiness`].
+    pub fn eager_entries(&self) -> impl Iterator<Item = &Arc<TokenEntry>> {
+        self.routes
+            .iter()
+            .map(|t| &t.entry)
+            .chain(self.host_ready.as_ref())
+    }
+
     /// A copy for one worker thread: the same routes, tokens and metric handles, in targets of
     /// its own, so the reference counts a request touches are never shared with another core.
     pub fn for_worker(&self) -> Router {
@@ -187,7 +233,9 @@ impl Router {
                 .collect(),
             host_routes: self.host_routes,
             default_profile: Arc::clone(&self.default_profile),
+            default_note: self.default_note.clone(),
             host_entries: self.host_entries.clone(),
+            host_ready: self.host_ready.clone(),
         }
     }
 
@@ -234,6 +282,7 @@ impl Router {
                 rewrite_urls: known.rewrite_urls,
                 entry,
                 metrics: None,
+                profile_note: self.default_note.clone(),
             }),
         })
     }

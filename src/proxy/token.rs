@@ -82,8 +82,12 @@ where
                         .extensions()
                         .get::<Routed>()
                         .map(|r| Arc::clone(&r.target));
+                    let message = match &target {
+                        Some(t) => t.explain(e.message),
+                        None => e.message,
+                    };
                     let error = ProxyError::TokenUnavailable {
-                        message: e.message,
+                        message,
                         retry_after: e.retry_after,
                     };
                     let mut refused = Rejection::new(error).with_unread(req.into_body());

@@ -356,6 +356,32 @@ async fn helper_uses_the_default_profile_for_azure_devops_hosts_without_a_route(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helper_uses_the_only_profile_when_no_default_profile_is_set() {
+    let entra = FakeEntra::start().await;
+    // One profile, no route, no `default_profile`: an Azure DevOps host gets that profile's token.
+    let only = config(&entra, &[], "", "");
+    assert!(!only.contains("default_profile"), "{only}");
+    let ask = "protocol=https\nhost=dev.azure.com\npath=org/p/_git/r\n";
+    verified_answer(
+        &HelperSandbox::new(&only).helper("get", ask).await,
+        ADO_AUDIENCE,
+    );
+    // When it fails, the message says it is the default profile, why, and how to pick another.
+    let broken = HelperSandbox::new(&only.replace(CLIENT_SECRET, WRONG_SECRET));
+    let r = broken.helper("get", ask).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr.contains(
+            "no token for the default profile `bot`, the only profile defined under [profiles] \
+             (set server.default_profile to pick another): "
+        ),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("AADSTS7000215"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helper_says_nothing_for_hosts_and_protocols_it_does_not_serve() {
     let entra = FakeEntra::start().await;
     let sb = HelperSandbox::new(&helper_config(&entra));

@@ -16,8 +16,10 @@ use serde_json::Value;
 
 use crate::support;
 use crate::support::egress::{pki, write_ca, FakeConnectProxy, TlsFront};
-use crate::support::entra::{FakeEntra, ADO_AUDIENCE, DEFENDER_AUDIENCE};
-use crate::support::patless::{bot_config, metric, Patless};
+use crate::support::entra::{
+    FakeEntra, ADO_AUDIENCE, ADO_SCOPE, CLIENT_ID, CLIENT_SECRET, DEFENDER_AUDIENCE, TENANT,
+};
+use crate::support::patless::{bot_config, metric, route_toml, Patless};
 use crate::support::upstream::FakeUpstream;
 
 /// Microsoft Graph's audience (scope `…/.default`).
@@ -93,6 +95,22 @@ impl Hosts {
         );
         // Host routes are on by default; the harness turns them off, this file turns them back on.
         toml.replacen("host_routes = false", "host_routes = true", 1)
+    }
+
+    /// A new user's config: the one profile `ado-bot` (the fake Entra's app) and one route of
+    /// its own, no `default_profile`; `more` after the profile.
+    fn new_user_config(&self, more: &str) -> String {
+        let toml = self.config();
+        assert!(toml.contains("default_profile = \"bot\"\n"), "{toml}");
+        toml.replacen("default_profile = \"bot\"\n", "", 1)
+            .replacen("[profiles.bot]", "[profiles.ado-bot]", 1)
+            + more
+            + &route_toml(
+                "/ado",
+                "https://dev.azure.com/contoso",
+                "ado-bot",
+                ADO_SCOPE,
+            )
     }
 }
 
@@ -282,7 +300,16 @@ async fn an_unknown_host_is_404_no_route_and_never_reaches_the_egress_proxy() {
         "nothing may reach the egress proxy: {:?}",
         h.proxy.requests()
     );
-    assert_eq!(h.entra.token_requests(), 0, "no token for an unknown host");
+    // No token for an unknown host: the one token request there may be is the default
+    // profile's for Azure DevOps, which `/readyz` waits for from the start.
+    let asked: Vec<_> = h.entra.requests().into_iter().map(|r| r.form).collect();
+    assert!(asked.len() <= 1, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|f| f.get("scope").map(String::as_str) == Some(ADO_SCOPE)),
+        "{asked:?}"
+    );
     for api in [&h.ado, &h.defender, &h.graph] {
         assert!(api.up.requests().is_empty());
     }
@@ -335,5 +362,50 @@ async fn a_redirect_into_the_host_is_rewritten_onto_its_host_route() {
     assert_eq!(resp.url().port(), Some(p.addr.port()));
     assert_eq!(resp.url().path(), "/dev.azure.com/org/_apis/after");
     seen(&h, &h.ado, "/org/_apis/after?y=2");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_profile_and_no_default_profile_host_routes_use_that_profile() {
+    let h = Hosts::start().await;
+    let p = Patless::start(&h.new_user_config("")).await;
+    let r = get(&p, "/dev.azure.com/contoso/_apis/projects").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The fake upstream accepted the token only because it is the fake Entra's own app's:
+    // `ado-bot`'s, not one `auto` found.
+    seen(&h, &h.ado, "/contoso/_apis/projects");
+    assert_eq!(h.entra.last_form("client_id").as_deref(), Some(CLIENT_ID));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_profiles_and_no_default_profile_a_host_routes_error_says_how_to_pick_one() {
+    let h = Hosts::start().await;
+    let second = format!(
+        "\n[profiles.ado-reader]\nkind = \"client_secret\"\ntenant_id = \"{TENANT}\"\n\
+         client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n"
+    );
+    // The implicit `auto` finds an environment service principal whose secret Entra refuses.
+    let env = patless::env::MapEnv::new([
+        ("AZURE_CLIENT_ID", CLIENT_ID),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_SECRET", "wrong-secret"),
+    ]);
+    let p = Patless::start_with_env(&h.new_user_config(&second), env).await;
+    let r = get(&p, "/dev.azure.com/contoso/_apis/projects").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["error"], "token_unavailable", "{}", r.body);
+    assert_eq!(r.body["profile"], "auto", "{}", r.body);
+    let message = r.body["message"].as_str().expect("message");
+    assert!(message.contains("AADSTS7000215"), "{message}");
+    assert!(
+        message.ends_with(
+            "; the default profile is `auto` (the implicit profile of kind auto): 2 profiles are \
+             defined under [profiles] and server.default_profile names none of them; set \
+             server.default_profile to pick another"
+        ),
+        "{message}"
+    );
+    assert!(h.ado.up.requests().is_empty());
     p.stop().await;
 }

@@ -64,6 +64,7 @@ mod workload_identity;
 mod admin;
 mod cli;
 mod config;
+mod first_minutes;
 mod identity_endpoint;
 mod imds_endpoint;
 mod logs;
