@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::out::{errln, outln};
 use super::token::{describe_token, grants_of};
 use super::EXIT_CONFIG;
 use crate::app::App;
@@ -23,18 +24,18 @@ pub(super) async fn check(
     only: Option<String>,
     no_probe: bool,
 ) -> ExitCode {
-    println!("config: {} — valid", loaded.source);
+    outln!("config: {} — valid", loaded.source);
     let config = loaded.config.clone();
     if let Some(p) = &only {
         if !config.profiles.contains_key(p) {
-            eprintln!("patless: no profile `{p}`");
+            errln!("patless: no profile `{p}`");
             return ExitCode::from(EXIT_CONFIG);
         }
     }
     let app = match App::new(loaded.config, env, prometheus::Registry::new()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("patless: {e}");
+            errln!("patless: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -44,7 +45,7 @@ pub(super) async fn check(
     // After the acquisitions, so `auto` says what its probe chose.
     for (name, source) in &app.credential_sources {
         if only.as_ref().is_none_or(|p| p == name) {
-            println!("profile {name}: {}", source());
+            outln!("profile {name}: {}", source());
         }
     }
     if !no_probe {
@@ -55,7 +56,7 @@ pub(super) async fn check(
         ) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("patless: {e}");
+                errln!("patless: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -90,7 +91,7 @@ async fn acquire(app: &App, config: &Config, routes: &[&Route]) -> (Tokens, bool
             .unwrap_or("?");
         match entry.get().await {
             Ok(t) => {
-                println!(
+                outln!(
                     "profile {} ({kind}), scope {}: OK — {}",
                     route.profile,
                     route.scope,
@@ -98,16 +99,18 @@ async fn acquire(app: &App, config: &Config, routes: &[&Route]) -> (Tokens, bool
                 );
                 if let Some(api) = Api::of_route(&route.scope, &route.upstream) {
                     for line in permissions::report(api, &grants_of(&t)) {
-                        println!("{line}");
+                        outln!("{line}");
                     }
                 }
                 tokens.insert(key, Some(t));
             }
             Err(e) => {
                 failed = true;
-                println!(
+                outln!(
                     "profile {} ({kind}), scope {}: FAILED — {}",
-                    route.profile, route.scope, e.message
+                    route.profile,
+                    route.scope,
+                    e.message
                 );
                 tokens.insert(key, None);
             }
@@ -120,9 +123,10 @@ async fn acquire(app: &App, config: &Config, routes: &[&Route]) -> (Tokens, bool
 /// reached.
 async fn probe(http: &reqwest::Client, route: &Route, tokens: &Tokens) -> bool {
     let Some(Some(token)) = tokens.get(&(route.profile.clone(), route.scope.clone())) else {
-        println!(
+        outln!(
             "route {} → {}: not probed (no token)",
-            route.prefix, route.upstream
+            route.prefix,
+            route.upstream
         );
         return true;
     };
@@ -138,7 +142,7 @@ async fn probe(http: &reqwest::Client, route: &Route, tokens: &Tokens) -> bool {
     let status = match req.send().await {
         Ok(resp) => resp.status(),
         Err(e) => {
-            println!(
+            outln!(
                 "route {} → GET {url}: FAILED — {}",
                 route.prefix,
                 crate::error_chain::joined(&e)
@@ -147,12 +151,12 @@ async fn probe(http: &reqwest::Client, route: &Route, tokens: &Tokens) -> bool {
         }
     };
     let (ok, verdict) = verdict(status.as_u16());
-    println!("route {} → GET {url}: {status} {verdict}", route.prefix);
+    outln!("route {} → GET {url}: {status} {verdict}", route.prefix);
     if let (403, Some(api)) = (status.as_u16(), api) {
         let path = url::Url::parse(&url)
             .map(|u| u.path().to_string())
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {}",
             permissions::forbidden_hint(api, &path, &grants_of(token))
         );
