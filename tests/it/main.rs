@@ -63,6 +63,7 @@ mod cli;
 mod config;
 mod identity_endpoint;
 mod logs;
+mod manners;
 mod reload;
 mod shutdown;
 
