@@ -2,7 +2,7 @@
 //!
 //! [`run`] is the one entry point; `main` and the integration tests both call it with listeners
 //! they bound themselves and an [`App`] built from a validated config. [`run_with`] adds config
-//! reloads (SIGHUP, `server.watch_config`) and a way to hurry the shutdown. [`layer::TokenLayer`]
+//! reloads (SIGHUP, `server.watch_config`) and a hint on how to stop at once. [`layer::TokenLayer`]
 //! is the token layer for other tower stacks. The modules, from the bottom up: `env`, `secret`,
 //! `hosts`, `jwt`; `config`; `egress`, `tls`, `store`; `credentials`, `login`; `token`; `proxy`,
 //! `layer`; `server` (serving HTTP); `app` (the running patless); `cli`.

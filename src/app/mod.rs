@@ -46,10 +46,14 @@ pub enum StartError {
     #[error(transparent)]
     IdentityHeader(#[from] identity::IdentityHeaderError),
     /// Binding a listener.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({key}): {source}{hint}")]
     Bind {
         /// Address.
         addr: String,
+        /// The config key that sets it (`server.listen`, …).
+        key: &'static str,
+        /// For an address in use: the likely causes and the way out (else empty).
+        hint: String,
         /// Cause.
         #[source]
         source: std::io::Error,

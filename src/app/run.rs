@@ -2,7 +2,6 @@
 //! request, drain, stop the background tasks.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,24 +28,34 @@ impl Listeners {
     /// Binds what the config names.
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
         let mode = config.server.unix_socket_mode;
-        let bind = |addr: &config::ListenAddr| {
+        let bind = |addr: &config::ListenAddr, key: [&'static str; 2]| {
             let addr = addr.clone();
             async move {
                 Listener::bind(&addr, mode)
                     .await
-                    .map_err(|source| StartError::Bind {
-                        addr: addr.to_string(),
-                        source,
-                    })
+                    .map_err(|source| bind_error(config, addr.to_string(), key, source))
             }
         };
-        let proxy = bind(&config.server.listen).await?;
+        let proxy = bind(
+            &config.server.listen,
+            ["server.listen", "PATLESS_SERVER__LISTEN"],
+        )
+        .await?;
         let admin = match &config.server.admin_listen {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => {
+                let key = ["server.admin_listen", "PATLESS_SERVER__ADMIN_LISTEN"];
+                Some(bind(a, key).await?)
+            }
             None => None,
         };
         let identity = match &config.identity_endpoint {
-            Some(ie) => Some(bind(&ie.listen).await?),
+            Some(ie) => {
+                let key = [
+                    "identity_endpoint.listen",
+                    "PATLESS_IDENTITY_ENDPOINT__LISTEN",
+                ];
+                Some(bind(&ie.listen, key).await?)
+            }
             None => None,
         };
         Ok(Listeners {
@@ -54,6 +63,45 @@ impl Listeners {
             admin,
             identity,
         })
+    }
+}
+
+/// A listener that cannot bind (`[key, environment variable]` set its address). An address in
+/// use is most often an earlier patless still draining its connections after Ctrl-C: the error
+/// says so, how long that lasts, and which key moves this one elsewhere.
+fn bind_error(
+    config: &Config,
+    addr: String,
+    [key, var]: [&'static str; 2],
+    source: std::io::Error,
+) -> StartError {
+    let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
+        let (delay, grace) = (config.server.shutdown_delay, config.server.shutdown_grace);
+        format!(
+            ". Another patless may still be running there, or still draining after it was \
+             stopped: that lasts up to {} (server.shutdown_delay {} + server.shutdown_grace {}), \
+             and a second Ctrl-C ends it at once. Or another program holds the address: set \
+             {key} (or {var}) to another one",
+            duration_text(delay + grace),
+            duration_text(delay),
+            duration_text(grace),
+        )
+    } else {
+        String::new()
+    };
+    StartError::Bind {
+        addr,
+        key,
+        hint,
+        source,
+    }
+}
+
+/// A duration as the config writes it: `5s`, `300ms`.
+fn duration_text(d: Duration) -> String {
+    match d.as_millis() {
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -67,7 +115,7 @@ pub async fn run(listeners: Listeners, app: App, shutdown: impl Future<Output = 
         app,
         RunOptions {
             shutdown,
-            hurry: None,
+            stop_now_hint: None,
             reload: None,
             worker_threads: false,
         },
@@ -81,8 +129,10 @@ pub struct RunOptions<S> {
     /// while the proxy still serves; after `server.shutdown_delay` the listeners close, requests in
     /// flight get up to `server.shutdown_grace`, and the background tasks stop.
     pub shutdown: S,
-    /// Resolves to cut the shutdown delay short (a second SIGTERM/SIGINT in `serve`).
-    pub hurry: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// How to stop at once, without the delay and the drain, said in the shutdown's log line
+    /// (`serve`: "press Ctrl-C again to stop now"). The caller does the stopping: `serve` ends
+    /// the process on a second SIGTERM/SIGINT.
+    pub stop_now_hint: Option<&'static str>,
     /// Reloads (SIGHUP, `server.watch_config`); `None` runs the config given until the end.
     pub reload: Option<reload::Reloader>,
     /// Serve the proxy listener on `server.workers` threads of its own (what `serve` does);
@@ -93,23 +143,23 @@ pub struct RunOptions<S> {
 impl<S> std::fmt::Debug for RunOptions<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunOptions")
-            .field("hurry", &self.hurry.is_some())
+            .field("stop_now_hint", &self.stop_now_hint)
             .field("reload", &self.reload)
             .field("worker_threads", &self.worker_threads)
             .finish()
     }
 }
 
-/// [`run`], with reloads and a way to hurry the shutdown. The app the request path reads sits in
-/// an `ArcSwap`: each request takes the current one and keeps it to its end, so a reload never
-/// changes a request in flight.
+/// [`run`], with reloads and a hint on how to stop at once. The app the request path reads sits
+/// in an `ArcSwap`: each request takes the current one and keeps it to its end, so a reload
+/// never changes a request in flight.
 pub async fn run_with<S>(listeners: Listeners, app: App, options: RunOptions<S>)
 where
     S: Future<Output = ()> + Send,
 {
     let RunOptions {
         shutdown,
-        hurry,
+        stop_now_hint,
         reload,
         worker_threads,
     } = options;
@@ -137,7 +187,7 @@ where
         shutdown.await;
         running.shutting_down.store(true, Ordering::Release);
         let _ = begun_tx.send(true);
-        let grace = running.delay_then_grace(hurry).await;
+        let grace = running.delay_then_grace(stop_now_hint).await;
         let _ = close_tx.send(Some(grace));
     };
     tokio::join!(
@@ -251,12 +301,9 @@ impl Running {
         }
     }
 
-    /// After the stop signal: `server.shutdown_delay` (cut short by `hurry`), then the grace the
-    /// requests in flight get.
-    async fn delay_then_grace(
-        &self,
-        hurry: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    ) -> Duration {
+    /// After the stop signal: says what happens now, waits `server.shutdown_delay`, and returns
+    /// the grace the requests in flight get.
+    async fn delay_then_grace(&self, stop_now_hint: Option<&str>) -> Duration {
         let (delay, grace) = {
             let app = self.current.load();
             (
@@ -264,23 +311,24 @@ impl Running {
                 app.config.server.shutdown_grace,
             )
         };
+        let delay_text = if delay.is_zero() {
+            String::new()
+        } else {
+            format!(
+                "/readyz answers 503 for {} (server.shutdown_delay) while the proxy still \
+                 serves, then ",
+                duration_text(delay)
+            )
+        };
+        let hint = stop_now_hint.map(|h| format!("; {h}")).unwrap_or_default();
         tracing::info!(
             delay_ms = delay.as_millis() as u64,
             grace_ms = grace.as_millis() as u64,
-            "shutting down: /readyz answers 503 now; the listeners close after the delay, then \
-             requests in flight get the grace period (signal again to skip the delay)"
+            "shutting down: {delay_text}the listeners close and requests in flight get up to {} \
+             (server.shutdown_grace){hint}",
+            duration_text(grace)
         );
-        if !delay.is_zero() {
-            match hurry {
-                Some(hurry) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = hurry => tracing::info!("shutdown delay cut short"),
-                    }
-                }
-                None => tokio::time::sleep(delay).await,
-            }
-        }
+        tokio::time::sleep(delay).await;
         grace
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::out::{errln, outln};
 use super::token::{describe_token, grants_of};
 use super::EXIT_CONFIG;
 use crate::app::App;
@@ -33,23 +34,23 @@ pub(super) async fn check(
     scope: Option<String>,
     no_probe: bool,
 ) -> ExitCode {
-    println!("config: {} — valid", loaded.source);
+    outln!("config: {} — valid", loaded.source);
     let config = loaded.config.clone();
     if let Some(p) = &only {
         if !config.profiles.contains_key(p) {
             let defined: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
-            eprintln!("patless: no profile `{p}`; defined: {}", defined.join(", "));
+            errln!("patless: no profile `{p}`; defined: {}", defined.join(", "));
             return ExitCode::from(EXIT_CONFIG);
         }
     }
-    println!(
+    outln!(
         "default profile: {}",
         config.server.default_profile_reason()
     );
     let app = match App::new(loaded.config, env, prometheus::Registry::new()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("patless: {e}");
+            errln!("patless: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -58,7 +59,7 @@ pub(super) async fn check(
     // After the acquisitions, so `auto` says what its probe chose.
     for (name, source) in &app.credential_sources {
         if only.as_ref().is_none_or(|p| p == name) {
-            println!("profile {name}: {}", source());
+            outln!("profile {name}: {}", source());
         }
     }
     if !no_probe {
@@ -69,7 +70,7 @@ pub(super) async fn check(
         ) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("patless: {e}");
+                errln!("patless: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -157,10 +158,10 @@ async fn acquire(app: &App, config: &Config, tests: &[Test], asked: bool) -> (To
     for test in tests {
         let (profile, scope) = (&test.profile, &test.scope);
         if let Some(why) = &test.why {
-            println!("profile {profile}: {why}");
+            outln!("profile {profile}: {why}");
         }
         let Some(entry) = app.cache.entry(profile, scope, None) else {
-            println!("profile {profile}, scope {scope}: not tested — it has no credential");
+            outln!("profile {profile}, scope {scope}: not tested — it has no credential");
             failed |= asked;
             continue;
         };
@@ -171,7 +172,7 @@ async fn acquire(app: &App, config: &Config, tests: &[Test], asked: bool) -> (To
             .unwrap_or("?");
         let token = match entry.get().await {
             Ok(t) => {
-                println!(
+                outln!(
                     "profile {profile} ({kind}), scope {scope}: OK — {}",
                     describe_token(&t)
                 );
@@ -185,19 +186,19 @@ async fn acquire(app: &App, config: &Config, tests: &[Test], asked: bool) -> (To
                 };
                 if let Some(api) = api {
                     for line in permissions::report(api, &grants_of(&t)) {
-                        println!("{line}");
+                        outln!("{line}");
                     }
                 }
                 Some(t)
             }
             Err(e) => {
                 failed = true;
-                println!(
+                outln!(
                     "profile {profile} ({kind}), scope {scope}: FAILED — {}",
                     e.message
                 );
                 if let Some(hint) = implicit_default_hint(config, profile) {
-                    println!("  {hint}");
+                    outln!("  {hint}");
                 }
                 None
             }
@@ -223,9 +224,10 @@ fn implicit_default_hint(config: &Config, profile: &str) -> Option<String> {
 /// reached.
 async fn probe(http: &reqwest::Client, route: &Route, tokens: &Tokens) -> bool {
     let Some(Some(token)) = tokens.get(&(route.profile.clone(), route.scope.clone())) else {
-        println!(
+        outln!(
             "route {} → {}: not probed (no token)",
-            route.prefix, route.upstream
+            route.prefix,
+            route.upstream
         );
         return true;
     };
@@ -241,7 +243,7 @@ async fn probe(http: &reqwest::Client, route: &Route, tokens: &Tokens) -> bool {
     let status = match req.send().await {
         Ok(resp) => resp.status(),
         Err(e) => {
-            println!(
+            outln!(
                 "route {} → GET {url}: FAILED — {}",
                 route.prefix,
                 crate::error_chain::joined(&e)
@@ -250,12 +252,12 @@ async fn probe(http: &reqwest::Client, route: &Route, tokens: &Tokens) -> bool {
         }
     };
     let (ok, verdict) = verdict(status.as_u16());
-    println!("route {} → GET {url}: {status} {verdict}", route.prefix);
+    outln!("route {} → GET {url}: {status} {verdict}", route.prefix);
     if let (403, Some(api)) = (status.as_u16(), api) {
         let path = url::Url::parse(&url)
             .map(|u| u.path().to_string())
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {}",
             permissions::forbidden_hint(api, &path, &grants_of(token))
         );

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod check;
+mod help;
+mod out;
 mod serve;
 mod token;
 
@@ -18,13 +20,14 @@ use token::{git_credential_get, token};
 
 use crate::config::{self, LoadedConfig};
 use crate::env::{Env, ProcessEnv};
+use out::{errln, out, outln};
 
 /// Exit code for a bad configuration (EX_CONFIG-like, sysexits EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
 
 /// patless: call Entra-protected APIs (Azure DevOps, Defender, Graph, ARM) without holding a secret.
 #[derive(Debug, Parser)]
-#[command(name = "patless", version, about, long_about = None)]
+#[command(name = "patless", version, about, long_about = None, after_help = help::PATLESS)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
@@ -33,16 +36,23 @@ pub struct Cli {
     /// /etc/patless/patless.toml, else the embedded default).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log more on stderr: `-v` info, `-vv` debug, `-vvv` trace (else $PATLESS_LOG, $RUST_LOG,
+    /// else the command's own level: info for `serve`, none for `token` and `git-credential`).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// Sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy and the admin listener until SIGTERM/SIGINT.
+    #[command(after_help = help::SERVE)]
     Serve,
     /// Print the effective configuration (file + environment + defaults), secrets redacted.
+    #[command(after_help = help::CONFIG)]
     Config,
     /// Print a token the way `az account get-access-token --output json` does.
+    #[command(after_help = help::TOKEN)]
     Token {
         /// Profile (default: `server.default_profile`, else the only profile defined, else `auto`).
         #[arg(long)]
@@ -58,6 +68,7 @@ pub enum Command {
         output: Output,
     },
     /// Sign a person in (device code or browser) and store the profile's refresh token.
+    #[command(after_help = help::LOGIN)]
     Login {
         /// A profile of a kind a person signs in for (listed from the kind table).
         #[arg(long, help = format!("A {} profile", config::kinds::sign_in_names("or")))]
@@ -67,12 +78,14 @@ pub enum Command {
         no_browser: bool,
     },
     /// Forget a profile's stored tokens.
+    #[command(after_help = help::LOGOUT)]
     Logout {
         /// The profile.
         #[arg(long)]
         profile: String,
     },
     /// Validate the config, acquire a token per profile, show what it holds, probe each route.
+    #[command(after_help = help::CHECK)]
     Check {
         /// Only this profile.
         #[arg(long)]
@@ -89,6 +102,7 @@ pub enum Command {
         no_probe: bool,
     },
     /// git credential helper: answers `get` with a token for the route that names the host.
+    #[command(after_help = help::GIT_CREDENTIAL)]
     GitCredential {
         /// What git asks: `get`, `store` or `erase` (the last two do nothing).
         #[arg(value_enum)]
@@ -108,8 +122,6 @@ pub enum Output {
 /// Parses the command line and runs it; the return value is the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // git shows a helper's stderr to the user: only warnings and errors there, unless asked.
-    let git_credential = matches!(cli.command, Some(Command::GitCredential { .. }));
     // git's request comes first, before the config: `store` and `erase` need none.
     let git_request = match &cli.command {
         Some(Command::GitCredential { action }) => match read_git_request(*action) {
@@ -125,7 +137,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("patless: cannot start the async runtime: {e}");
+            errln!("patless: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -133,18 +145,22 @@ pub fn main() -> ExitCode {
     let loaded = match config::load_quietly(cli.config.as_deref(), env.as_ref()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("patless: {e}");
+            errln!("patless: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     init_tracing(
-        if git_credential { "warn" } else { "info" },
+        log_filter(cli.verbose, cli.command.as_ref()),
         loaded.config.logging.format,
         env.as_ref(),
     );
     loaded.warn_literal_secrets();
     let command = cli.command.unwrap_or(Command::Serve);
-    runtime.block_on(run(command, loaded, env, cli.config, git_request))
+    let code = runtime.block_on(run(command, loaded, env, cli.config, git_request));
+    // Without waiting for what is left on the runtime: a `serve` stopped at once by a second
+    // signal leaves connections behind, and a one-shot command's background refreshers.
+    runtime.shutdown_background();
+    code
 }
 
 /// git's credential request on stdin: `None` for `store` and `erase`, which need nothing done.
@@ -155,7 +171,7 @@ fn read_git_request(
         Ok(_) if action != crate::git_credential::Action::Get => Ok(None),
         Ok(req) => Ok(Some(req)),
         Err(e) => {
-            eprintln!("patless: cannot read git's credential request: {e}");
+            errln!("patless: cannot read git's credential request: {e}");
             Err(ExitCode::FAILURE)
         }
     }
@@ -205,11 +221,11 @@ async fn run(
             match crate::login::login_with(&loaded.config, &profile, env, &mut out, &options).await
             {
                 Ok(summary) => {
-                    println!("{summary}");
+                    outln!("{summary}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("patless: {e}");
+                    errln!("patless: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -221,28 +237,55 @@ async fn run(
 fn logout(loaded: &LoadedConfig, profile: &str, env: Env) -> ExitCode {
     match crate::login::logout(&loaded.config, profile, env) {
         Ok(true) => {
-            println!("forgot the stored tokens of profile `{profile}`");
+            outln!("forgot the stored tokens of profile `{profile}`");
             ExitCode::SUCCESS
         }
         Ok(false) => {
-            println!("profile `{profile}` had no stored tokens");
+            outln!("profile `{profile}` had no stored tokens");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("patless: {e}");
+            errln!("patless: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Logs to stderr at `PATLESS_LOG` (else `RUST_LOG`, else `default_level`), as text (colour only
-/// on a terminal and never with `NO_COLOR`) or as one JSON object per line.
-fn init_tracing(default_level: &str, format: config::LogFormat, env: &dyn crate::env::Environment) {
-    use std::io::IsTerminal as _;
+/// What is logged on stderr: the level `-v` asks for (`-v` info, `-vv` debug, `-vvv` trace),
+/// else `PATLESS_LOG`, else `RUST_LOG`, else the command's own.
+///
+/// `token` and `git-credential` log nothing of their own: they answer one question, and their
+/// error, if any, is the one line they write on stderr (git shows a helper's stderr to the user,
+/// and the warnings of the acquisitions behind the answer would bury it). The other commands log
+/// from `info`.
+fn log_filter(verbose: u8, command: Option<&Command>) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PATLESS_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default_level));
+    let asked = match verbose {
+        0 => None,
+        1 => Some("info"),
+        2 => Some("debug"),
+        _ => Some("trace"),
+    };
+    let own = match command {
+        Some(Command::Token { .. } | Command::GitCredential { .. }) => "off",
+        _ => "info",
+    };
+    match asked {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_env("PATLESS_LOG")
+            .or_else(|_| EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| EnvFilter::new(own)),
+    }
+}
+
+/// Logs to stderr through `filter`, as text (colour only on a terminal and never with
+/// `NO_COLOR`) or as one JSON object per line.
+fn init_tracing(
+    filter: tracing_subscriber::EnvFilter,
+    format: config::LogFormat,
+    env: &dyn crate::env::Environment,
+) {
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -269,18 +312,18 @@ fn resource_to_scope(resource: String) -> String {
 }
 
 fn print_config(loaded: &LoadedConfig) -> ExitCode {
-    println!("# source: {}", loaded.source);
-    println!(
+    outln!("# source: {}", loaded.source);
+    outln!(
         "# default profile: {}",
         loaded.config.server.default_profile_reason()
     );
     match toml::to_string_pretty(&loaded.config.effective(&loaded.raw)) {
         Ok(text) => {
-            print!("{text}");
+            out!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("patless: cannot print the configuration: {e}");
+            errln!("patless: cannot print the configuration: {e}");
             ExitCode::FAILURE
         }
     }

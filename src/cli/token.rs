@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::out::{errln, out, outln};
 use super::{Output, EXIT_CONFIG};
 use crate::app::App;
 use crate::config::{DefaultProfileChoice, LoadedConfig};
@@ -34,12 +35,12 @@ pub(super) async fn token(
     };
     let say_why = || {
         if let Some(h) = &hint {
-            eprintln!("patless: {h}");
+            errln!("patless: {h}");
         }
     };
     let profile = profile.unwrap_or_else(|| loaded.config.server.default_profile.clone());
     if !loaded.config.profiles.contains_key(&profile) {
-        eprintln!(
+        errln!(
             "patless: no profile `{profile}`; defined: {}",
             loaded
                 .config
@@ -53,7 +54,7 @@ pub(super) async fn token(
         return ExitCode::from(EXIT_CONFIG);
     }
     let Some(scope) = scope.or_else(|| scope_for_profile(&loaded, &profile)) else {
-        eprintln!("patless: no route uses profile `{profile}`; name the token's audience with --scope or --resource");
+        errln!("patless: no route uses profile `{profile}`; name the token's audience with --scope or --resource");
         say_why();
         return ExitCode::from(2);
     };
@@ -64,7 +65,7 @@ pub(super) async fn token(
     let token = match acquire(loaded.config, env, &profile, &scope).await {
         Ok(t) => t,
         Err(message) => {
-            eprintln!("patless: {message}");
+            errln!("patless: {message}");
             say_why();
             return ExitCode::FAILURE;
         }
@@ -76,7 +77,7 @@ pub(super) async fn token(
 /// The token on stdout, as `--output` asks.
 fn print_token(token: &CachedToken, output: Output, subscription: Option<String>) {
     match output {
-        Output::Raw => println!("{}", token.secret().expose()),
+        Output::Raw => outln!("{}", token.secret().expose()),
         Output::Json => {
             let claims = crate::jwt::claims(token.secret().expose()).unwrap_or_default();
             let tenant = claims
@@ -100,7 +101,7 @@ fn print_token(token: &CachedToken, output: Output, subscription: Option<String>
             if let Some(s) = subscription {
                 out["subscription"] = serde_json::Value::String(s);
             }
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
     }
 }
@@ -144,26 +145,17 @@ pub(super) async fn git_credential_get(
         ),
     };
     if !loaded.config.profiles.contains_key(&target.profile) {
-        eprintln!("patless git-credential: no token for {whose}: the profile is not defined");
+        errln!("patless git-credential: no token for {whose}: the profile is not defined");
         return ExitCode::FAILURE;
     }
     match acquire(loaded.config, env, &target.profile, &target.scope).await {
         Ok(token) => {
-            use std::io::Write as _;
-            let mut out = std::io::stdout().lock();
-            match out
-                .write_all(crate::git_credential::answer(&token).as_bytes())
-                .and_then(|()| out.flush())
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("patless git-credential: cannot write the answer: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            // A git that has gone (a closed pipe) ends the process quietly, as for every command.
+            out!("{}", crate::git_credential::answer(&token));
+            ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("patless git-credential: no token for {whose}: {message}");
+            errln!("patless git-credential: no token for {whose}: {message}");
             ExitCode::FAILURE
         }
     }

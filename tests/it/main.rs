@@ -68,6 +68,7 @@ mod first_minutes;
 mod identity_endpoint;
 mod imds_endpoint;
 mod logs;
+mod manners;
 mod reload;
 mod shutdown;
 

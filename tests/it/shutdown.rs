@@ -1,8 +1,8 @@
 //! Graceful shutdown (docs/commands.md, `serve`): on SIGTERM/SIGINT `/readyz` turns 503 first, for
 //! `server.shutdown_delay`, while the proxy still serves; then the listeners close, requests in
 //! flight get up to `server.shutdown_grace`, and the background tasks (token refreshers, the
-//! config watcher) stop. In process through the shutdown future, and once with a real SIGTERM to
-//! the binary.
+//! config watcher) stop; a second SIGTERM/SIGINT ends the process at once. In process through
+//! the shutdown future, and with real signals to the binary.
 
 use std::time::{Duration, Instant};
 
@@ -254,8 +254,29 @@ async fn sigterm_to_the_binary_turns_readyz_503_before_the_listener_closes() {
     );
 }
 
+/// The first signal's log line says what happens now, for how long, and how to stop at once.
+fn assert_says_the_plan(log: &str, delay: Option<&str>, grace: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("shutting down"))
+        .unwrap_or_else(|| panic!("no shutdown line; log:\n{log}"));
+    if let Some(delay) = delay {
+        assert!(
+            line.contains(&format!(
+                "/readyz answers 503 for {delay} (server.shutdown_delay)"
+            )),
+            "{line}"
+        );
+    }
+    assert!(
+        line.contains(&format!("get up to {grace} (server.shutdown_grace)")),
+        "{line}"
+    );
+    assert!(line.contains("press Ctrl-C again"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_sigterm_cuts_the_delay_short() {
+async fn a_second_signal_during_the_delay_stops_at_once() {
     let entra = FakeEntra::start().await;
     let up = FakeUpstream::start(ADO_AUDIENCE).await;
     let dir = TempDir::new().expect("tempdir");
@@ -267,16 +288,79 @@ async fn a_second_sigterm_cuts_the_delay_short() {
     child.wait_ready().await;
     child.signal("TERM");
     assert!(poll_status(&child.admin_url("/readyz"), 503, Duration::from_secs(1)).await);
+    assert_says_the_plan(&child.log(), Some("60s"), "5s");
     child.signal("INT");
+    // 128 + SIGINT, as a shell reports a process Ctrl-C ended.
     assert_eq!(
         child.wait(Duration::from_secs(3)).await,
-        Some(Some(0)),
+        Some(Some(130)),
         "log:\n{}",
         child.log()
     );
     assert!(
-        child.log().contains("shutdown delay cut short"),
+        child.log().contains("SIGINT again: stopping now"),
         "{}",
         child.log()
+    );
+}
+
+/// Ctrl-C twice with a request in flight and a long grace: the first starts the drain and says
+/// how to skip it, the second ends the process at once, cutting the request off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_stops_the_drain_at_once() {
+    let entra = FakeEntra::start().await;
+    let gate = Gate::start("slow").await;
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("patless.toml");
+    let toml = config(&entra, &[("/slow", &gate.url(), ADO)], "", "")
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"60s\"");
+    std::fs::write(&path, &toml).expect("write");
+    let mut child = PatlessProcess::spawn(dir.path(), &path).await;
+    child.wait_ready().await;
+    let url = child.url("/slow/x");
+    let in_flight = tokio::spawn(async move {
+        let resp = support::http_client().get(url).send().await?;
+        resp.bytes().await
+    });
+    gate.wait_arrived(1).await;
+
+    child.signal("INT");
+    while !refused(child.addr) {
+        assert!(
+            child.running(),
+            "exited on the first signal; log:\n{}",
+            child.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        child.running(),
+        "stopped draining on its own; log:\n{}",
+        child.log()
+    );
+    assert_says_the_plan(&child.log(), None, "60s");
+
+    let began = Instant::now();
+    child.signal("INT");
+    assert_eq!(
+        child.wait(Duration::from_secs(3)).await,
+        Some(Some(130)),
+        "still draining 3 s after the second Ctrl-C; log:\n{}",
+        child.log()
+    );
+    assert!(began.elapsed() < Duration::from_secs(3));
+    assert!(
+        child.log().contains("SIGINT again: stopping now"),
+        "{}",
+        child.log()
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(3), in_flight)
+        .await
+        .expect("the request in flight ended with the process")
+        .expect("join");
+    assert!(
+        outcome.is_err(),
+        "the request in flight was cut off: {outcome:?}"
     );
 }

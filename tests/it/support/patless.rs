@@ -166,7 +166,7 @@ impl Patless {
             shutdown: async move {
                 let _ = rx.await;
             },
-            hurry: None,
+            stop_now_hint: None,
             reload,
             worker_threads: matches!(serving, Serving::Workers(_)),
         };
