@@ -132,7 +132,7 @@ pub fn main() -> ExitCode {
         loaded.config.logging.format,
         env.as_ref(),
     );
-    loaded.warn_literal_secrets();
+    loaded.warn();
     let command = cli.command.unwrap_or(Command::Serve);
     runtime.block_on(run(command, loaded, env, cli.config, git_request))
 }
