@@ -1,5 +1,7 @@
 //! The configuration (docs/configuration.md): lookup order, formats, `PATLESS_…` overrides, secret
 //! references, validation that names every bad key at once, scope inference and redaction.
+//! `config/new_user.rs`: what a first config runs into (a profile named with a dash reached from
+//! the environment, typed values, files of any format in the working directory, hints).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -14,6 +16,8 @@ use patless::env::MapEnv;
 use tempfile::TempDir;
 
 use crate::support::write_file;
+
+mod new_user;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
