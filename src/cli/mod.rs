@@ -154,7 +154,7 @@ pub fn main() -> ExitCode {
         loaded.config.logging.format,
         env.as_ref(),
     );
-    loaded.warn_literal_secrets();
+    loaded.warn();
     let command = cli.command.unwrap_or(Command::Serve);
     let code = runtime.block_on(run(command, loaded, env, cli.config, git_request));
     // Without waiting for what is left on the runtime: a `serve` stopped at once by a second

@@ -1,15 +1,22 @@
-//! Finding and reading the configuration: `--config`, `$PATLESS_CONFIG`,
-//! `./patless.toml`, `$XDG_CONFIG_HOME/patless/patless.toml`, `/etc/patless/patless.toml`, else
-//! the embedded default; then `PATLESS_SECTION__KEY` environment overrides.
+//! Finding and reading the configuration: the file (`files.rs`: `--config`, `$PATLESS_CONFIG`,
+//! `patless.{toml,yaml,yml,json}` in the working directory, `$XDG_CONFIG_HOME/patless/`,
+//! `/etc/patless/`, else the embedded default), then the `PATLESS_SECTION__KEY` environment
+//! overrides (`env.rs`); parse errors say where they came from, with a hint where the mistake is
+//! a common one (`hints.rs`).
+
+mod env;
+mod files;
+mod hints;
 
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Format as _, Json, Serialized, Toml, Yaml};
-use figment::value::Value;
+use figment::providers::{Format as _, Json, Toml, Yaml};
+use figment::value::Dict;
 use figment::Figment;
 
 use super::{validate, Config, ConfigError, RawConfig, EMBEDDED_DEFAULT};
 use crate::env::Environment;
+pub use files::{find_config_file, FILE_NAMES};
 
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +56,14 @@ impl Format {
             _ => None,
         }
     }
+
+    fn figment(self, text: &str) -> Figment {
+        match self {
+            Format::Toml => Figment::from(Toml::string(text)),
+            Format::Yaml => Figment::from(Yaml::string(text)),
+            Format::Json => Figment::from(Json::string(text)),
+        }
+    }
 }
 
 /// A loaded config: the validated model, the raw form (for `patless config`), and its source.
@@ -60,47 +75,23 @@ pub struct LoadedConfig {
     pub raw: RawConfig,
     /// Where it came from.
     pub source: ConfigSource,
+    /// What start-up should warn of besides literal secrets: `PATLESS_…` variables that name no
+    /// key.
+    pub warnings: Vec<String>,
+    /// The keys that `PATLESS_…` variables set (dotted: `profiles.ado-bot.client_secret`): their
+    /// values are not the file's.
+    pub from_env: Vec<String>,
 }
 
-/// The config file to use: the first of `explicit` (`--config`, which must exist),
-/// `$PATLESS_CONFIG` (likewise), `./patless.toml`, `$XDG_CONFIG_HOME/patless/patless.toml` (else
-/// `$HOME/.config/…`) and `/etc/patless/patless.toml`; `None` means the embedded default.
-pub fn find_config_file(
-    explicit: Option<&Path>,
-    env: &dyn Environment,
-) -> Result<Option<PathBuf>, ConfigError> {
-    let must_exist = explicit
-        .map(Path::to_path_buf)
-        .or_else(|| crate::env::non_empty(env, "PATLESS_CONFIG").map(PathBuf::from));
-    if let Some(path) = must_exist {
-        if !path.is_file() {
-            return Err(ConfigError::File {
-                path,
-                reason: "no such file (named by --config or $PATLESS_CONFIG)".into(),
-            });
-        }
-        return Ok(Some(path));
-    }
-    let mut candidates = vec![PathBuf::from("patless.toml")];
-    let xdg = crate::env::non_empty(env, "XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| crate::env::non_empty(env, "HOME").map(|h| Path::new(&h).join(".config")));
-    if let Some(xdg) = xdg {
-        candidates.push(xdg.join("patless").join("patless.toml"));
-    }
-    candidates.push(PathBuf::from("/etc/patless/patless.toml"));
-    Ok(candidates.into_iter().find(|p| p.is_file()))
-}
-
-/// Finds, reads and validates the configuration, and warns of literal secrets in its file.
+/// Finds, reads and validates the configuration, and logs its warnings ([`LoadedConfig::warn`]).
 pub fn load(explicit: Option<&Path>, env: &dyn Environment) -> Result<LoadedConfig, ConfigError> {
     let loaded = load_quietly(explicit, env)?;
-    loaded.warn_literal_secrets();
+    loaded.warn();
     Ok(loaded)
 }
 
 /// [`load`], without the warnings: for the command line, which sets up logging from the config
-/// it reads and then calls [`LoadedConfig::warn_literal_secrets`].
+/// it reads and then calls [`LoadedConfig::warn`].
 pub fn load_quietly(
     explicit: Option<&Path>,
     env: &dyn Environment,
@@ -122,10 +113,20 @@ pub fn load_quietly(
 }
 
 impl LoadedConfig {
-    /// Logs a warning for each literal secret in the config file (none for the embedded default).
+    /// Logs every warning: `PATLESS_…` variables that name no key, then literal secrets in a
+    /// file others can read ([`LoadedConfig::warn_literal_secrets`]).
+    pub fn warn(&self) {
+        for warning in &self.warnings {
+            tracing::warn!("{warning}");
+        }
+        self.warn_literal_secrets();
+    }
+
+    /// Logs a warning for each literal secret in the config file (none for the embedded default,
+    /// nor for a secret a `PATLESS_…` variable set).
     pub fn warn_literal_secrets(&self) {
         if let ConfigSource::File(path) = &self.source {
-            for warning in literal_secret_warnings(&self.raw, path) {
+            for warning in inline_secret_warnings(&self.raw, path, &self.from_env) {
                 tracing::warn!("{warning}");
             }
         }
@@ -140,95 +141,61 @@ pub fn load_from_str(
     env: &dyn Environment,
 ) -> Result<LoadedConfig, ConfigError> {
     let source_name = source.to_string();
-    let mut figment = match format {
-        Format::Toml => Figment::from(Toml::string(text)),
-        Format::Yaml => Figment::from(Yaml::string(text)),
-        Format::Json => Figment::from(Json::string(text)),
+    // The file alone first: the variables are read against the profiles it defines.
+    let file: Option<Dict> = format.figment(text).extract().ok();
+    let defined = file
+        .as_ref()
+        .and_then(|f| f.get("profiles"))
+        .and_then(|p| p.as_dict())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let referenced = file.as_ref().map(env::referenced).unwrap_or_default();
+    let overrides = env::Overrides::read(env, defined, &referenced);
+    let extracted = format
+        .figment(text)
+        .merge(overrides.provider())
+        .extract::<RawConfig>();
+    let mut errors = overrides.errors.clone();
+    let raw = match extracted {
+        Ok(raw) if errors.is_empty() => raw,
+        result => {
+            if let Err(e) = result {
+                let cx = hints::Context {
+                    format,
+                    source_name: &source_name,
+                    text,
+                    file: file.as_ref(),
+                    overrides: &overrides,
+                };
+                errors.extend(hints::describe_all(e, &cx));
+            }
+            return Err(ConfigError::Parse {
+                source_name,
+                errors,
+            });
+        }
     };
-    for (key, value) in env_overrides(env) {
-        figment = figment.merge(Serialized::default(&key, value));
-    }
-    let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Parse {
-        source_name: source_name.clone(),
-        errors: e
-            .into_iter()
-            .map(|e| describe_figment_error(e, &source_name))
-            .collect(),
-    })?;
     let config = validate::validate(&raw, env).map_err(|errors| ConfigError::Invalid {
+        errors: errors.into_iter().map(|e| overrides.annotate(e)).collect(),
         source_name,
-        errors,
     })?;
     Ok(LoadedConfig {
         config,
         raw,
         source,
+        from_env: overrides.keys(),
+        warnings: overrides.warnings,
     })
-}
-
-/// `PATLESS_SERVER__LISTEN=…` → (`server.listen`, value). Only names with `__` are keys: every
-/// top-level key is a table, and `PATLESS_CONFIG` or a secret like `PATLESS_INBOUND_TOKEN` is not.
-fn env_overrides(env: &dyn Environment) -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = env
-        .vars()
-        .into_iter()
-        .filter_map(|(name, value)| {
-            let rest = name.strip_prefix("PATLESS_")?;
-            if !rest.contains("__") {
-                return None;
-            }
-            let key = rest
-                .split("__")
-                .map(|s| s.to_ascii_lowercase())
-                .collect::<Vec<_>>()
-                .join(".");
-            let value = env_value(&key, &value);
-            Some((key, value))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// The boolean keys become booleans; every other value stays a string (a secret or an id that
-/// happens to read `true` or be all digits must not change type).
-fn env_value(key: &str, text: &str) -> Value {
-    const BOOLEAN_KEYS: &[&str] = &[
-        "host_routes",
-        "allow_unauthenticated_clients",
-        "allow_unauthenticated_admin",
-        "watch_config",
-        "imds",
-    ];
-    let last = key.rsplit('.').next().unwrap_or(key);
-    match (BOOLEAN_KEYS.contains(&last), text.trim()) {
-        (true, "true") => Value::from(true),
-        (true, "false") => Value::from(false),
-        _ => Value::from(text.to_string()),
-    }
-}
-
-fn describe_figment_error(e: figment::Error, source_name: &str) -> String {
-    let key = e.path.join(".");
-    // Values from the file carry no useful source name (the text was read by us); values from the
-    // environment are the `PATLESS_…` overrides.
-    let origin = match e.metadata.as_ref().map(|m| m.name.to_string()) {
-        // `Serialized` names its metadata after the value's type.
-        Some(name) if name == std::any::type_name::<Value>() => {
-            " (from a PATLESS_… environment variable)".to_string()
-        }
-        _ => format!(" (in {source_name})"),
-    };
-    if key.is_empty() {
-        format!("{}{origin}", e.kind)
-    } else {
-        format!("{key}: {}{origin}", e.kind)
-    }
 }
 
 /// Warnings for literal secrets in a config file that group or others can read (the file then
 /// leaks them): one per key, naming it and the fix. Never the secret.
 pub fn literal_secret_warnings(raw: &RawConfig, path: &Path) -> Vec<String> {
+    inline_secret_warnings(raw, path, &[])
+}
+
+/// [`literal_secret_warnings`], but for the keys in `from_env`, whose values are not in the file.
+fn inline_secret_warnings(raw: &RawConfig, path: &Path, from_env: &[String]) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(path) else {
         return Vec::new();
@@ -272,6 +239,7 @@ pub fn literal_secret_warnings(raw: &RawConfig, path: &Path) -> Vec<String> {
         }
     }
     keys.into_iter()
+        .filter(|key| !from_env.contains(key))
         .map(|key| {
             format!(
                 "{key} is written inline in {} (mode {mode:04o}), which others can read: run \

@@ -1,12 +1,12 @@
 //! Configuration: found, read and validated into the model the rest of the program uses.
 //!
-//! The file is looked up in order — `--config`, `$PATLESS_CONFIG`, `./patless.toml`,
-//! `$XDG_CONFIG_HOME/patless/patless.toml`, `/etc/patless/patless.toml`, else the embedded default
-//! (`config/default.toml`) — and read as TOML, YAML or JSON, then `PATLESS_SECTION__KEY`
-//! environment variables override its keys (`load.rs`). Validation goes section by section
-//! (`server.rs`, `entra.rs`, `profiles.rs`, `routes.rs`, `identity_endpoint.rs`, `logging.rs`),
-//! collecting every problem at once, each naming its key; nothing binds before the config is
-//! whole. Defaults live in `defaults.rs`, the credential kinds in `kinds.rs`;
+//! The file is looked up in order — `--config`, `$PATLESS_CONFIG`, `patless.{toml,yaml,yml,json}`
+//! in the working directory, in `$XDG_CONFIG_HOME/patless/` and in `/etc/patless/`, else the
+//! embedded default (`config/default.toml`) — and read as TOML, YAML or JSON, then
+//! `PATLESS_SECTION__KEY` environment variables override its keys (`load.rs`). Validation goes
+//! section by section (`server.rs`, `entra.rs`, `profiles.rs`, `routes.rs`,
+//! `identity_endpoint.rs`, `logging.rs`), collecting every problem at once, each naming its key;
+//! nothing binds before the config is whole. Defaults live in `defaults.rs`, the credential kinds in `kinds.rs`;
 //! docs/configuration.md describes every key.
 
 mod check;
@@ -21,6 +21,7 @@ mod profiles;
 pub mod raw;
 mod routes;
 mod server;
+mod suggest;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -34,7 +35,7 @@ pub use identity_endpoint::{normalise_resource, IdentityEndpointConfig};
 pub use kinds::{KindSpec, KINDS};
 pub use load::{
     find_config_file, literal_secret_warnings, load, load_from_str, load_quietly, ConfigSource,
-    Format, LoadedConfig,
+    Format, LoadedConfig, FILE_NAMES,
 };
 pub use logging::{LogFormat, LoggingConfig};
 pub use profiles::{CertificateFiles, ClientCredential, ManagedIdentityId, Profile, ProfileKind};
@@ -107,6 +108,13 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// Two config files in the directory where the first is found (`patless.toml` and
+    /// `patless.yaml`): which one is meant cannot be told.
+    #[error("{}: keep one, or name the one to use with --config FILE", both(paths))]
+    Ambiguous {
+        /// The files, in lookup order.
+        paths: Vec<PathBuf>,
+    },
     /// The file or the environment could not be read into the config's shape.
     #[error("invalid configuration ({source_name}):\n{}", bullet(errors))]
     Parse {
@@ -125,12 +133,28 @@ pub enum ConfigError {
     },
 }
 
+/// One line per item, a hint or snippet on the lines after it indented under it.
 fn bullet<T: fmt::Display>(items: &[T]) -> String {
     items
         .iter()
-        .map(|e| format!("  - {e}"))
+        .map(|e| format!("  - {}", e.to_string().replace('\n', "\n    ")))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `config files a and b are both present` (`a, b and c are all present`).
+fn both(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    match names.split_last() {
+        Some((last, rest)) if rest.len() > 1 => {
+            format!(
+                "config files {} and {last} are all present",
+                rest.join(", ")
+            )
+        }
+        Some((last, rest)) => format!("config files {} and {last} are both present", rest.join("")),
+        None => "no config file".into(),
+    }
 }
 
 /// Parses `"30s"`, `"250ms"`, `"5m"`, `"1h"` or plain seconds.

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use url::Url;
 
 use super::check::{authority, tenant, Errors};
-use super::kinds::{self, KindSpec, Settings};
+use super::kinds::{self, KindSpec, Settings, KINDS};
 use super::raw::{Presence, RawConfig, RawProfile};
-use super::{defaults, EntraConfig, SecretSource, ServerConfig};
+use super::{defaults, suggest, EntraConfig, SecretSource, ServerConfig};
 
 /// A credential profile.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,7 +263,13 @@ fn profile(errs: &mut Errors, name: &str, p: &RawProfile, entra: &EntraConfig) -
     let key = format!("profiles.{name}");
     let before = errs.count();
     for extra in p.other.keys() {
-        errs.add(format!("{key}.{extra}"), "unknown key for any profile kind");
+        let keys = ["kind", "tenant_id", "authority_host", "client_capabilities"];
+        let kind_keys = p.kind_keys().map(|(k, _)| k);
+        let message = match suggest::nearest(extra, keys.into_iter().chain(kind_keys)) {
+            Some(near) => format!("unknown key for any profile kind; did you mean `{near}`?"),
+            None => "unknown key for any profile kind".to_string(),
+        };
+        errs.add(format!("{key}.{extra}"), message);
     }
     let authority_host = match &p.authority_host {
         Some(a) => authority(errs, &format!("{key}.authority_host"), a),
@@ -304,10 +310,11 @@ fn spec(errs: &mut Errors, key: &str, kind: Option<&str>) -> Option<&'static Kin
     };
     let spec = kinds::lookup(name);
     if spec.is_none() {
-        errs.add(
-            format!("{key}.kind"),
-            format!("unknown kind `{name}`; expected one of {}", kinds::names()),
-        );
+        let message = match suggest::nearest(name, KINDS.iter().map(|k| k.name)) {
+            Some(near) => format!("unknown kind `{name}`; did you mean `{near}`?"),
+            None => format!("unknown kind `{name}`; expected one of {}", kinds::names()),
+        };
+        errs.add(format!("{key}.kind"), message);
     }
     spec
 }

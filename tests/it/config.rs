@@ -1,5 +1,7 @@
 //! The configuration (docs/configuration.md): lookup order, formats, `PATLESS_…` overrides, secret
 //! references, validation that names every bad key at once, scope inference and redaction.
+//! `config/new_user.rs`: what a first config runs into (a profile named with a dash reached from
+//! the environment, typed values, files of any format in the working directory, hints).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -14,6 +16,8 @@ use patless::env::MapEnv;
 use tempfile::TempDir;
 
 use crate::support::write_file;
+
+mod new_user;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -557,14 +561,24 @@ fn bad_env_override_is_reported_under_its_key() {
         "{errors:?}"
     );
 
-    // An override of a key that does not exist is a parse error naming it.
+    assert!(
+        error_for(&errors, "server.listen")
+            .message
+            .ends_with("(from PATLESS_SERVER__LISTEN)"),
+        "{errors:?}"
+    );
+
+    // A variable that names no key is not applied: a warning names it and the nearest key.
     let e = env(&[("PATLESS_SERVER__LISTNE", "127.0.0.1:1")]);
-    match load_toml(&marker_config(1011), &e) {
-        Err(ConfigError::Parse { errors, .. }) => {
-            assert!(errors.iter().any(|m| m.contains("listne")), "{errors:?}")
-        }
-        other => panic!("expected ConfigError::Parse, got {other:?}"),
-    }
+    let loaded = ok_toml(&marker_config(1011), &e);
+    assert_eq!(listen_port(&loaded), 1011);
+    assert_eq!(
+        loaded.warnings,
+        [
+            "PATLESS_SERVER__LISTNE is not a patless setting; did you mean PATLESS_SERVER__LISTEN \
+             (server.listen)?"
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
