@@ -409,7 +409,7 @@ def report(path):
     )
     p("")
     p(
-        "Upstream connections held open (keep-alive pool) — before load: "
+        "Upstream connections held open (keep-alive pools, plain and TLS) — before load: "
         + ", ".join(f"{t} {_f(pooled.get((t, 'start')), '{}')}" for t in PROXIES)
         + "; 2 s after load: "
         + ", ".join(f"{t} {_f(pooled.get((t, 'after')), '{}')}" for t in PROXIES)
