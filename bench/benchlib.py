@@ -273,7 +273,11 @@ async def _coldstart(host, port, n, path, wait_s, since, timeout, release_url, s
 # report
 # ---------------------------------------------------------------------------------------------
 
-TARGETS = ["direct", "patless", "nginx", "haproxy"]
+TARGETS = ["direct", "patless", "nginx", "haproxy", "caddy"]
+PROXIES = TARGETS[1:]
+PEERS = ["nginx", "haproxy", "caddy"]
+# The same targets with the upstream over TLS (certificate verified): "patless-https" etc.
+HTTPS = "-https"
 
 
 def _med(xs):
@@ -342,33 +346,49 @@ def report(path):
     p("")
     p(
         "| body | conns | target | req/s | p50 ms | p99 ms | p99 added over direct ms | peak RSS MiB "
-        "| CPU s / 100k req | upstream busy | patless ÷ nginx | patless ÷ haproxy | errors "
-        "| listen overflows |"
+        "| CPU s / 100k req | CPU ÷ nginx | upstream busy | patless ÷ nginx | patless ÷ haproxy "
+        "| patless ÷ caddy | errors | listen overflows |"
     )
-    p("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    p("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    kinds = [""] + ([HTTPS] if any(k[2].endswith(HTTPS) for k in groups) else [])
     for b in bodies:
         for c in conns_list:
-            d = summary.get((b, c, "direct"))
-            for t in TARGETS:
-                s = summary.get((b, c, t))
-                if not s:
-                    continue
-                added = None if t == "direct" or not d or s["p99"] is None else s["p99"] - d["p99"]
-                vs = {}
-                if t == "patless":
-                    for o in ("nginx", "haproxy"):
-                        os_ = summary.get((b, c, o))
-                        vs[o] = s["rps"] / os_["rps"] if os_ and os_["rps"] else None
-                p(
-                    f"| {b} | {c} | {t} | {_f(s['rps'], '{:,.0f}')} | {_f(s['p50'], '{:.3f}')} "
-                    f"| {_f(s['p99'], '{:.3f}')} | {_f(added, '{:+.3f}')} "
-                    f"| {_f(None if t == 'direct' else s['hwm_mib'], '{:.1f}')} "
-                    f"| {_f(None if t == 'direct' else s['cpu100k'], '{:.2f}')} "
-                    f"| {_f(s['up_busy'], '{:.0%}')} "
-                    f"| {_f(vs.get('nginx'), '{:.2f}×', '')} | {_f(vs.get('haproxy'), '{:.2f}×', '')} "
-                    f"| {s['bad']} | {s['overflows']} |"
-                )
+            for kind in kinds:
+                d = summary.get((b, c, "direct" + kind))
+                ng = summary.get((b, c, "nginx" + kind))
+                for base in TARGETS:
+                    t = base + kind
+                    s = summary.get((b, c, t))
+                    if not s:
+                        continue
+                    added = None if base == "direct" or not d or s["p99"] is None else s["p99"] - d["p99"]
+                    vs = {}
+                    if base == "patless":
+                        for o in PEERS:
+                            os_ = summary.get((b, c, o + kind))
+                            vs[o] = s["rps"] / os_["rps"] if os_ and os_["rps"] else None
+                    cpu_vs = None
+                    if base not in ("direct", "nginx") and ng and ng["cpu100k"] and s["cpu100k"] is not None:
+                        cpu_vs = s["cpu100k"] / ng["cpu100k"]
+                    p(
+                        f"| {b} | {c} | {t} | {_f(s['rps'], '{:,.0f}')} | {_f(s['p50'], '{:.3f}')} "
+                        f"| {_f(s['p99'], '{:.3f}')} | {_f(added, '{:+.3f}')} "
+                        f"| {_f(None if base == 'direct' else s['hwm_mib'], '{:.1f}')} "
+                        f"| {_f(None if base == 'direct' else s['cpu100k'], '{:.2f}')} "
+                        f"| {_f(cpu_vs, '{:.2f}×', '')} "
+                        f"| {_f(s['up_busy'], '{:.0%}')} "
+                        + "".join(f"| {_f(vs.get(o), '{:.2f}×', '')} " for o in PEERS)
+                        + f"| {s['bad']} | {s['overflows']} |"
+                    )
     p("")
+    if len(kinds) > 1:
+        p(
+            "*-https* rows: the same proxies forwarding to the upstream nginx's TLS port (TLS 1.3, "
+            "ECDSA P-256 certificate from a throwaway CA, verified by each proxy; upstream "
+            "keep-alive and session reuse), compared with each other and with `direct-https` "
+            "(wrk speaking TLS to the upstream itself). Clients still speak plain HTTP to the proxies."
+        )
+        p("")
     p(
         "*peak RSS* is reset to the current RSS before each run, so memory a proxy keeps from an "
         "earlier run (pooled upstream connections and their buffers) shows in later rows; "
@@ -379,20 +399,20 @@ def report(path):
         "Idle RSS (VmRSS, MiB) — before load: "
         + ", ".join(
             f"{t} {_f(idle.get((t, 'start')) and idle[(t, 'start')] / 1024, '{:.1f}')}"
-            for t in ("patless", "nginx", "haproxy")
+            for t in PROXIES
         )
         + "; after load: "
         + ", ".join(
             f"{t} {_f(idle.get((t, 'after')) and idle[(t, 'after')] / 1024, '{:.1f}')}"
-            for t in ("patless", "nginx", "haproxy")
+            for t in PROXIES
         )
     )
     p("")
     p(
-        "Upstream connections held open (keep-alive pool) — before load: "
-        + ", ".join(f"{t} {_f(pooled.get((t, 'start')), '{}')}" for t in ("patless", "nginx", "haproxy"))
+        "Upstream connections held open (keep-alive pools, plain and TLS) — before load: "
+        + ", ".join(f"{t} {_f(pooled.get((t, 'start')), '{}')}" for t in PROXIES)
         + "; 2 s after load: "
-        + ", ".join(f"{t} {_f(pooled.get((t, 'after')), '{}')}" for t in ("patless", "nginx", "haproxy"))
+        + ", ".join(f"{t} {_f(pooled.get((t, 'after')), '{}')}" for t in PROXIES)
     )
     p("")
     if backlogs:
