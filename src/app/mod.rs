@@ -300,6 +300,8 @@ impl App {
             connect_timeout: config.server.connect_timeout,
             response_header_timeout: config.server.response_header_timeout,
             max_uri_bytes: config.server.limits.max_uri_bytes,
+            upstream_http2: config.server.upstream_http2,
+            upstream_max_idle: config.server.upstream_max_idle,
         };
         let tls = tls::client_config(ca)?;
         let clients = (0..config.server.workers.max(1))

@@ -43,6 +43,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(100);
 /// `server.token_wait_timeout`: a request waiting for a token being acquired.
 pub const TOKEN_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// `server.upstream_http2`: HTTP/2 toward `https` upstreams that offer it.
+pub const UPSTREAM_HTTP2: bool = true;
+/// `server.upstream_max_idle`: idle HTTP/1.1 connections kept per upstream and worker, as
+/// nginx's `keepalive` (which the bench's nginx runs at 64).
+pub const UPSTREAM_MAX_IDLE: usize = 64;
 /// `entra.request_timeout`: one token request.
 pub const ENTRA_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -181,6 +181,10 @@ pub struct RawServer {
     pub response_header_timeout: Option<RawDuration>,
     /// How long a request waits for a token that is being acquired.
     pub token_wait_timeout: Option<RawDuration>,
+    /// Speak HTTP/2 to `https` upstreams that offer it by ALPN.
+    pub upstream_http2: Option<bool>,
+    /// Idle HTTP/1.1 connections kept per upstream and worker.
+    pub upstream_max_idle: Option<usize>,
     /// HTTP proxy for Entra and upstreams (`http://[user:password@]host:port`; `""` for none even
     /// when `HTTPS_PROXY` is set). A secret value: it may hold the proxy's password.
     pub egress_proxy: Option<SecretValue>,

@@ -64,6 +64,10 @@ pub struct ServerConfig {
     pub response_header_timeout: Duration,
     /// How long a request waits for a token acquisition in flight.
     pub token_wait_timeout: Duration,
+    /// Speak HTTP/2 to `https` upstreams that offer it.
+    pub upstream_http2: bool,
+    /// Idle HTTP/1.1 connections kept per upstream and worker.
+    pub upstream_max_idle: usize,
     /// Where refresh tokens are stored (else `$XDG_STATE_HOME/patless`).
     pub state_dir: Option<PathBuf>,
     /// The shared secret clients must send, if any.
@@ -202,6 +206,8 @@ pub(super) fn validate<'a>(
             &raw.token_wait_timeout,
             defaults::TOKEN_WAIT_TIMEOUT,
         ),
+        upstream_http2: raw.upstream_http2.unwrap_or(defaults::UPSTREAM_HTTP2),
+        upstream_max_idle: raw.upstream_max_idle.unwrap_or(defaults::UPSTREAM_MAX_IDLE),
         egress_proxy: egress_proxy(errs, raw, env),
     }
 }
@@ -424,6 +430,8 @@ impl ServerConfig {
             connect_timeout: Some(duration_text(self.connect_timeout)),
             response_header_timeout: Some(duration_text(self.response_header_timeout)),
             token_wait_timeout: Some(duration_text(self.token_wait_timeout)),
+            upstream_http2: Some(self.upstream_http2),
+            upstream_max_idle: Some(self.upstream_max_idle),
             state_dir: self.state_dir.clone(),
             inbound_token: self.inbound_token.as_ref().map(redacted_ref),
             unix_socket_mode: Some(format!("{:04o}", self.unix_socket_mode)),

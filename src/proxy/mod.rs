@@ -130,7 +130,7 @@ pub use crate::header_names::REQUEST_ID;
 /// default and the memory the same.
 pub const UPSTREAM_READ_BUF_MAX: usize = 256 * 1024;
 
-/// Timeouts toward upstreams.
+/// Timeouts and connections toward upstreams.
 #[derive(Debug, Clone, Copy)]
 pub struct ProxySettings {
     /// TCP connect.
@@ -139,13 +139,18 @@ pub struct ProxySettings {
     pub response_header_timeout: Duration,
     /// Longest request target accepted.
     pub max_uri_bytes: usize,
+    /// Offer HTTP/2 to `https` upstreams (`server.upstream_http2`).
+    pub upstream_http2: bool,
+    /// Idle HTTP/1.1 connections kept per upstream and worker (`server.upstream_max_idle`).
+    pub upstream_max_idle: usize,
 }
 
 /// How long a pooled upstream connection may sit idle before it is closed instead of reused.
 /// `run_with` sweeps the pools every quarter of it, so one left idle is closed within 75 s.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Builds the upstream client: rustls over the project's roots, HTTP/1.1, pooled keep-alive;
+/// Builds the upstream client: rustls over the project's roots, HTTP/2 where the upstream offers
+/// it (and `upstream_http2` allows), else HTTP/1.1, pooled keep-alive;
 /// `https` upstreams through the egress proxy's `CONNECT` tunnel when it applies to them (TLS
 /// still end to end to the upstream), everything else direct.
 pub fn upstream_client(
@@ -154,29 +159,42 @@ pub fn upstream_client(
     egress: Option<&crate::egress::EgressProxy>,
 ) -> UpstreamClient {
     UpstreamClient::new(
-        connector(tls, settings.connect_timeout, egress),
-        UPSTREAM_IDLE_TIMEOUT,
-        UPSTREAM_READ_BUF_MAX,
+        connector(
+            tls,
+            settings.connect_timeout,
+            egress,
+            settings.upstream_http2,
+        ),
+        pool::PoolSettings {
+            idle_timeout: UPSTREAM_IDLE_TIMEOUT,
+            max_idle: settings.upstream_max_idle,
+            max_buf: UPSTREAM_READ_BUF_MAX,
+            http2: settings.upstream_http2,
+        },
     )
 }
 
 /// TCP with `TCP_NODELAY` and the connect timeout, direct or through the egress proxy, then TLS
-/// for `https`.
+/// for `https`, offering `h2` and `http/1.1` by ALPN when `http2`.
 fn connector(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
     egress: Option<&crate::egress::EgressProxy>,
+    http2: bool,
 ) -> pool::Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     let tcp = EgressConnector::new(http, egress, connect_timeout);
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp)
+        .https_or_http();
+    if http2 {
+        https.enable_all_versions().wrap_connector(tcp)
+    } else {
+        https.enable_http1().wrap_connector(tcp)
+    }
 }
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
@@ -390,6 +408,8 @@ mod tests {
                 connect_timeout: Duration::from_secs(5),
                 response_header_timeout: Duration::from_secs(100),
                 max_uri_bytes: 8192,
+                upstream_http2: true,
+                upstream_max_idle: 64,
             },
             metrics: Arc::clone(&metrics),
         };

@@ -39,6 +39,7 @@ mod replay;
 mod request_edges;
 mod security;
 mod upstream_faults;
+mod upstream_http2;
 mod workers;
 
 // Tokens: the cache, refresh, Entra failing (and what the log says), the refresh-token store.

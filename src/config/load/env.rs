@@ -56,6 +56,8 @@ const KEYS: &[(&str, Type)] = &[
     ("server.connect_timeout", Text),
     ("server.response_header_timeout", Text),
     ("server.token_wait_timeout", Text),
+    ("server.upstream_http2", Bool),
+    ("server.upstream_max_idle", Number),
     ("server.egress_proxy", Text),
     ("server.no_proxy", List),
     ("entra.authority_host", Text),

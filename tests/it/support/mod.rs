@@ -14,6 +14,7 @@ pub mod egress;
 pub mod entra;
 pub mod fake_cli;
 pub mod faults;
+pub mod h2front;
 pub mod msi;
 pub mod patless;
 pub mod pipelines;
