@@ -1,4 +1,4 @@
-//! Step 9, the last stop: the request goes out on the worker's own upstream pool (`pool.rs`). A
+//! Step 9, the last stop: the request goes out on the worker's own upstream pool (`pool/`: HTTP/2 where the upstream offers it, else HTTP/1.1). A
 //! `Service`, so the stack above it is the same whatever sends the request (a test replaces it
 //! with `tower::service_fn`), and tower's `TimeoutLayer` bounds it with the response-header
 //! timeout.

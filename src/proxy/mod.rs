@@ -31,7 +31,7 @@
 //! 9. **replay** (`replay.rs`) — a body of known length ≤ 1 MiB is read first (replayable); any
 //!    other streams. A refused token (`challenge.rs`) is replaced (single-flight) and the request
 //!    replayed once, only when the upstream cannot have acted on it.
-//! 10. **forward** (`forward.rs`) — on the worker's own keep-alive pool (`pool.rs`), within the
+//! 10. **forward** (`forward.rs`) — on the worker's own keep-alive pool (`pool/`: HTTP/2 where the upstream offers it, else HTTP/1.1), within the
 //!     response-header timeout (tower's `TimeoutLayer`): `502 upstream_unreachable`,
 //!     `504 upstream_timeout`. The body itself has no time limit.
 //!
