@@ -7,6 +7,9 @@ client and the report. Standard library only (Python 3.8+).
                                              its descendants (nginx: master + workers)
     benchlib.py clear-hwm PID                reset VmHWM of PID and its descendants
                                              (echo 5 > /proc/P/clear_refs)
+    benchlib.py conns PID --remote-ports P,Q [--local-ports P] [--delay-ms MS]
+                                             established TCP connections of PID and its
+                                             descendants to (or accepted on) those ports
     benchlib.py sample OUT INTERVAL PID      sample summed VmRSS every INTERVAL s until killed;
                                              OUT holds "start_kb max_kb samples", rewritten each time
     benchlib.py wrk-record ...               parse a wrk --latency output into a JSON record
@@ -97,6 +100,50 @@ def proc_stat(pid):
         "hwm_kb": sum(_status_kb(p, "VmHWM") for p in pids),
         "rss_kb": sum(_status_kb(p, "VmRSS") for p in pids),
     }
+
+
+def _tcp_established(pid):
+    """(inode, local_port, remote_port) of every ESTABLISHED TCP socket in PID's network namespace
+    (/proc/PID/net/tcp and tcp6: addresses are hex ip:port, state 01 is ESTABLISHED)."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                next(f)
+                for line in f:
+                    x = line.split()
+                    if len(x) > 9 and x[3] == "01":
+                        out.append((int(x[9]), int(x[1].rsplit(":", 1)[1], 16), int(x[2].rsplit(":", 1)[1], 16)))
+        except (OSError, StopIteration, ValueError):
+            pass
+    return out
+
+
+def _socket_inodes(pids):
+    """The socket inodes open in any of PIDS (their fds' `socket:[N]` links)."""
+    inodes = set()
+    for p in pids:
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def count_conns(pid, remote_ports=(), local_ports=()):
+    """ESTABLISHED TCP connections held by PID or a descendant (nginx: master + workers) whose
+    remote port is in REMOTE_PORTS (to the upstream) or local port in LOCAL_PORTS (accepted from
+    clients). Per process tree, unlike `ss` filtered by name: the upstream nginx is not counted."""
+    mine = _socket_inodes(_descendants(pid))
+    rp, lp = set(remote_ports), set(local_ports)
+    return sum(1 for ino, l, r in _tcp_established(pid) if ino in mine and (r in rp or l in lp))
 
 
 def clear_hwm(pid):
@@ -338,6 +385,7 @@ def report(path):
             "bad": sum(r["errors"] + r["non2xx"] for r in rs),
             "overflows": sum(r.get("listen_overflows", 0) for r in rs),
             "up_busy": max((r["upstream_cpu_s"] / r["elapsed_s"] for r in rs if r.get("elapsed_s")), default=None),
+            "up_conns": _med([r.get("upstream_conns_mid") for r in rs]),
             "n": len(rs),
         }
         if summary[key]["hwm_mib"] is not None:
@@ -346,10 +394,10 @@ def report(path):
     p("")
     p(
         "| body | conns | target | req/s | p50 ms | p99 ms | p99 added over direct ms | peak RSS MiB "
-        "| CPU s / 100k req | CPU ÷ nginx | upstream busy | patless ÷ nginx | patless ÷ haproxy "
+        "| CPU s / 100k req | CPU ÷ nginx | upstream busy | upstream conns | patless ÷ nginx | patless ÷ haproxy "
         "| patless ÷ caddy | errors | listen overflows |"
     )
-    p("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    p("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     kinds = [""] + ([HTTPS] if any(k[2].endswith(HTTPS) for k in groups) else [])
     for b in bodies:
         for c in conns_list:
@@ -377,6 +425,7 @@ def report(path):
                         f"| {_f(None if base == 'direct' else s['cpu100k'], '{:.2f}')} "
                         f"| {_f(cpu_vs, '{:.2f}×', '')} "
                         f"| {_f(s['up_busy'], '{:.0%}')} "
+                        f"| {_f(s['up_conns'], '{:g}')} "
                         + "".join(f"| {_f(vs.get(o), '{:.2f}×', '')} " for o in PEERS)
                         + f"| {s['bad']} | {s['overflows']} |"
                     )
@@ -389,6 +438,12 @@ def report(path):
             "(wrk speaking TLS to the upstream itself). Clients still speak plain HTTP to the proxies."
         )
         p("")
+    p(
+        "*upstream conns*: ESTABLISHED TCP connections from the proxy's processes to the upstream's "
+        "ports (plain, TLS and h2, from `/proc/PID/net/tcp` and the processes' fds), sampled once "
+        "halfway through each run; median over rounds."
+    )
+    p("")
     p(
         "*peak RSS* is reset to the current RSS before each run, so memory a proxy keeps from an "
         "earlier run (pooled upstream connections and their buffers) shows in later rows; "
@@ -553,6 +608,11 @@ def main():
     s.add_argument("pid", type=int)
     s = sub.add_parser("clear-hwm")
     s.add_argument("pid", type=int)
+    s = sub.add_parser("conns")
+    s.add_argument("pid", type=int)
+    s.add_argument("--remote-ports", default="", help="comma-separated")
+    s.add_argument("--local-ports", default="", help="comma-separated")
+    s.add_argument("--delay-ms", type=int, default=0, help="sleep this long first")
     s = sub.add_parser("sample")
     s.add_argument("out")
     s.add_argument("interval", type=float)
@@ -595,6 +655,10 @@ def main():
         print(json.dumps(proc_stat(a.pid)))
     elif a.cmd == "clear-hwm":
         sys.exit(0 if clear_hwm(a.pid) else 1)
+    elif a.cmd == "conns":
+        time.sleep(a.delay_ms / 1000.0)
+        ports = lambda t: [int(x) for x in t.split(",") if x]
+        print(count_conns(a.pid, ports(a.remote_ports), ports(a.local_ports)))
     elif a.cmd == "sample":
         sample(a.out, a.interval, a.pid)
     elif a.cmd == "wrk-record":
