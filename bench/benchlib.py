@@ -325,6 +325,11 @@ PROXIES = TARGETS[1:]
 PEERS = ["nginx", "haproxy", "caddy"]
 # The same targets with the upstream over TLS (certificate verified): "patless-https" etc.
 HTTPS = "-https"
+# ... and over HTTP/2 (TLS, h2 by ALPN): patless, haproxy and caddy only ("patless-h2" etc.).
+H2 = "-h2"
+# The client count at which the HTTP/2 upstream target is checked (issue: ≤ 4 upstream
+# connections, req/s ≥ patless-https).
+H2_CONNS = 256
 
 
 def _med(xs):
@@ -346,6 +351,7 @@ def report(path):
     idle = {(r["target"], r["when"]): r["rss_kb"] for r in recs if r["kind"] == "idle"}
     pooled = {(r["target"], r["when"]): r.get("upstream_conns") for r in recs if r["kind"] == "idle"}
     backlogs = {r["target"]: r["backlog"] for r in recs if r["kind"] == "backlog"}
+    protos = {r["target"]: r["upstream_protocol"] for r in recs if r["kind"] == "proto"}
     out = []
     p = out.append
     p("# patless benchmark")
@@ -398,11 +404,12 @@ def report(path):
         "| patless ÷ caddy | errors | listen overflows |"
     )
     p("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    kinds = [""] + ([HTTPS] if any(k[2].endswith(HTTPS) for k in groups) else [])
+    kinds = [""] + [k for k in (HTTPS, H2) if any(g[2].endswith(k) for g in groups)]
     for b in bodies:
         for c in conns_list:
             for kind in kinds:
-                d = summary.get((b, c, "direct" + kind))
+                # No direct-h2 (wrk speaks HTTP/1.1 only): -h2 rows are set against direct-https.
+                d = summary.get((b, c, "direct" + (HTTPS if kind == H2 else kind)))
                 ng = summary.get((b, c, "nginx" + kind))
                 for base in TARGETS:
                     t = base + kind
@@ -437,6 +444,40 @@ def report(path):
             "keep-alive and session reuse), compared with each other and with `direct-https` "
             "(wrk speaking TLS to the upstream itself). Clients still speak plain HTTP to the proxies."
         )
+        p("")
+    if H2 in kinds:
+        p(
+            "*-h2* rows: the proxies that can speak HTTP/2 to an upstream (patless, haproxy, Caddy) "
+            "forwarding to the upstream nginx's third listener, TLS with h2 offered by ALPN (same "
+            "certificate, 128 concurrent streams per connection); clients still speak HTTP/1.1 to "
+            "the proxies. nginx has no -h2 row: its proxy module speaks HTTP/1.x only to "
+            "upstreams. wrk has no h2 either, so *p99 added over direct* on these rows is over "
+            "`direct-https`."
+        )
+        if protos:
+            p("")
+            p(
+                "Protocol the upstream saw (`$server_protocol`, one request each): "
+                + ", ".join(f"{t} {v}" for t, v in protos.items() if t.endswith(H2))
+                + "; every other proxied target "
+                + (
+                    "HTTP/1.1"
+                    if all(v == "HTTP/1.1" for t, v in protos.items() if not t.endswith(H2))
+                    else ", ".join(f"{t} {v}" for t, v in protos.items() if not t.endswith(H2))
+                )
+                + "."
+            )
+        p("")
+        for b in bodies:
+            c = H2_CONNS if H2_CONNS in conns_list else max(conns_list)
+            a, o = summary.get((b, c, "patless" + H2)), summary.get((b, c, "patless" + HTTPS))
+            if not a:
+                continue
+            r = a["rps"] / o["rps"] if o and o["rps"] and a["rps"] else None
+            p(
+                f"- {b}: patless-h2 at {c} conns: {_f(a['up_conns'], '{:g}')} upstream connections, "
+                f"{_f(a['rps'], '{:,.0f}')} req/s = {_f(r, '{:.2f}×')} patless-https"
+            )
         p("")
     p(
         "*upstream conns*: ESTABLISHED TCP connections from the proxy's processes to the upstream's "
@@ -588,6 +629,17 @@ def report(path):
                     f"{r['token_requests']} token request(s), {r['ok']}/{r['n']} 200s",
                 )
             )
+    for b in bodies:
+        c = H2_CONNS if H2_CONNS in conns_list else None
+        a, o = summary.get((b, c, "patless" + H2)), summary.get((b, c, "patless" + HTTPS))
+        if not a:
+            continue
+        n = a["up_conns"]
+        checks.append(
+            (f"h2 upstream, {c} conns ({b}): ≤ 4 upstream connections", n is not None and n <= 4, _f(n, "{:g}"))
+        )
+        r = a["rps"] / o["rps"] if o and o["rps"] and a["rps"] else None
+        checks.append((f"h2 upstream, {c} conns ({b}): req/s ≥ patless-https", r is not None and r >= 1, _f(r, "{:.2f}×")))
     p("| target | holds | measured |")
     p("| --- | --- | --- |")
     for name, ok, val in checks:
