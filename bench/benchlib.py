@@ -14,6 +14,8 @@ client and the report. Standard library only (Python 3.8+).
                                              OUT holds "start_kb max_kb samples", rewritten each time
     benchlib.py wrk-record ...               parse a wrk --latency output into a JSON record
     benchlib.py coldstart ...                N concurrent first requests; JSON result
+    benchlib.py idle ...                     N idle keep-alive connections to a proxy, one request
+                                             on each, the proxy's RSS at each step; JSON result
     benchlib.py criterion LOG                criterion's output → JSON lines {name, ns}
     benchlib.py report JSONL                 the markdown report
 """
@@ -23,6 +25,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -317,6 +320,122 @@ async def _coldstart(host, port, n, path, wait_s, since, timeout, release_url, s
 
 
 # ---------------------------------------------------------------------------------------------
+# idle keep-alive connections
+# ---------------------------------------------------------------------------------------------
+
+
+def _raise_nofile(want):
+    """Lift this process's open-files limit to WANT (the hard one too, where allowed: root)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return soft
+    for lim in ((want, max(want, hard)), (min(want, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, lim)
+            return lim[0]
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def nofile_limit(pid):
+    """The soft open-files limit of PID (/proc/PID/limits), or None."""
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    v = line.split()[3]
+                    return None if v == "unlimited" else int(v)
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+async def _idle(pid, host, port, n, path, up_ports, settle, later, open_conc, req_conc, timeout):
+    """Opens N keep-alive connections to HOST:PORT (OPEN_CONC connects at a time), holds them,
+    then sends one GET PATH on each (REQ_CONC at a time) and holds them again, reading the RSS of
+    PID (summed over its process tree) at each step."""
+    limit = _raise_nofile(n * 2 + 100)
+    if limit < n + 50:
+        raise SystemExit(f"idle: open-files limit {limit} is too low for {n} connections")
+    rss = lambda: proc_stat(pid)["rss_kb"]
+    r = {"n": n, "port": port, "path": path, "proxy_nofile": nofile_limit(pid)}
+    r["accepted_before"] = count_conns(pid, local_ports=[port])
+    r["rss_before_kb"] = rss()
+
+    sem = asyncio.Semaphore(open_conc)
+
+    async def connect():
+        async with sem:
+            try:
+                return await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            except (OSError, asyncio.TimeoutError):
+                return None
+
+    t0 = time.perf_counter()
+    conns = [c for c in await asyncio.gather(*[connect() for _ in range(n)]) if c]
+    r["open_ms"] = (time.perf_counter() - t0) * 1000
+    r["open_failed"] = n - len(conns)
+    await asyncio.sleep(settle)
+    # Accepted by the proxy (its fds), not merely queued in the kernel's accept queue.
+    r["accepted"] = count_conns(pid, local_ports=[port]) - r["accepted_before"]
+    r["rss_open_kb"] = rss()
+    r["closed_before_request"] = sum(1 for rd, _ in conns if rd.at_eof())
+
+    req = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-idle\r\n"
+        "Accept: */*\r\n\r\n"
+    ).encode()
+    sem = asyncio.Semaphore(req_conc)
+
+    async def one(rd, w):
+        async with sem:
+            try:
+                w.write(req)
+                await w.drain()
+                head = await asyncio.wait_for(rd.readuntil(b"\r\n\r\n"), 30)
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split()[1])
+                cl = [int(l.split(":", 1)[1]) for l in lines[1:] if l.lower().startswith("content-length:")]
+                if not cl:
+                    return -1  # not a Content-Length answer: not what /ado/small gives
+                await asyncio.wait_for(rd.readexactly(cl[0]), 30)
+                return status
+            except (OSError, ValueError, IndexError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                return 0
+
+    t0 = time.perf_counter()
+    statuses = await asyncio.wait_for(asyncio.gather(*[one(rd, w) for rd, w in conns]), timeout)
+    r["requests_ms"] = (time.perf_counter() - t0) * 1000
+    r["statuses"] = {}
+    for st in statuses:
+        r["statuses"][str(st)] = r["statuses"].get(str(st), 0) + 1
+    r["ok"] = r["statuses"].get("200", 0)
+    await asyncio.sleep(settle)
+    r["rss_req_kb"] = rss()
+    r["upstream_conns_req"] = count_conns(pid, remote_ports=up_ports)
+    await asyncio.sleep(later)
+    r["rss_req_later_kb"] = rss()
+    r["upstream_conns_req_later"] = count_conns(pid, remote_ports=up_ports)
+    r["settle_s"], r["later_s"] = settle, settle + later
+    # Connections the proxy closed while they sat idle after a 200 (EOF seen by the client).
+    r["closed_while_idle"] = sum(1 for (rd, _), st in zip(conns, statuses) if st == 200 and rd.at_eof())
+    r["failures"] = r["open_failed"] + (len(conns) - r["ok"]) + r["closed_while_idle"]
+
+    for _, w in conns:
+        w.close()
+    # Until the proxy has seen them go: its accepted connections on PORT back to where they were.
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 30:
+        if count_conns(pid, local_ports=[port]) <= r["accepted_before"]:
+            break
+        await asyncio.sleep(0.2)
+    r["close_seen_ms"] = (time.perf_counter() - t0) * 1000
+    r["rss_closed_kb"] = rss()
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
 
@@ -330,6 +449,11 @@ H2 = "-h2"
 # The client count at which the HTTP/2 upstream target is checked (issue: ≤ 4 upstream
 # connections, req/s ≥ patless-https).
 H2_CONNS = 256
+
+
+def idle_per_conn(r, key):
+    """KiB of RSS per held connection at reading KEY, over the RSS before they were opened."""
+    return (r[key] - r["rss_before_kb"]) / r["n"] if r.get(key) is not None and r["n"] else None
 
 
 def _med(xs):
@@ -520,6 +644,54 @@ def report(path):
         )
         p("")
 
+    # ---- idle keep-alive connections
+    held = {r["target"]: r for r in recs if r["kind"] == "idle_conns"}
+    if held:
+        n = max(r["n"] for r in held.values())
+        p(f"## Idle keep-alive connections ({n:,} held open)")
+        p("")
+        p(
+            "| target | RSS before MiB | accepted | KiB/conn before first request "
+            "| KiB/conn after one request, 2 s | KiB/conn after one request, 7 s "
+            "| upstream conns after | failures |"
+        )
+        p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for t in PROXIES:
+            r = held.get(t)
+            if not r:
+                continue
+            bad = r["failures"]
+            why = []
+            if r["open_failed"]:
+                why.append(f"{r['open_failed']} not opened")
+            non200 = {k: v for k, v in r["statuses"].items() if k != "200"}
+            if non200:
+                why.append("answers " + ", ".join(f"{k}: {v}" for k, v in sorted(non200.items())))
+            if r["closed_while_idle"]:
+                why.append(f"{r['closed_while_idle']} closed while idle")
+            p(
+                f"| {t} | {r['rss_before_kb'] / 1024:.1f} | {r['accepted']:,} "
+                f"| {_f(idle_per_conn(r, 'rss_open_kb'), '{:.1f}')} "
+                f"| {_f(idle_per_conn(r, 'rss_req_kb'), '{:.1f}')} "
+                f"| {_f(idle_per_conn(r, 'rss_req_later_kb'), '{:.1f}')} "
+                f"| {r.get('upstream_conns_req_later', '–')} "
+                f"| {bad}{' (' + '; '.join(why) + ')' if why else ''} |"
+            )
+        p("")
+        p(
+            "Each proxy in turn, after the wrk runs, on its plain-HTTP listener: its RSS (`VmRSS`, "
+            "summed over its processes: nginx's master and workers) is read, N keep-alive "
+            "connections are opened and held 2 s (*before first request*), then one "
+            "`GET /ado/small` is sent on each (64 in flight at a time) and every answer read, and "
+            "the connections are held 2 s and 7 s more (*after one request*). KiB/conn is (RSS "
+            "then − RSS before opening) ÷ N, so it includes whatever else the proxy grew, such as "
+            "the upstream connections it pooled for those requests (*upstream conns after*, at 7 s). "
+            "*accepted*: connections in the proxy's own fds 2 s after opening (not merely queued "
+            "by the kernel). *failures*: not opened, not answered 200, or closed by the proxy "
+            "while idle."
+        )
+        p("")
+
     # ---- streaming
     stream = [r for r in recs if r["kind"] == "stream"]
     if stream:
@@ -640,6 +812,14 @@ def report(path):
         )
         r = a["rps"] / o["rps"] if o and o["rps"] and a["rps"] else None
         checks.append((f"h2 upstream, {c} conns ({b}): req/s ≥ patless-https", r is not None and r >= 1, _f(r, "{:.2f}×")))
+    r = held.get("patless")
+    if r:
+        for key, when in (("rss_open_kb", "before first request"), ("rss_req_later_kb", "7 s after one request")):
+            k = idle_per_conn(r, key)
+            checks.append(
+                (f"idle keep-alive RSS ≤ 4 KiB per connection ({when}, {r['n']:,} held)", k is not None and k <= 4 and r["failures"] == 0,
+                 f"{_f(k, '{:.1f} KiB')}, {r['failures']} failures")
+            )
     p("| target | holds | measured |")
     p("| --- | --- | --- |")
     for name, ok, val in checks:
@@ -686,7 +866,22 @@ def main():
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--release-url", default="")
     s.add_argument("--settle-ms", type=float, default=200)
+    s = sub.add_parser("idle")
+    s.add_argument("--pid", type=int, required=True, help="the proxy (RSS summed over its children)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--n", type=int, default=4000)
+    s.add_argument("--path", default="/ado/small")
+    s.add_argument("--up-ports", default="", help="the upstream's ports, comma-separated")
+    s.add_argument("--settle", type=float, default=2, help="s held before each RSS reading")
+    s.add_argument("--later", type=float, default=5, help="s more before the last reading")
+    s.add_argument("--open-concurrency", type=int, default=200)
+    s.add_argument("--request-concurrency", type=int, default=64)
+    s.add_argument("--timeout", type=float, default=90)
+    s.add_argument("--fields", default="{}", help="JSON merged into the record")
     s = sub.add_parser("summary")
+    s.add_argument("json")
+    s = sub.add_parser("idle-summary")
     s.add_argument("json")
     s = sub.add_parser("criterion")
     s.add_argument("log")
@@ -732,6 +927,25 @@ def main():
             )
         )
         print(json.dumps(r))
+    elif a.cmd == "idle":
+        r = asyncio.run(
+            _idle(
+                a.pid, a.host, a.port, a.n, a.path, [int(x) for x in a.up_ports.split(",") if x],
+                a.settle, a.later, a.open_concurrency, a.request_concurrency, a.timeout,
+            )
+        )
+        r.update(json.loads(a.fields))
+        r["kind"] = "idle_conns"
+        print(json.dumps(r))
+    elif a.cmd == "idle-summary":
+        r = json.loads(a.json)
+        print(
+            f"RSS {r['rss_before_kb'] / 1024:.1f} MiB; {r['accepted']} accepted; KiB/conn "
+            f"{idle_per_conn(r, 'rss_open_kb'):.1f} before a request, "
+            f"{idle_per_conn(r, 'rss_req_kb'):.1f} / {idle_per_conn(r, 'rss_req_later_kb'):.1f} "
+            f"2 s / 7 s after one; {r['ok']} × 200, {r['failures']} failures, "
+            f"upstream conns {r['upstream_conns_req_later']}, closes seen in {r['close_seen_ms']:.0f} ms"
+        )
     elif a.cmd == "summary":
         r = json.loads(a.json)
         rps = r.get("rps") or 0
