@@ -7,7 +7,7 @@ client and the report. Standard library only (Python 3.8+).
                                              its descendants (nginx: master + workers)
     benchlib.py clear-hwm PID                reset VmHWM of PID and its descendants
                                              (echo 5 > /proc/P/clear_refs)
-    benchlib.py conns PID --remote-ports P,Q [--local-ports P] [--delay-ms MS]
+    benchlib.py conns PID --remote-ports P,Q [--local-ports P] [--delay-ms MS] [--own-port P]
                                              established TCP connections of PID and its
                                              descendants to (or accepted on) those ports
     benchlib.py sample OUT INTERVAL PID      sample summed VmRSS every INTERVAL s until killed;
@@ -604,9 +604,11 @@ def report(path):
             )
         p("")
     p(
-        "*upstream conns*: ESTABLISHED TCP connections from the proxy's processes to the upstream's "
-        "ports (plain, TLS and h2, from `/proc/PID/net/tcp` and the processes' fds), sampled once "
-        "halfway through each run; median over rounds."
+        "*upstream conns*: ESTABLISHED TCP connections from the proxy's processes to the upstream "
+        "port the row forwards to (plain, TLS or h2; from `/proc/PID/net/tcp` and the processes' "
+        "fds), sampled once halfway through each run; median over rounds. Connections pooled by "
+        "earlier rows to the other ports are not counted here (`upstream_conns_mid_all` in "
+        "`latest.jsonl` has all of them)."
     )
     p("")
     p(
@@ -629,7 +631,7 @@ def report(path):
     )
     p("")
     p(
-        "Upstream connections held open (keep-alive pools, plain and TLS) — before load: "
+        "Upstream connections held open (keep-alive pools, plain, TLS and h2) — before load: "
         + ", ".join(f"{t} {_f(pooled.get((t, 'start')), '{}')}" for t in PROXIES)
         + "; 2 s after load: "
         + ", ".join(f"{t} {_f(pooled.get((t, 'after')), '{}')}" for t in PROXIES)
@@ -845,6 +847,7 @@ def main():
     s.add_argument("--remote-ports", default="", help="comma-separated")
     s.add_argument("--local-ports", default="", help="comma-separated")
     s.add_argument("--delay-ms", type=int, default=0, help="sleep this long first")
+    s.add_argument("--own-port", type=int, help='print "OWN ALL": to this port, to all of them')
     s = sub.add_parser("sample")
     s.add_argument("out")
     s.add_argument("interval", type=float)
@@ -905,7 +908,10 @@ def main():
     elif a.cmd == "conns":
         time.sleep(a.delay_ms / 1000.0)
         ports = lambda t: [int(x) for x in t.split(",") if x]
-        print(count_conns(a.pid, ports(a.remote_ports), ports(a.local_ports)))
+        if a.own_port:
+            print(count_conns(a.pid, [a.own_port]), count_conns(a.pid, ports(a.remote_ports)))
+        else:
+            print(count_conns(a.pid, ports(a.remote_ports), ports(a.local_ports)))
     elif a.cmd == "sample":
         sample(a.out, a.interval, a.pid)
     elif a.cmd == "wrk-record":
