@@ -681,7 +681,9 @@ def report(path):
             )
         p("")
         p(
-            "Each proxy in turn, after the wrk runs, on its plain-HTTP listener: its RSS (`VmRSS`, "
+            "A fresh instance of each proxy in turn (restarted with its config after the other "
+            "tests, so that it has no freed memory from them to reuse), on its plain-HTTP "
+            "listener, after one request: its RSS (`VmRSS`, "
             "summed over its processes: nginx's master and workers) is read, N keep-alive "
             "connections are opened and held 2 s (*before first request*), then one "
             "`GET /ado/small` is sent on each (64 in flight at a time) and every answer read, and "
