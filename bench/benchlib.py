@@ -655,9 +655,9 @@ def report(path):
         p(
             "| target | RSS before MiB | accepted | KiB/conn before first request "
             "| KiB/conn after one request, 2 s | KiB/conn after one request, 7 s "
-            "| upstream conns after | failures |"
+            "| upstream conns after | RSS after closing MiB | failures |"
         )
-        p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for t in PROXIES:
             r = held.get(t)
             if not r:
@@ -677,6 +677,7 @@ def report(path):
                 f"| {_f(idle_per_conn(r, 'rss_req_kb'), '{:.1f}')} "
                 f"| {_f(idle_per_conn(r, 'rss_req_later_kb'), '{:.1f}')} "
                 f"| {r.get('upstream_conns_req_later', '–')} "
+                f"| {_f(r.get('rss_closed_kb') and r['rss_closed_kb'] / 1024, '{:.1f}')} "
                 f"| {bad}{' (' + '; '.join(why) + ')' if why else ''} |"
             )
         p("")
@@ -691,7 +692,8 @@ def report(path):
             "then − RSS before opening) ÷ N, so it includes whatever else the proxy grew, such as "
             "the upstream connections it pooled for those requests (*upstream conns after*, at 7 s). "
             "*accepted*: connections in the proxy's own fds 2 s after opening (not merely queued "
-            "by the kernel). *failures*: not opened, not answered 200, or closed by the proxy "
+            "by the kernel). *RSS after closing*: once the proxy has seen every connection close "
+            "(what it keeps). *failures*: not opened, not answered 200, or closed by the proxy "
             "while idle."
         )
         p("")
