@@ -7,10 +7,15 @@ client and the report. Standard library only (Python 3.8+).
                                              its descendants (nginx: master + workers)
     benchlib.py clear-hwm PID                reset VmHWM of PID and its descendants
                                              (echo 5 > /proc/P/clear_refs)
+    benchlib.py conns PID --remote-ports P,Q [--local-ports P] [--delay-ms MS] [--own-port P]
+                                             established TCP connections of PID and its
+                                             descendants to (or accepted on) those ports
     benchlib.py sample OUT INTERVAL PID      sample summed VmRSS every INTERVAL s until killed;
                                              OUT holds "start_kb max_kb samples", rewritten each time
     benchlib.py wrk-record ...               parse a wrk --latency output into a JSON record
     benchlib.py coldstart ...                N concurrent first requests; JSON result
+    benchlib.py idle ...                     N idle keep-alive connections to a proxy, one request
+                                             on each, the proxy's RSS at each step; JSON result
     benchlib.py criterion LOG                criterion's output → JSON lines {name, ns}
     benchlib.py report JSONL                 the markdown report
 """
@@ -20,6 +25,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -97,6 +103,50 @@ def proc_stat(pid):
         "hwm_kb": sum(_status_kb(p, "VmHWM") for p in pids),
         "rss_kb": sum(_status_kb(p, "VmRSS") for p in pids),
     }
+
+
+def _tcp_established(pid):
+    """(inode, local_port, remote_port) of every ESTABLISHED TCP socket in PID's network namespace
+    (/proc/PID/net/tcp and tcp6: addresses are hex ip:port, state 01 is ESTABLISHED)."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                next(f)
+                for line in f:
+                    x = line.split()
+                    if len(x) > 9 and x[3] == "01":
+                        out.append((int(x[9]), int(x[1].rsplit(":", 1)[1], 16), int(x[2].rsplit(":", 1)[1], 16)))
+        except (OSError, StopIteration, ValueError):
+            pass
+    return out
+
+
+def _socket_inodes(pids):
+    """The socket inodes open in any of PIDS (their fds' `socket:[N]` links)."""
+    inodes = set()
+    for p in pids:
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def count_conns(pid, remote_ports=(), local_ports=()):
+    """ESTABLISHED TCP connections held by PID or a descendant (nginx: master + workers) whose
+    remote port is in REMOTE_PORTS (to the upstream) or local port in LOCAL_PORTS (accepted from
+    clients). Per process tree, unlike `ss` filtered by name: the upstream nginx is not counted."""
+    mine = _socket_inodes(_descendants(pid))
+    rp, lp = set(remote_ports), set(local_ports)
+    return sum(1 for ino, l, r in _tcp_established(pid) if ino in mine and (r in rp or l in lp))
 
 
 def clear_hwm(pid):
@@ -270,6 +320,122 @@ async def _coldstart(host, port, n, path, wait_s, since, timeout, release_url, s
 
 
 # ---------------------------------------------------------------------------------------------
+# idle keep-alive connections
+# ---------------------------------------------------------------------------------------------
+
+
+def _raise_nofile(want):
+    """Lift this process's open-files limit to WANT (the hard one too, where allowed: root)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return soft
+    for lim in ((want, max(want, hard)), (min(want, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, lim)
+            return lim[0]
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def nofile_limit(pid):
+    """The soft open-files limit of PID (/proc/PID/limits), or None."""
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    v = line.split()[3]
+                    return None if v == "unlimited" else int(v)
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+async def _idle(pid, host, port, n, path, up_ports, settle, later, open_conc, req_conc, timeout):
+    """Opens N keep-alive connections to HOST:PORT (OPEN_CONC connects at a time), holds them,
+    then sends one GET PATH on each (REQ_CONC at a time) and holds them again, reading the RSS of
+    PID (summed over its process tree) at each step."""
+    limit = _raise_nofile(n * 2 + 100)
+    if limit < n + 50:
+        raise SystemExit(f"idle: open-files limit {limit} is too low for {n} connections")
+    rss = lambda: proc_stat(pid)["rss_kb"]
+    r = {"n": n, "port": port, "path": path, "proxy_nofile": nofile_limit(pid)}
+    r["accepted_before"] = count_conns(pid, local_ports=[port])
+    r["rss_before_kb"] = rss()
+
+    sem = asyncio.Semaphore(open_conc)
+
+    async def connect():
+        async with sem:
+            try:
+                return await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            except (OSError, asyncio.TimeoutError):
+                return None
+
+    t0 = time.perf_counter()
+    conns = [c for c in await asyncio.gather(*[connect() for _ in range(n)]) if c]
+    r["open_ms"] = (time.perf_counter() - t0) * 1000
+    r["open_failed"] = n - len(conns)
+    await asyncio.sleep(settle)
+    # Accepted by the proxy (its fds), not merely queued in the kernel's accept queue.
+    r["accepted"] = count_conns(pid, local_ports=[port]) - r["accepted_before"]
+    r["rss_open_kb"] = rss()
+    r["closed_before_request"] = sum(1 for rd, _ in conns if rd.at_eof())
+
+    req = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-idle\r\n"
+        "Accept: */*\r\n\r\n"
+    ).encode()
+    sem = asyncio.Semaphore(req_conc)
+
+    async def one(rd, w):
+        async with sem:
+            try:
+                w.write(req)
+                await w.drain()
+                head = await asyncio.wait_for(rd.readuntil(b"\r\n\r\n"), 30)
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split()[1])
+                cl = [int(l.split(":", 1)[1]) for l in lines[1:] if l.lower().startswith("content-length:")]
+                if not cl:
+                    return -1  # not a Content-Length answer: not what /ado/small gives
+                await asyncio.wait_for(rd.readexactly(cl[0]), 30)
+                return status
+            except (OSError, ValueError, IndexError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                return 0
+
+    t0 = time.perf_counter()
+    statuses = await asyncio.wait_for(asyncio.gather(*[one(rd, w) for rd, w in conns]), timeout)
+    r["requests_ms"] = (time.perf_counter() - t0) * 1000
+    r["statuses"] = {}
+    for st in statuses:
+        r["statuses"][str(st)] = r["statuses"].get(str(st), 0) + 1
+    r["ok"] = r["statuses"].get("200", 0)
+    await asyncio.sleep(settle)
+    r["rss_req_kb"] = rss()
+    r["upstream_conns_req"] = count_conns(pid, remote_ports=up_ports)
+    await asyncio.sleep(later)
+    r["rss_req_later_kb"] = rss()
+    r["upstream_conns_req_later"] = count_conns(pid, remote_ports=up_ports)
+    r["settle_s"], r["later_s"] = settle, settle + later
+    # Connections the proxy closed while they sat idle after a 200 (EOF seen by the client).
+    r["closed_while_idle"] = sum(1 for (rd, _), st in zip(conns, statuses) if st == 200 and rd.at_eof())
+    r["failures"] = r["open_failed"] + (len(conns) - r["ok"]) + r["closed_while_idle"]
+
+    for _, w in conns:
+        w.close()
+    # Until the proxy has seen them go: its accepted connections on PORT back to where they were.
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 30:
+        if count_conns(pid, local_ports=[port]) <= r["accepted_before"]:
+            break
+        await asyncio.sleep(0.2)
+    r["close_seen_ms"] = (time.perf_counter() - t0) * 1000
+    r["rss_closed_kb"] = rss()
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
 
@@ -278,6 +444,16 @@ PROXIES = TARGETS[1:]
 PEERS = ["nginx", "haproxy", "caddy"]
 # The same targets with the upstream over TLS (certificate verified): "patless-https" etc.
 HTTPS = "-https"
+# ... and over HTTP/2 (TLS, h2 by ALPN): patless, haproxy and caddy only ("patless-h2" etc.).
+H2 = "-h2"
+# The client count at which the HTTP/2 upstream target is checked (issue: ≤ 4 upstream
+# connections, req/s ≥ patless-https).
+H2_CONNS = 256
+
+
+def idle_per_conn(r, key):
+    """KiB of RSS per held connection at reading KEY, over the RSS before they were opened."""
+    return (r[key] - r["rss_before_kb"]) / r["n"] if r.get(key) is not None and r["n"] else None
 
 
 def _med(xs):
@@ -299,6 +475,7 @@ def report(path):
     idle = {(r["target"], r["when"]): r["rss_kb"] for r in recs if r["kind"] == "idle"}
     pooled = {(r["target"], r["when"]): r.get("upstream_conns") for r in recs if r["kind"] == "idle"}
     backlogs = {r["target"]: r["backlog"] for r in recs if r["kind"] == "backlog"}
+    protos = {r["target"]: r["upstream_protocol"] for r in recs if r["kind"] == "proto"}
     out = []
     p = out.append
     p("# patless benchmark")
@@ -338,6 +515,7 @@ def report(path):
             "bad": sum(r["errors"] + r["non2xx"] for r in rs),
             "overflows": sum(r.get("listen_overflows", 0) for r in rs),
             "up_busy": max((r["upstream_cpu_s"] / r["elapsed_s"] for r in rs if r.get("elapsed_s")), default=None),
+            "up_conns": _med([r.get("upstream_conns_mid") for r in rs]),
             "n": len(rs),
         }
         if summary[key]["hwm_mib"] is not None:
@@ -346,15 +524,16 @@ def report(path):
     p("")
     p(
         "| body | conns | target | req/s | p50 ms | p99 ms | p99 added over direct ms | peak RSS MiB "
-        "| CPU s / 100k req | CPU ÷ nginx | upstream busy | patless ÷ nginx | patless ÷ haproxy "
+        "| CPU s / 100k req | CPU ÷ nginx | upstream busy | upstream conns | patless ÷ nginx | patless ÷ haproxy "
         "| patless ÷ caddy | errors | listen overflows |"
     )
-    p("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    kinds = [""] + ([HTTPS] if any(k[2].endswith(HTTPS) for k in groups) else [])
+    p("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    kinds = [""] + [k for k in (HTTPS, H2) if any(g[2].endswith(k) for g in groups)]
     for b in bodies:
         for c in conns_list:
             for kind in kinds:
-                d = summary.get((b, c, "direct" + kind))
+                # No direct-h2 (wrk speaks HTTP/1.1 only): -h2 rows are set against direct-https.
+                d = summary.get((b, c, "direct" + (HTTPS if kind == H2 else kind)))
                 ng = summary.get((b, c, "nginx" + kind))
                 for base in TARGETS:
                     t = base + kind
@@ -377,6 +556,7 @@ def report(path):
                         f"| {_f(None if base == 'direct' else s['cpu100k'], '{:.2f}')} "
                         f"| {_f(cpu_vs, '{:.2f}×', '')} "
                         f"| {_f(s['up_busy'], '{:.0%}')} "
+                        f"| {_f(s['up_conns'], '{:g}')} "
                         + "".join(f"| {_f(vs.get(o), '{:.2f}×', '')} " for o in PEERS)
                         + f"| {s['bad']} | {s['overflows']} |"
                     )
@@ -389,6 +569,48 @@ def report(path):
             "(wrk speaking TLS to the upstream itself). Clients still speak plain HTTP to the proxies."
         )
         p("")
+    if H2 in kinds:
+        p(
+            "*-h2* rows: the proxies that can speak HTTP/2 to an upstream (patless, haproxy, Caddy) "
+            "forwarding to the upstream nginx's third listener, TLS with h2 offered by ALPN (same "
+            "certificate, 128 concurrent streams per connection); clients still speak HTTP/1.1 to "
+            "the proxies. nginx has no -h2 row: its proxy module speaks HTTP/1.x only to "
+            "upstreams. wrk has no h2 either, so *p99 added over direct* on these rows is over "
+            "`direct-https`."
+        )
+        if protos:
+            p("")
+            p(
+                "Protocol the upstream saw (`$server_protocol`, one request each): "
+                + ", ".join(f"{t} {v}" for t, v in protos.items() if t.endswith(H2))
+                + "; every other proxied target "
+                + (
+                    "HTTP/1.1"
+                    if all(v == "HTTP/1.1" for t, v in protos.items() if not t.endswith(H2))
+                    else ", ".join(f"{t} {v}" for t, v in protos.items() if not t.endswith(H2))
+                )
+                + "."
+            )
+        p("")
+        for b in bodies:
+            c = H2_CONNS if H2_CONNS in conns_list else max(conns_list)
+            a, o = summary.get((b, c, "patless" + H2)), summary.get((b, c, "patless" + HTTPS))
+            if not a:
+                continue
+            r = a["rps"] / o["rps"] if o and o["rps"] and a["rps"] else None
+            p(
+                f"- {b}: patless-h2 at {c} conns: {_f(a['up_conns'], '{:g}')} upstream connections, "
+                f"{_f(a['rps'], '{:,.0f}')} req/s = {_f(r, '{:.2f}×')} patless-https"
+            )
+        p("")
+    p(
+        "*upstream conns*: ESTABLISHED TCP connections from the proxy's processes to the upstream "
+        "port the row forwards to (plain, TLS or h2; from `/proc/PID/net/tcp` and the processes' "
+        "fds), sampled once halfway through each run; median over rounds. Connections pooled by "
+        "earlier rows to the other ports are not counted here (`upstream_conns_mid_all` in "
+        "`latest.jsonl` has all of them)."
+    )
+    p("")
     p(
         "*peak RSS* is reset to the current RSS before each run, so memory a proxy keeps from an "
         "earlier run (pooled upstream connections and their buffers) shows in later rows; "
@@ -409,7 +631,7 @@ def report(path):
     )
     p("")
     p(
-        "Upstream connections held open (keep-alive pools, plain and TLS) — before load: "
+        "Upstream connections held open (keep-alive pools, plain, TLS and h2) — before load: "
         + ", ".join(f"{t} {_f(pooled.get((t, 'start')), '{}')}" for t in PROXIES)
         + "; 2 s after load: "
         + ", ".join(f"{t} {_f(pooled.get((t, 'after')), '{}')}" for t in PROXIES)
@@ -421,6 +643,58 @@ def report(path):
             + ", ".join(f"{t} {backlogs[t]}" for t in TARGETS if t in backlogs)
             + ". *listen overflows* is the kernel's system-wide `TcpExtListenOverflows` over a row's runs: "
             "other programs on the machine can add to it."
+        )
+        p("")
+
+    # ---- idle keep-alive connections
+    held = {r["target"]: r for r in recs if r["kind"] == "idle_conns"}
+    if held:
+        n = max(r["n"] for r in held.values())
+        p(f"## Idle keep-alive connections ({n:,} held open)")
+        p("")
+        p(
+            "| target | RSS before MiB | accepted | KiB/conn before first request "
+            "| KiB/conn after one request, 2 s | KiB/conn after one request, 7 s "
+            "| upstream conns after | RSS after closing MiB | failures |"
+        )
+        p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for t in PROXIES:
+            r = held.get(t)
+            if not r:
+                continue
+            bad = r["failures"]
+            why = []
+            if r["open_failed"]:
+                why.append(f"{r['open_failed']} not opened")
+            non200 = {k: v for k, v in r["statuses"].items() if k != "200"}
+            if non200:
+                why.append("answers " + ", ".join(f"{k}: {v}" for k, v in sorted(non200.items())))
+            if r["closed_while_idle"]:
+                why.append(f"{r['closed_while_idle']} closed while idle")
+            p(
+                f"| {t} | {r['rss_before_kb'] / 1024:.1f} | {r['accepted']:,} "
+                f"| {_f(idle_per_conn(r, 'rss_open_kb'), '{:.1f}')} "
+                f"| {_f(idle_per_conn(r, 'rss_req_kb'), '{:.1f}')} "
+                f"| {_f(idle_per_conn(r, 'rss_req_later_kb'), '{:.1f}')} "
+                f"| {r.get('upstream_conns_req_later', '–')} "
+                f"| {_f(r.get('rss_closed_kb') and r['rss_closed_kb'] / 1024, '{:.1f}')} "
+                f"| {bad}{' (' + '; '.join(why) + ')' if why else ''} |"
+            )
+        p("")
+        p(
+            "A fresh instance of each proxy in turn (restarted with its config after the other "
+            "tests, so that it has no freed memory from them to reuse), on its plain-HTTP "
+            "listener, after one request: its RSS (`VmRSS`, "
+            "summed over its processes: nginx's master and workers) is read, N keep-alive "
+            "connections are opened and held 2 s (*before first request*), then one "
+            "`GET /ado/small` is sent on each (64 in flight at a time) and every answer read, and "
+            "the connections are held 2 s and 7 s more (*after one request*). KiB/conn is (RSS "
+            "then − RSS before opening) ÷ N, so it includes whatever else the proxy grew, such as "
+            "the upstream connections it pooled for those requests (*upstream conns after*, at 7 s). "
+            "*accepted*: connections in the proxy's own fds 2 s after opening (not merely queued "
+            "by the kernel). *RSS after closing*: once the proxy has seen every connection close "
+            "(what it keeps). *failures*: not opened, not answered 200, or closed by the proxy "
+            "while idle."
         )
         p("")
 
@@ -533,6 +807,25 @@ def report(path):
                     f"{r['token_requests']} token request(s), {r['ok']}/{r['n']} 200s",
                 )
             )
+    for b in bodies:
+        c = H2_CONNS if H2_CONNS in conns_list else None
+        a, o = summary.get((b, c, "patless" + H2)), summary.get((b, c, "patless" + HTTPS))
+        if not a:
+            continue
+        n = a["up_conns"]
+        checks.append(
+            (f"h2 upstream, {c} conns ({b}): ≤ 4 upstream connections", n is not None and n <= 4, _f(n, "{:g}"))
+        )
+        r = a["rps"] / o["rps"] if o and o["rps"] and a["rps"] else None
+        checks.append((f"h2 upstream, {c} conns ({b}): req/s ≥ patless-https", r is not None and r >= 1, _f(r, "{:.2f}×")))
+    r = held.get("patless")
+    if r:
+        for key, when in (("rss_open_kb", "before first request"), ("rss_req_later_kb", "7 s after one request")):
+            k = idle_per_conn(r, key)
+            checks.append(
+                (f"idle keep-alive RSS ≤ 4 KiB per connection ({when}, {r['n']:,} held)", k is not None and k <= 4 and r["failures"] == 0,
+                 f"{_f(k, '{:.1f} KiB')}, {r['failures']} failures")
+            )
     p("| target | holds | measured |")
     p("| --- | --- | --- |")
     for name, ok, val in checks:
@@ -553,6 +846,12 @@ def main():
     s.add_argument("pid", type=int)
     s = sub.add_parser("clear-hwm")
     s.add_argument("pid", type=int)
+    s = sub.add_parser("conns")
+    s.add_argument("pid", type=int)
+    s.add_argument("--remote-ports", default="", help="comma-separated")
+    s.add_argument("--local-ports", default="", help="comma-separated")
+    s.add_argument("--delay-ms", type=int, default=0, help="sleep this long first")
+    s.add_argument("--own-port", type=int, help='print "OWN ALL": to this port, to all of them')
     s = sub.add_parser("sample")
     s.add_argument("out")
     s.add_argument("interval", type=float)
@@ -574,7 +873,22 @@ def main():
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--release-url", default="")
     s.add_argument("--settle-ms", type=float, default=200)
+    s = sub.add_parser("idle")
+    s.add_argument("--pid", type=int, required=True, help="the proxy (RSS summed over its children)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--n", type=int, default=4000)
+    s.add_argument("--path", default="/ado/small")
+    s.add_argument("--up-ports", default="", help="the upstream's ports, comma-separated")
+    s.add_argument("--settle", type=float, default=2, help="s held before each RSS reading")
+    s.add_argument("--later", type=float, default=5, help="s more before the last reading")
+    s.add_argument("--open-concurrency", type=int, default=200)
+    s.add_argument("--request-concurrency", type=int, default=64)
+    s.add_argument("--timeout", type=float, default=90)
+    s.add_argument("--fields", default="{}", help="JSON merged into the record")
     s = sub.add_parser("summary")
+    s.add_argument("json")
+    s = sub.add_parser("idle-summary")
     s.add_argument("json")
     s = sub.add_parser("criterion")
     s.add_argument("log")
@@ -595,6 +909,13 @@ def main():
         print(json.dumps(proc_stat(a.pid)))
     elif a.cmd == "clear-hwm":
         sys.exit(0 if clear_hwm(a.pid) else 1)
+    elif a.cmd == "conns":
+        time.sleep(a.delay_ms / 1000.0)
+        ports = lambda t: [int(x) for x in t.split(",") if x]
+        if a.own_port:
+            print(count_conns(a.pid, [a.own_port]), count_conns(a.pid, ports(a.remote_ports)))
+        else:
+            print(count_conns(a.pid, ports(a.remote_ports), ports(a.local_ports)))
     elif a.cmd == "sample":
         sample(a.out, a.interval, a.pid)
     elif a.cmd == "wrk-record":
@@ -616,6 +937,25 @@ def main():
             )
         )
         print(json.dumps(r))
+    elif a.cmd == "idle":
+        r = asyncio.run(
+            _idle(
+                a.pid, a.host, a.port, a.n, a.path, [int(x) for x in a.up_ports.split(",") if x],
+                a.settle, a.later, a.open_concurrency, a.request_concurrency, a.timeout,
+            )
+        )
+        r.update(json.loads(a.fields))
+        r["kind"] = "idle_conns"
+        print(json.dumps(r))
+    elif a.cmd == "idle-summary":
+        r = json.loads(a.json)
+        print(
+            f"RSS {r['rss_before_kb'] / 1024:.1f} MiB; {r['accepted']} accepted; KiB/conn "
+            f"{idle_per_conn(r, 'rss_open_kb'):.1f} before a request, "
+            f"{idle_per_conn(r, 'rss_req_kb'):.1f} / {idle_per_conn(r, 'rss_req_later_kb'):.1f} "
+            f"2 s / 7 s after one; {r['ok']} × 200, {r['failures']} failures, "
+            f"upstream conns {r['upstream_conns_req_later']}, closes seen in {r['close_seen_ms']:.0f} ms"
+        )
     elif a.cmd == "summary":
         r = json.loads(a.json)
         rps = r.get("rps") or 0
