@@ -227,6 +227,7 @@ impl Running {
     /// The proxy listener, on `workers` threads of its own or on the calling runtime.
     async fn serve_proxy(&self, listener: Listener, workers: Option<usize>) {
         tracing::info!(listen = %listener.describe(), "proxy listening");
+        raise_open_files_limit(self.limits.max_connections);
         // The handler of worker `w`: its requests run on that worker's stack and upstream pool.
         let handler = |w: usize| {
             let current = Arc::clone(&self.current);
@@ -330,5 +331,48 @@ impl Running {
         );
         tokio::time::sleep(delay).await;
         grace
+    }
+}
+
+/// Open files a process needs besides its client connections: upstream connections, the
+/// listeners, config and state files.
+const OTHER_FILES: u64 = 256;
+
+/// Raises the soft open-files limit (`ulimit -n`: 1,024 in many shells and systemd units) as far
+/// as `server.max_connections` needs, within the hard limit, as Go programs and nginx's
+/// `worker_rlimit_nofile` do; warns when the hard limit is too low. Past the limit, accepting
+/// fails and clients wait in the backlog instead of getting the connection limit's JSON 503.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let needed = max_connections as u64 + OTHER_FILES;
+    let limit = getrlimit(Resource::Nofile);
+    let Some(soft) = limit.current else {
+        return; // unlimited
+    };
+    if soft >= needed {
+        return;
+    }
+    let raised = limit.maximum.map_or(needed, |hard| hard.min(needed));
+    let now = match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(raised),
+            maximum: limit.maximum,
+        },
+    ) {
+        Ok(()) => raised,
+        Err(_) => soft,
+    };
+    if now < needed {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = now,
+            "server.max_connections is {max_connections}, but this process may open only {now} \
+             files (client and upstream connections, files): raise the limit to at least \
+             {needed} (`ulimit -Hn`, systemd `LimitNOFILE={needed}`) or lower \
+             server.max_connections"
+        );
+    } else {
+        tracing::debug!(from = soft, to = now, "open-files limit raised");
     }
 }
