@@ -135,8 +135,10 @@ where
                 r = conn => if let Err(e) = r {
                     tracing::debug!(listener = name, "connection ended: {e}");
                 },
-                why = watchdog::watch(clock, head, idle) => {
-                    tracing::debug!(listener = name, "connection closed: {why} passed");
+                alarm = watchdog::watch(clock, head, idle, None) => {
+                    if let watchdog::Alarm::Passed(why) = alarm {
+                        tracing::debug!(listener = name, "connection closed: {why} passed");
+                    }
                 }
             }
             drop(slot);
