@@ -225,6 +225,9 @@ async fn refuse_busy(stream: &mut Box<dyn Io>) {
 }
 
 #[cfg(test)]
+mod conn_tests;
+
+#[cfg(test)]
 mod tests {
     use super::mark_sensitive;
     use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
