@@ -105,7 +105,7 @@ async fn parked<H>(
     );
     // Held `&mut`: `dyn Io` is `Send`, not `Sync`.
     let socket = &mut io.io;
-    shared.parked.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted::new(&shared.parked);
     let arrived = tokio::select! {
         biased;
         _ = stop.changed() => None,
@@ -123,7 +123,6 @@ async fn parked<H>(
             None
         }
     };
-    shared.parked.fetch_sub(1, Ordering::Relaxed);
     match arrived {
         Some(bytes) => {
             io.pre = bytes;
@@ -142,13 +141,29 @@ fn poll_first_bytes(io: &dyn Io, cx: &mut Context<'_>) -> Poll<io::Result<Option
             return Poll::Ready(Err(e));
         }
         // Most request heads whole, on the stack for the moment of the read.
-        let mut probe = [0u8; 1024];
+        let mut probe = [0u8; 4096];
         match io.try_read(&mut probe) {
             Ok(0) => return Poll::Ready(Ok(None)),
             Ok(n) => return Poll::Ready(Ok(Some(Bytes::copy_from_slice(&probe[..n])))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Poll::Ready(Err(e)),
         }
+    }
+}
+
+/// One more in a count for as long as it lives (a task ended at the grace's end included).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Counted<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
