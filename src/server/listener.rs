@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -134,8 +135,33 @@ impl StdStream {
     }
 }
 
-pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+/// An accepted connection's stream, whatever its kind.
+pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {
+    /// Ready once a read may not block. A false positive is possible (tokio takes an accepted
+    /// stream for readable until a read finds otherwise): [`Io::try_read`] tells.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Reads what is there without waiting (`WouldBlock` when nothing is, which also clears the
+    /// readiness).
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl Io for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_read(self, buf)
+    }
+}
+
+impl Io for tokio::net::UnixStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::UnixStream::poll_read_ready(self, cx)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::net::UnixStream::try_read(self, buf)
+    }
+}
 
 /// The next connection, or `Err(grace)` once `shutdown` resolves. A failed accept (EMFILE and
 /// friends) is logged and followed by a short pause: the listener keeps serving.

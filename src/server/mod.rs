@@ -1,8 +1,10 @@
 //! Serving HTTP/1.1: the accept loop and graceful shutdown (here), on worker threads
 //! (`workers.rs`), over TCP or Unix-socket listeners (`listener.rs`), with per-connection clocks
-//! for slow and idle clients (`watchdog.rs`). What is served is a handler function: the proxy's
-//! stack, or the admin and identity endpoints (`app/`).
+//! for slow and idle clients (`watchdog.rs`), each connection served by hyper only while it has
+//! something to serve (`conn.rs`). What is served is a handler function: the proxy's stack, or the
+//! admin and identity endpoints (`app/`).
 
+mod conn;
 mod listener;
 pub mod watchdog;
 mod workers;
@@ -16,8 +18,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioTimer;
 
 use crate::config::Limits;
 use listener::{next_accepted, Io};
@@ -39,7 +40,21 @@ pub async fn serve<H, F, RB>(
     RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     RB::Error: Into<crate::proxy::BoxError>,
 {
-    let server = ConnServer::new(handler, limits, name);
+    accept_loop(listener, ConnServer::new(handler, limits, name), shutdown).await;
+}
+
+/// [`serve`], with its connections' server made.
+async fn accept_loop<H, F, RB>(
+    listener: Listener,
+    server: ConnServer<H>,
+    shutdown: impl Future<Output = Duration>,
+) where
+    H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<RB>> + Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<crate::proxy::BoxError>,
+{
+    let (limits, name) = (server.shared.limits, server.name());
     let mut conns = Connections::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -59,13 +74,10 @@ pub async fn serve<H, F, RB>(
     conns.drain(grace, name).await;
 }
 
-/// How connections are served: hyper's settings and the request handler.
+/// How connections are served: hyper's settings and the request handler, shared by every
+/// connection (an `Arc` each: the handler is no longer cloned into each connection).
 pub(super) struct ConnServer<H> {
-    builder: Arc<http1::Builder>,
-    sensitive: Arc<[http::HeaderName]>,
-    handler: H,
-    limits: Limits,
-    name: &'static str,
+    shared: Arc<conn::Shared<H>>,
 }
 
 impl<H, F, RB> ConnServer<H>
@@ -84,17 +96,25 @@ where
             .max_buf_size(limits.max_header_bytes)
             .keep_alive(true);
         ConnServer {
-            builder: Arc::new(builder),
-            // The proxy's stack marks them itself (`proxy::sensitive`), as its first stop.
-            sensitive: if name == "proxy" {
-                Arc::new([])
-            } else {
-                Arc::new(crate::proxy::sensitive::REQUEST.clone())
-            },
-            handler,
-            limits,
-            name,
+            shared: Arc::new(conn::Shared {
+                builder,
+                // The proxy's stack marks them itself (`proxy::sensitive`), as its first stop.
+                sensitive: if name == "proxy" {
+                    Box::new([])
+                } else {
+                    Box::new(crate::proxy::sensitive::REQUEST.clone())
+                },
+                handler,
+                limits,
+                name,
+                parked: std::sync::atomic::AtomicUsize::new(0),
+            }),
         }
+    }
+
+    /// The listener's name, for logs.
+    fn name(&self) -> &'static str {
+        self.shared.name
     }
 
     /// Serves one accepted connection on the current runtime, holding `slot` until it closes
@@ -106,39 +126,10 @@ where
         slot: tokio::sync::OwnedSemaphorePermit,
         open: Option<Arc<std::sync::atomic::AtomicUsize>>,
     ) {
-        let name = self.name;
-        let clock = watchdog::ConnClock::new();
-        let io = TokioIo::new(watchdog::Watched::new(io, Arc::clone(&clock)));
-        let h = self.handler.clone();
-        let req_clock = Arc::clone(&clock);
-        // Credentials a client sends (a leftover PAT, the inbound token) and the one patless
-        // injects are marked sensitive before anything can trace them.
-        let sensitive = Arc::clone(&self.sensitive);
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            if !sensitive.is_empty() {
-                mark_sensitive(req.headers_mut(), &sensitive);
-            }
-            let in_flight = req_clock.request_started();
-            let fut = h(req);
-            async move {
-                let resp = fut.await;
-                Ok::<_, std::convert::Infallible>(
-                    resp.map(|b| watchdog::TrackedBody::new(b, in_flight)),
-                )
-            }
-        });
-        let conn = self.builder.serve_connection(io, svc);
-        let conn = conns.graceful.watch(conn);
-        let (head, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
+        let shared = Arc::clone(&self.shared);
+        let stop = conns.stop.subscribe();
         conns.set.spawn(async move {
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(listener = name, "connection ended: {e}");
-                },
-                why = watchdog::watch(clock, head, idle) => {
-                    tracing::debug!(listener = name, "connection closed: {why} passed");
-                }
-            }
+            conn::run(shared, io, stop).await;
             drop(slot);
             if let Some(open) = open {
                 open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -155,7 +146,10 @@ fn mark_sensitive(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
 
 /// The open connections of one runtime, and their graceful shutdown.
 pub(super) struct Connections {
-    graceful: GracefulShutdown,
+    /// Tells every connection to finish: hyper's graceful shutdown for one it serves, a close for
+    /// a parked one. Each connection holds a receiver until it closes. (hyper-util's
+    /// `GracefulShutdown` is this channel, but watches hyper's connection futures only.)
+    stop: tokio::sync::watch::Sender<()>,
     // Every connection's task, so the ones still open when the grace runs out can be ended.
     set: tokio::task::JoinSet<()>,
 }
@@ -163,7 +157,7 @@ pub(super) struct Connections {
 impl Default for Connections {
     fn default() -> Self {
         Connections {
-            graceful: GracefulShutdown::new(),
+            stop: tokio::sync::watch::Sender::new(()),
             set: tokio::task::JoinSet::new(),
         }
     }
@@ -199,7 +193,8 @@ impl Connections {
     }
 
     async fn drain_quietly(mut self, grace: Duration, name: &'static str) {
-        if tokio::time::timeout(grace, self.graceful.shutdown())
+        self.stop.send_replace(());
+        if tokio::time::timeout(grace, self.stop.closed())
             .await
             .is_err()
         {
@@ -228,6 +223,9 @@ async fn refuse_busy(stream: &mut Box<dyn Io>) {
     })
     .await;
 }
+
+#[cfg(test)]
+mod conn_tests;
 
 #[cfg(test)]
 mod tests {

@@ -150,7 +150,7 @@ impl Worker {
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = Arc::clone(&open);
-        let name = server.name;
+        let name = server.name();
         let thread = std::thread::Builder::new()
             .name(format!("patless-{name}-{index}"))
             .spawn(move || {

@@ -32,6 +32,7 @@ mod support;
 // The proxy's road: routing, injection, answers, refusals, faults.
 mod egress_proxy;
 mod host_routes;
+mod idle_connections;
 mod paging;
 mod path_props;
 mod proxy;
