@@ -22,13 +22,19 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # The slim Rust image has gcc and libc6-dev: enough for aws-lc-sys (rustls' crypto), which
-# compiles its C with the cc crate (no cmake or clang needed on x86_64/aarch64 Linux).
+# compiles its C with the cc crate (no cmake or clang needed on x86_64/aarch64 Linux). jemalloc
+# (the allocator, src/main.rs) builds with configure and make.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 ENV CARGO_TERM_COLOR=never \
     CARGO_PROFILE_RELEASE_STRIP=symbols
 
 # 1. Dependencies only, from the manifest and lock file, with stub sources: this layer is reused
 #    as long as Cargo.toml and Cargo.lock do not change.
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's compiled-in settings ([env] JEMALLOC_SYS_WITH_MALLOC_CONF).
+COPY .cargo ./.cargo
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
