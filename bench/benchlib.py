@@ -767,46 +767,33 @@ def report(path):
         p("")
 
     # ---- targets
-    p("## Targets (issue, point 4)")
+    p("## Targets")
+    p("")
+    p("Issue 26's targets first, then the earlier ones (bench/README.md, \"Against the targets\").")
     p("")
     checks = []
 
-    def ratio(c, other, body="small"):
-        a, o = summary.get((body, c, "patless")), summary.get((body, c, other))
+    def ratio(c, target, other, body="small"):
+        a, o = summary.get((body, c, target)), summary.get((body, c, other))
         return a["rps"] / o["rps"] if a and o and a["rps"] and o["rps"] else None
 
-    for c, want in ((64, 1.1), (1, 1.0), (256, 1.0)):
-        r = ratio(c, "nginx")
-        checks.append((f"req/s at {c} conns ≥ {want}× nginx (small body)", r is not None and r >= want, _f(r, "{:.2f}×")))
-    for b in bodies:
+    for c in (64, 256):
+        r = ratio(c, "patless" + HTTPS, "nginx" + HTTPS)
+        if r is not None:
+            checks.append((f"HTTPS upstream, small, {c} conns: ≥ 1.05× nginx", r >= 1.05, _f(r, "{:.2f}×")))
+    r = ratio(64, "patless", "nginx")
+    checks.append(("plain upstream, small, 64 conns: ≥ 1.0× nginx", r is not None and r >= 1.0, _f(r, "{:.2f}×")))
+    for suffix in ("", HTTPS):
         for c in conns_list:
-            a, o = summary.get((b, c, "patless")), summary.get((b, c, "nginx"))
-            if a and o and a["p99"] is not None and o["p99"] is not None:
-                checks.append(
-                    (f"p99 ≤ nginx's ({b}, {c} conns)", a["p99"] <= o["p99"], f"{a['p99']:.3f} vs {o['p99']:.3f} ms")
-                )
-    i = idle.get(("patless", "start"))
-    checks.append(("idle RSS ≤ 12 MiB", i is not None and i / 1024 <= 12, _f(i and i / 1024, "{:.1f} MiB")))
-    h = max((summary[k]["hwm_mib"] for k in summary if k[1] == 256 and k[2] == "patless" and summary[k]["hwm_mib"]), default=None)
-    checks.append(("peak RSS at 256 conns ≤ 32 MiB", h is not None and h <= 32, _f(h, "{:.1f} MiB")))
-    if stream:
-        for dr in ("upload", "download"):
-            d = _med([r["speed_Bps"] for r in sg.get((dr, "direct"), [])])
-            rs = sg.get((dr, "patless"), [])
-            sp = _med([r["speed_Bps"] for r in rs])
-            r = sp / d if sp and d else None
-            checks.append((f"{dr} ≥ 90% of direct", r is not None and r >= 0.9, _f(r, "{:.0%}")))
-            g = max(((x["rss_max_kb"] - x["rss_start_kb"]) / 1024 for x in rs), default=None)
-            checks.append((f"{dr}: RSS growth ≤ 8 MiB", g is not None and g <= 8, _f(g, "{:.1f} MiB")))
-    if cold:
-        for r in cold:
-            checks.append(
-                (
-                    f"cold start ({r['mode']}): one token request, all 200",
-                    r["token_requests"] == 1 and r["ok"] == r["n"],
-                    f"{r['token_requests']} token request(s), {r['ok']}/{r['n']} 200s",
-                )
-            )
+            a, o = summary.get(("small", c, "patless" + suffix)), summary.get(("small", c, "nginx" + suffix))
+            if a and o and a["cpu100k"] and o["cpu100k"]:
+                r = a["cpu100k"] / o["cpu100k"]
+                where = "HTTPS" if suffix else "plain"
+                checks.append((f"CPU per request ≤ 1.1× nginx ({where}, small, {c} conns)", r <= 1.1,
+                               f"{r:.2f}× ({a['cpu100k']:.2f} vs {o['cpu100k']:.2f} s / 100k)"))
+    a = summary.get(("64k", 256, "patless"))
+    h = a["hwm_mib"] if a else None
+    checks.append(("peak RSS ≤ 32 MiB at 256 conns, 64 KiB bodies (plain upstream)", h is not None and h <= 32, _f(h, "{:.1f} MiB")))
     for b in bodies:
         c = H2_CONNS if H2_CONNS in conns_list else None
         a, o = summary.get((b, c, "patless" + H2)), summary.get((b, c, "patless" + HTTPS))
@@ -825,6 +812,37 @@ def report(path):
             checks.append(
                 (f"idle keep-alive RSS ≤ 4 KiB per connection ({when}, {r['n']:,} held)", k is not None and k <= 4 and r["failures"] == 0,
                  f"{_f(k, '{:.1f} KiB')}, {r['failures']} failures")
+            )
+    # The earlier targets.
+    for c, want in ((1, 1.0), (256, 1.0)):
+        r = ratio(c, "patless", "nginx")
+        checks.append((f"(earlier) req/s at {c} conns ≥ {want}× nginx (small body)", r is not None and r >= want, _f(r, "{:.2f}×")))
+    for b in bodies:
+        for c in conns_list:
+            a, o = summary.get((b, c, "patless")), summary.get((b, c, "nginx"))
+            if a and o and a["p99"] is not None and o["p99"] is not None:
+                checks.append(
+                    (f"(earlier) p99 ≤ nginx's ({b}, {c} conns)", a["p99"] <= o["p99"], f"{a['p99']:.3f} vs {o['p99']:.3f} ms")
+                )
+    i = idle.get(("patless", "start"))
+    checks.append(("(earlier) idle RSS ≤ 12 MiB", i is not None and i / 1024 <= 12, _f(i and i / 1024, "{:.1f} MiB")))
+    if stream:
+        for dr in ("upload", "download"):
+            d = _med([r["speed_Bps"] for r in sg.get((dr, "direct"), [])])
+            rs = sg.get((dr, "patless"), [])
+            sp = _med([r["speed_Bps"] for r in rs])
+            r = sp / d if sp and d else None
+            checks.append((f"(earlier) {dr} ≥ 90% of direct", r is not None and r >= 0.9, _f(r, "{:.0%}")))
+            g = max(((x["rss_max_kb"] - x["rss_start_kb"]) / 1024 for x in rs), default=None)
+            checks.append((f"(earlier) {dr}: RSS growth ≤ 8 MiB", g is not None and g <= 8, _f(g, "{:.1f} MiB")))
+    if cold:
+        for r in cold:
+            checks.append(
+                (
+                    f"(earlier) cold start ({r['mode']}): one token request, all 200",
+                    r["token_requests"] == 1 and r["ok"] == r["n"],
+                    f"{r['token_requests']} token request(s), {r['ok']}/{r['n']} 200s",
+                )
             )
     p("| target | holds | measured |")
     p("| --- | --- | --- |")
