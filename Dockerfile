@@ -23,9 +23,9 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # The slim Rust image has gcc and libc6-dev: enough for aws-lc-sys (rustls' crypto), which
 # compiles its C with the cc crate (no cmake or clang needed on x86_64/aarch64 Linux). jemalloc
-# (the allocator, src/main.rs) builds with configure and make.
+# (the allocator, src/main.rs) builds with configure and make (bookworm's, pinned).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
+    && apt-get install -y --no-install-recommends make=4.3-4.1 \
     && rm -rf /var/lib/apt/lists/*
 ENV CARGO_TERM_COLOR=never \
     CARGO_PROFILE_RELEASE_STRIP=symbols
