@@ -31,8 +31,8 @@
 //! served; whether RSS falls is the allocator's choice. glibc's malloc keeps freed memory of its
 //! thread arenas unless it is at the top of a heap, so after a burst of requests on many
 //! connections RSS stays near the burst's peak until `malloc_trim` (measured: 14.5 KiB per
-//! connection, 2.5 KiB after `malloc_trim`; an allocator that returns freed pages, such as
-//! jemalloc with a 1 s decay, gives 2.5 KiB without it).
+//! connection, 2.5 KiB after `malloc_trim`). So the binary uses jemalloc with a 1 s decay
+//! (src/main.rs), which gives 2.5 KiB without it.
 
 use std::future::Future;
 use std::io;
