@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::{ready, Either, Ready};
-use http::{header, HeaderMap, Method, Request, Uri};
+use http::{header, HeaderMap, HeaderName, Method, Request, Uri};
 use tower::{Layer, Service};
 
 use super::rescue::Rejection;
@@ -124,14 +124,20 @@ pub(crate) fn parse_host(host: &str) -> Option<(&str, Option<&str>)> {
     name_ok.then_some((name, port))
 }
 
+/// Named once: a name given as a string is parsed at each lookup.
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 /// Whether `host` (a `Host` value, any case) is a loopback name or one of `allowed` (lower-case,
 /// with or without port).
 pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
-    let host = host.to_ascii_lowercase();
-    let Some((name, _)) = parse_host(&host) else {
+    // Compared without case rather than lower-cased: no copy per request.
+    let Some((name, _)) = parse_host(host) else {
         return false;
     };
-    hosts::is_loopback(name) || allowed.iter().any(|a| *a == host || a == name)
+    hosts::is_loopback(name)
+        || allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
 }
 
 impl std::fmt::Debug for InboundPolicy {
@@ -215,7 +221,7 @@ impl InboundPolicy {
     /// `Ok`, or `cross_site_request` for a request a browser marks as cross-site or sends from an
     /// `Origin` not in `allowed_origins`.
     pub fn check_browser(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        if let Some(site) = headers.get("sec-fetch-site") {
+        if let Some(site) = headers.get(&SEC_FETCH_SITE) {
             if matches!(site.as_bytes(), b"cross-site" | b"same-site") {
                 return Err(ProxyError::CrossSiteRequest);
             }

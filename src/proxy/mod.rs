@@ -216,8 +216,30 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let is_hop =
         |n: &HeaderName| HOP_BY_HOP.contains(n) || *n == KEEP_ALIVE || *n == PROXY_CONNECTION;
-    // Most messages carry none (or only `Connection`): one pass over the names, no lookups.
-    if !headers.keys().any(is_hop) {
+    // Most messages carry none, or only `Connection`: one pass over the names, no lookups.
+    let (mut connection, mut others) = (false, false);
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if is_hop(name) {
+            others = true;
+        }
+    }
+    if !connection && !others {
+        return;
+    }
+    // Nearly every upstream answer: `Connection: keep-alive` alone, which lists no other header.
+    let lists_nothing = || {
+        headers.get_all(header::CONNECTION).iter().all(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .all(|t| t.is_empty() || t.eq_ignore_ascii_case(KEEP_ALIVE.as_str()))
+            })
+        })
+    };
+    if !others && lists_nothing() {
+        headers.remove(header::CONNECTION);
         return;
     }
     let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| is_hop(n)).cloned().collect();
@@ -539,6 +561,19 @@ mod tests {
         assert!(metrics
             .render()
             .contains(r#"patless_requests_total{route="none",status="500"} 1"#));
+    }
+
+    #[test]
+    fn an_upstream_s_connection_keep_alive_alone_goes_and_nothing_else() {
+        for value in ["keep-alive", "Keep-Alive", " keep-alive , "] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(value));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert!(h.get(header::CONNECTION).is_none(), "{value:?}");
+            assert_eq!(h.len(), 2, "{value:?}: {h:?}");
+        }
     }
 
     #[test]
