@@ -325,10 +325,7 @@ impl UpstreamClient {
     fn checkout(&self, scheme: &Scheme, authority: &Authority, may_h2: bool) -> Found {
         let now = Instant::now();
         let mut hosts = lock(&self.hosts);
-        let Some(host) = hosts
-            .iter_mut()
-            .find(|h| h.authority == *authority && h.scheme == *scheme)
-        else {
+        let Some(host) = hosts.iter_mut().find(|h| h.is(scheme, authority)) else {
             if !may_h2 {
                 return Found::Open;
             }
@@ -430,6 +427,15 @@ impl UpstreamClient {
 }
 
 impl HostPool {
+    /// Whether it holds the connections to this upstream. A route's requests carry clones of
+    /// the route's own `Authority`, so the same bytes are usually recognised by address, before
+    /// the case-blind comparison.
+    fn is(&self, scheme: &Scheme, authority: &Authority) -> bool {
+        let (mine, theirs) = (self.authority.as_str(), authority.as_str());
+        let same = std::ptr::eq(mine, theirs) || self.authority == *authority;
+        same && self.scheme == *scheme
+    }
+
     /// The pending opening to share, made if there is none.
     fn wait_for_new(&mut self) -> Found {
         let pending = self
@@ -445,10 +451,7 @@ fn host_mut<'a>(
     scheme: &Scheme,
     authority: &Authority,
 ) -> &'a mut HostPool {
-    let i = match hosts
-        .iter()
-        .position(|h| h.authority == *authority && h.scheme == *scheme)
-    {
+    let i = match hosts.iter().position(|h| h.is(scheme, authority)) {
         Some(i) => i,
         None => {
             hosts.push(HostPool {
