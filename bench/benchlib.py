@@ -991,7 +991,7 @@ def main():
     elif a.cmd == "summary":
         r = json.loads(a.json)
         rps = r.get("rps") or 0
-        print(f"{rps:,.0f} req/s, p50 {r.get('p50_ms')} ms, p99 {r.get('p99_ms')} ms, "
+        print(f"{rps:,.0f} req/s, p50 {_f(r.get('p50_ms'), '{:.3g}')} ms, p99 {_f(r.get('p99_ms'), '{:.3g}')} ms, "
               f"errors {r.get('errors', 0) + r.get('non2xx', 0)}")
     elif a.cmd == "criterion":
         for r in parse_criterion(open(a.log, errors="replace").read()):
