@@ -18,6 +18,7 @@ pub mod h2front;
 pub mod msi;
 pub mod patless;
 pub mod pipelines;
+pub mod raw;
 pub mod sandbox;
 pub mod upstream;
 
