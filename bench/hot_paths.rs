@@ -233,6 +233,7 @@ fn header_rewrite(c: &mut Criterion) {
     let token = runtime
         .block_on(routed.target.entry.get())
         .unwrap_or_else(|e| panic!("warm-up: {e}"));
+    let token = routed.target.token_slot.copy_of(&token);
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
     // The real layer (`proxy::rewrite`) over an upstream that answers at once: the request head
     // rewritten, the call, and the answer's way back (hop-by-hop strip, route on the answer,
@@ -350,6 +351,7 @@ fn per_request(c: &mut Criterion) {
     let token = runtime
         .block_on(routed.target.entry.get())
         .unwrap_or_else(|e| panic!("warm-up: {e}"));
+    let token = routed.target.token_slot.copy_of(&token);
     let mut headers = client_headers();
     rewrite_request_headers(&mut headers, &routed.target, &token);
     let mut req = http::Request::builder()
@@ -368,11 +370,11 @@ fn per_request(c: &mut Criterion) {
     g.bench_function("metrics_observe", |b| {
         b.iter(|| {
             metrics
-                .requests
+                .requests()
                 .with_label_values(&[black_box("/ado"), black_box("200")])
                 .inc();
             metrics
-                .request_duration
+                .request_duration()
                 .with_label_values(&[black_box("/ado")])
                 .observe(started.elapsed().as_secs_f64());
         })

@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use prometheus::IntCounterVec;
+
+use crate::metrics::Metrics;
 
 /// The `kind` label of a response body that failed after its headers.
 pub const KIND: &str = "body";
@@ -22,17 +23,19 @@ pin_project! {
         #[pin]
         inner: B,
         // Taken at the first error: counted once, however often the body is polled after.
-        errors: Option<(IntCounterVec, Arc<str>)>,
+        // The worker's own `Arc`s: cloning a shared one per answer would write a count that
+        // the other cores write too.
+        errors: Option<(Arc<Metrics>, Arc<str>)>,
     }
 }
 
 impl<B> CountedBody<B> {
-    /// Wraps `inner`, counting its error in `errors` (`patless_upstream_errors_total`) under
+    /// Wraps `inner`, counting its error in `metrics` (`patless_upstream_errors_total`) under
     /// the route label `route`.
-    pub fn new(inner: B, errors: IntCounterVec, route: Arc<str>) -> Self {
+    pub fn new(inner: B, metrics: Arc<Metrics>, route: Arc<str>) -> Self {
         CountedBody {
             inner,
-            errors: Some((errors, route)),
+            errors: Some((metrics, route)),
         }
     }
 }
@@ -52,8 +55,11 @@ where
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Err(e))) = &polled {
-            if let Some((errors, route)) = this.errors.take() {
-                errors.with_label_values(&[&*route, KIND]).inc();
+            if let Some((metrics, route)) = this.errors.take() {
+                metrics
+                    .upstream_errors
+                    .with_label_values(&[&*route, KIND])
+                    .inc();
                 tracing::warn!(
                     route = %route,
                     "the upstream's answer broke off mid-body; the client's connection is closed \
@@ -79,12 +85,15 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full, StreamBody};
 
-    fn counter() -> IntCounterVec {
-        crate::metrics::Metrics::new(prometheus::Registry::new()).upstream_errors
+    fn counter() -> Arc<Metrics> {
+        Arc::new(Metrics::new(prometheus::Registry::new()))
     }
 
-    fn count(errors: &IntCounterVec) -> u64 {
-        errors.with_label_values(&["/r", KIND]).get()
+    fn count(metrics: &Metrics) -> u64 {
+        metrics
+            .upstream_errors
+            .with_label_values(&["/r", KIND])
+            .get()
     }
 
     #[tokio::test]
@@ -97,7 +106,7 @@ mod tests {
         ];
         let mut body = CountedBody::new(
             StreamBody::new(futures_util::stream::iter(frames)),
-            errors.clone(),
+            Arc::clone(&errors),
             Arc::from("/r"),
         );
         let first = body.frame().await.expect("a frame").expect("data");
@@ -110,7 +119,8 @@ mod tests {
         assert_eq!(count(&errors), 1);
         assert!(body.frame().await.expect("an item").is_err());
         assert_eq!(count(&errors), 1, "counted once per body");
-        assert_eq!(errors.with_label_values(&["/other", KIND]).get(), 0);
+        let other = errors.upstream_errors.with_label_values(&["/other", KIND]);
+        assert_eq!(other.get(), 0);
     }
 
     #[tokio::test]
@@ -118,7 +128,7 @@ mod tests {
         let errors = counter();
         let body = CountedBody::new(
             Full::new(Bytes::from_static(b"hello")),
-            errors.clone(),
+            Arc::clone(&errors),
             Arc::from("/r"),
         );
         // The exact size survives, so hyper still sends Content-Length.

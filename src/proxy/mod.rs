@@ -324,9 +324,15 @@ pub struct Proxy {
     /// cross threads twice.
     clients: Box<[Arc<UpstreamClient>]>,
     /// Each worker's stack, over its own pool and its own copies of the shared state (so the
-    /// reference counts a request touches stay on its core). Only that worker locks it.
-    stacks: Box<[Mutex<Stack<forward::Forward>>]>,
+    /// reference counts a request touches stay on its core). Only that worker locks it, and each
+    /// sits on cache lines of its own: a lock taken per request must not share a line with
+    /// another worker's stack.
+    stacks: Box<[OwnLines<Mutex<Stack<forward::Forward>>>]>,
 }
+
+/// A value on cache lines of its own (128 bytes: x86's adjacent-line prefetch pairs lines).
+#[repr(align(128))]
+struct OwnLines<T>(T);
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -350,14 +356,18 @@ impl Proxy {
         let clients: Box<[Arc<UpstreamClient>]> = clients.into_iter().map(Arc::new).collect();
         let stacks = clients
             .iter()
-            .map(|client| {
+            .enumerate()
+            .map(|(i, client)| {
                 let parts = StackParts {
                     router: Arc::new(router.for_worker()),
                     inbound: Arc::new(inbound.clone()),
                     settings,
-                    metrics: Arc::new(metrics.clone()),
+                    metrics: Arc::new(metrics.for_worker(i)),
                 };
-                Mutex::new(stack(parts, forward::Forward::new(Arc::clone(client))))
+                OwnLines(Mutex::new(stack(
+                    parts,
+                    forward::Forward::new(Arc::clone(client)),
+                )))
             })
             .collect();
         Proxy {
@@ -388,7 +398,7 @@ impl Proxy {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResponseBody>> + Send>> {
         let i = worker % self.stacks.len();
         let answer = {
-            let mut svc = match self.stacks[i].lock() {
+            let mut svc = match self.stacks[i].0.lock() {
                 Ok(svc) => svc,
                 Err(poisoned) => poisoned.into_inner(),
             };

@@ -113,11 +113,11 @@ pub fn observe(
     let cached = target.and_then(|t| t.metrics.as_deref());
     match cached {
         Some(m) if status == StatusCode::OK => {
-            m.ok.get_or_init(|| metrics.requests.with_label_values(&[route, "200"]))
+            m.ok.get_or_init(|| metrics.requests().with_label_values(&[route, "200"]))
                 .inc()
         }
         _ => metrics
-            .requests
+            .requests()
             .with_label_values(&[route, status.as_str()])
             .inc(),
     }
@@ -125,10 +125,10 @@ pub fn observe(
     match cached {
         Some(m) => m
             .duration
-            .get_or_init(|| metrics.request_duration.with_label_values(&[route]))
+            .get_or_init(|| metrics.request_duration().with_label_values(&[route]))
             .observe(secs),
         None => metrics
-            .request_duration
+            .request_duration()
             .with_label_values(&[route])
             .observe(secs),
     }

@@ -34,7 +34,7 @@ use super::rescue::Rejection;
 use super::routing::{RouteTarget, Routed};
 use super::{BoxError, ProxyBody, ProxyError};
 use crate::metrics::Metrics;
-use crate::token::{self, CachedToken};
+use crate::token::{self, CachedToken, WorkerToken};
 
 /// Request bodies up to this size are buffered so they can be replayed after a refusal.
 pub const MAX_REPLAY_BYTES: u64 = 1024 * 1024;
@@ -221,7 +221,7 @@ struct Sent<S> {
     inner: S,
     layer: ReplayLayer,
     target: Arc<RouteTarget>,
-    token: Arc<CachedToken>,
+    token: Arc<WorkerToken>,
     head: Head,
     extensions: http::Extensions,
 }
@@ -269,7 +269,7 @@ where
         let refused =
             challenge::refusal(resp.status(), resp.headers(), sent.target.azure_devops, api);
         let Some(refusal) = refused else {
-            sent.token.mark_accepted();
+            sent.token.shared.mark_accepted();
             resp.extensions_mut().extend(sent.extensions);
             return Poll::Ready(Ok(resp));
         };
@@ -285,7 +285,7 @@ where
         let first = First {
             resp,
             refusal,
-            token,
+            token: Arc::clone(&token.shared),
             api,
             replay: Some((head, RequestBody::Empty)),
         };
@@ -343,13 +343,13 @@ where
     let Some(refusal) =
         challenge::refusal(resp.status(), resp.headers(), target.azure_devops, || api)
     else {
-        token.mark_accepted();
+        token.shared.mark_accepted();
         return Ok(resp);
     };
     let first = First {
         resp,
         refusal,
-        token,
+        token: Arc::clone(&token.shared),
         api,
         replay,
     };

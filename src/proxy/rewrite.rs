@@ -32,7 +32,7 @@ use super::routing::{RouteTarget, Routed};
 use super::{body, strip_hop_by_hop, BoxError, ProxyBody, ProxyError};
 use crate::hosts::Auth;
 use crate::metrics::Metrics;
-use crate::token::CachedToken;
+use crate::token::WorkerToken;
 
 /// The inbound token's header (never forwarded).
 pub use crate::header_names::PATLESS_TOKEN;
@@ -83,7 +83,7 @@ struct Back {
 pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     target: &RouteTarget,
-    token: &CachedToken,
+    token: &WorkerToken,
 ) -> Option<HeaderValue> {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
@@ -189,24 +189,20 @@ where
             }
         }
         parts.extensions.insert(Arc::clone(&back.target));
-        let body = counted(body, &back);
+        let body = counted(body, back);
         Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }
 
 /// The answer's body, its breaking off counted (`body.rs`).
-fn counted<B>(body: B, back: &Back) -> ProxyBody
+fn counted<B>(body: B, back: Back) -> ProxyBody
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display + Into<BoxError>,
 {
-    body::CountedBody::new(
-        body,
-        back.metrics.upstream_errors.clone(),
-        Arc::clone(&back.target.label),
-    )
-    .map_err(Into::into)
-    .boxed_unsync()
+    body::CountedBody::new(body, back.metrics, Arc::clone(&back.target.label))
+        .map_err(Into::into)
+        .boxed_unsync()
 }
 
 #[cfg(test)]
@@ -270,7 +266,7 @@ mod tests {
             .body(Full::new(Bytes::new()))
             .expect("request");
         let mut routed = routed;
-        routed.token = Some(token);
+        routed.token = Some(routed.target.token_slot.copy_of(&token));
         req.extensions_mut().insert(routed);
         let resp = svc.oneshot(req).await.expect("answer");
         assert_eq!(resp.headers()[header::LOCATION], "/ado/_apis/x");
@@ -327,7 +323,7 @@ auth = "bearer"
                 }
                 _ => format!("Bearer {}", token.secret().expose()),
             };
-            routed.token = Some(token);
+            routed.token = Some(routed.target.token_slot.copy_of(&token));
             let svc = RewriteLayer::new(Arc::clone(&metrics)).layer(tower::service_fn(
                 move |req: Request<Full<Bytes>>| {
                     let auth = req.headers()[header::AUTHORIZATION].clone();

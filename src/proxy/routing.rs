@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::config::Config;
 use crate::hosts;
-use crate::token::{TokenCache, TokenEntry};
+use crate::token::{TokenCache, TokenEntry, TokenSlot, WorkerToken};
 
 /// A resolved destination.
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct RouteTarget {
     pub rewrite_urls: bool,
     /// The token entry.
     pub entry: Arc<TokenEntry>,
+    /// This worker's copy of the entry's token (`token/worker.rs`).
+    pub token_slot: Arc<TokenSlot>,
     /// `Host` toward the upstream, built once.
     pub host_header: http::HeaderValue,
     /// This route's metric handles, looked up on first use (explicit routes only: a host
@@ -45,6 +47,26 @@ pub struct RouteTarget {
 }
 
 impl RouteTarget {
+    /// A copy for one worker ([`Router::for_worker`]): what a request clones or counts is copied
+    /// into new memory; the token entry and the rest are shared.
+    fn for_worker(&self) -> RouteTarget {
+        let authority = http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
+            self.authority.as_str().as_bytes(),
+        ))
+        .expect("it was an authority");
+        RouteTarget {
+            label: Arc::from(&*self.label),
+            prefix: Arc::from(&*self.prefix),
+            profile: Arc::from(&*self.profile),
+            base_path: Arc::from(&*self.base_path),
+            host_header: host_header(&authority),
+            authority,
+            token_slot: Arc::default(),
+            metrics: self.metrics.as_ref().map(|_| Arc::default()),
+            ..self.clone()
+        }
+    }
+
     /// `message` (an error about this route's token), with the route's profile note if any.
     pub fn explain(&self, message: String) -> String {
         match &self.profile_note {
@@ -70,6 +92,16 @@ impl std::fmt::Debug for RouteMetrics {
     }
 }
 
+/// A slot per host-route scope.
+fn slots_for(
+    entries: &HashMap<&'static str, Arc<TokenEntry>>,
+) -> HashMap<&'static str, Arc<TokenSlot>> {
+    entries
+        .keys()
+        .map(|&scope| (scope, Arc::default()))
+        .collect()
+}
+
 /// `Host` for an authority (always a valid header value: `Authority` admits a subset).
 fn host_header(authority: &http::uri::Authority) -> http::HeaderValue {
     http::HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value")
@@ -86,6 +118,8 @@ pub struct Router {
     default_note: Option<Arc<str>>,
     /// Host-route entries of the default profile, by scope (the table is small and fixed).
     host_entries: HashMap<&'static str, Arc<TokenEntry>>,
+    /// This worker's copies of the host routes' tokens, by scope.
+    host_slots: HashMap<&'static str, Arc<TokenSlot>>,
     /// The host routes' entry that readiness watches: see [`Router::host_readiness`].
     host_ready: Option<Arc<TokenEntry>>,
 }
@@ -97,8 +131,8 @@ pub struct Routed {
     pub target: Arc<RouteTarget>,
     /// Upstream path and query.
     pub path_and_query: String,
-    /// The route's token, once the token stop has it (`token.rs`).
-    pub token: Option<Arc<crate::token::CachedToken>>,
+    /// The route's token (this worker's copy), once the token stop has it (`token.rs`).
+    pub token: Option<Arc<WorkerToken>>,
 }
 
 /// Why a config cannot be routed (an upstream URL that `http::Uri` refuses).
@@ -152,6 +186,7 @@ impl Router {
                 auth: r.auth,
                 rewrite_urls: r.rewrite_urls,
                 entry,
+                token_slot: Arc::default(),
                 host_header: host_header(&authority),
                 metrics: Some(Arc::default()),
                 profile_note: None,
@@ -182,6 +217,7 @@ impl Router {
             host_routes: config.server.host_routes,
             default_profile,
             default_note: config.server.default_profile_hint(false).map(Into::into),
+            host_slots: slots_for(&host_entries),
             host_entries,
             host_ready,
         })
@@ -222,18 +258,21 @@ impl Router {
             .chain(self.host_ready.as_ref())
     }
 
-    /// A copy for one worker thread: the same routes, tokens and metric handles, in targets of
-    /// its own, so the reference counts a request touches are never shared with another core.
+    /// A copy for one worker thread: the same routes and token entries, in targets of its own
+    /// with their own token copies, metric handles, upstream `Host` and authority, so that no
+    /// reference count or counter a request writes is shared with another core (a shared one
+    /// moves its cache line between the cores on every request).
     pub fn for_worker(&self) -> Router {
         Router {
             routes: self
                 .routes
                 .iter()
-                .map(|t| Arc::new(RouteTarget::clone(t)))
+                .map(|t| Arc::new(t.for_worker()))
                 .collect(),
             host_routes: self.host_routes,
             default_profile: Arc::clone(&self.default_profile),
             default_note: self.default_note.clone(),
+            host_slots: slots_for(&self.host_entries),
             host_entries: self.host_entries.clone(),
             host_ready: self.host_ready.clone(),
         }
@@ -264,6 +303,7 @@ impl Router {
         let host = host.to_ascii_lowercase();
         let known = hosts::lookup(&host)?;
         let entry = self.host_entries.get(known.scope)?.clone();
+        let token_slot = Arc::clone(self.host_slots.get(known.scope)?);
         let authority: http::uri::Authority = host.parse().ok()?;
         let prefix: Arc<str> = format!("/{host}").into();
         Some(Routed {
@@ -281,6 +321,7 @@ impl Router {
                 auth: known.auth,
                 rewrite_urls: known.rewrite_urls,
                 entry,
+                token_slot,
                 metrics: None,
                 profile_note: self.default_note.clone(),
             }),
@@ -365,167 +406,4 @@ fn join(base: &str, rest: &str, query: Option<&str>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{load_from_str, ConfigSource, Format};
-    use crate::env::MapEnv;
-    use crate::metrics::Metrics;
-    use crate::token::CacheSettings;
-    use std::time::Duration;
-
-    fn router(toml: &str) -> Router {
-        let env = MapEnv::default();
-        let loaded =
-            load_from_str(toml, Format::Toml, ConfigSource::Embedded, &env).expect("config");
-        let creds = loaded
-            .config
-            .profiles
-            .values()
-            .map(|p| {
-                let ctx = crate::credentials::CredentialContext {
-                    entra: crate::credentials::EntraClient::new(reqwest::Client::new()),
-                    env: std::sync::Arc::new(MapEnv::default()),
-                    store: crate::store::TokenStore::new(
-                        std::env::temp_dir().join("patless-routing-test"),
-                    ),
-                    arc: crate::credentials::ArcAgent::default(),
-                };
-                (
-                    p.name.clone(),
-                    crate::credentials::build(p, &ctx).credential,
-                )
-            })
-            .collect();
-        let cache = TokenCache::new(
-            creds,
-            CacheSettings {
-                acquire_timeout: Duration::from_secs(1),
-                wait_timeout: Duration::from_secs(1),
-            },
-            Metrics::new(prometheus::Registry::new()),
-        );
-        Router::new(&loaded.config, &cache).expect("router")
-    }
-
-    #[test]
-    fn host_routes_serve_known_hosts_only() {
-        crate::tls::install_crypto_provider();
-        let r = router(crate::config::EMBEDDED_DEFAULT);
-        let t = r
-            .route("/dev.azure.com/org/_apis/projects", Some("api-version=7.1"))
-            .expect("known host");
-        assert_eq!(t.target.authority.as_str(), "dev.azure.com");
-        assert_eq!(t.target.scheme, http::uri::Scheme::HTTPS);
-        assert_eq!(t.path_and_query, "/org/_apis/projects?api-version=7.1");
-        assert!(t.target.azure_devops);
-        assert_eq!(&*t.target.profile, "auto");
-        assert_eq!(t.target.entry.key().scope, hosts::AZURE_DEVOPS_SCOPE);
-
-        let t = r
-            .route("/Contoso.VisualStudio.com/_git/repo", None)
-            .expect("visualstudio.com");
-        assert_eq!(t.target.authority.as_str(), "contoso.visualstudio.com");
-        assert_eq!(
-            &*t.target.label, "/*.visualstudio.com",
-            "labels stay bounded"
-        );
-
-        let t = r
-            .route("/api-eu.securitycenter.microsoft.com/api/machines", None)
-            .expect("MDE");
-        assert_eq!(
-            t.target.entry.key().scope,
-            "https://api.securitycenter.microsoft.com/.default"
-        );
-        assert!(!t.target.azure_devops);
-
-        for unknown in [
-            "/evil.com/x",
-            "/127.0.0.1:8080/x",
-            "/dev.azure.com.evil.com/x",
-            "/localhost/x",
-        ] {
-            assert!(
-                r.route(unknown, None).is_none(),
-                "{unknown} must not be proxied"
-            );
-        }
-        // Explicit routes win over host routes.
-        let t = r.route("/ado/org", None).expect("explicit");
-        assert_eq!(&*t.target.label, "/ado");
-        assert_eq!(t.path_and_query, "/org");
-    }
-
-    #[test]
-    fn proxy_paths_for_upstream_urls() {
-        crate::tls::install_crypto_provider();
-        let r = router(&format!(
-            "{}\n[[routes]]\nprefix = \"/contoso\"\nupstream = \"https://dev.azure.com/contoso\"\nprofile = \"auto\"\n",
-            crate::config::EMBEDDED_DEFAULT
-        ));
-        let ado = r
-            .route("/ado/org/_apis/ResourceAreas", None)
-            .expect("route")
-            .target;
-        let at = |url: &str| r.proxy_path_for(&ado, url);
-        // The route the client used wins over another that serves the same upstream.
-        assert_eq!(
-            at("https://dev.azure.com/contoso/").as_deref(),
-            Some("/ado/contoso/")
-        );
-        assert_eq!(at("https://DEV.azure.com/org").as_deref(), Some("/ado/org"));
-        assert_eq!(at("https://dev.azure.com").as_deref(), Some("/ado"));
-        let contoso = r.route("/contoso/_apis", None).expect("route").target;
-        assert_eq!(
-            r.proxy_path_for(&contoso, "https://dev.azure.com/Contoso/")
-                .as_deref(),
-            Some("/contoso/"),
-            "base path on whole segments, case-insensitively"
-        );
-        assert_eq!(
-            r.proxy_path_for(&contoso, "https://dev.azure.com/contosox/")
-                .as_deref(),
-            Some("/ado/contosox/"),
-            "not the /contoso route: another explicit route serves it"
-        );
-        // Known hosts through host routes; anything else is left alone.
-        assert_eq!(
-            at("https://vsrm.dev.azure.com/org/").as_deref(),
-            Some("/vsrm.dev.azure.com/org/")
-        );
-        assert_eq!(
-            at("https://Contoso.VisualStudio.com/").as_deref(),
-            Some("/contoso.visualstudio.com/")
-        );
-        for foreign in [
-            "http://dev.azure.com/org/",
-            "https://dev.azure.com:8443/org/",
-            "https://evil.example/org/",
-            "https://vsrm.dev.azure.com.evil.example/org/",
-            "/org/",
-            "not a url",
-        ] {
-            assert_eq!(at(foreign), None, "{foreign}");
-        }
-        let off = router(&format!(
-            "[server]\nhost_routes = false\n{}",
-            crate::config::EMBEDDED_DEFAULT
-        ));
-        let ado = off.route("/ado/org", None).expect("route").target;
-        assert_eq!(
-            off.proxy_path_for(&ado, "https://vsrm.dev.azure.com/org/"),
-            None
-        );
-    }
-
-    #[test]
-    fn host_routes_off_means_explicit_only() {
-        crate::tls::install_crypto_provider();
-        let r = router(&format!(
-            "[server]\nhost_routes = false\n{}",
-            crate::config::EMBEDDED_DEFAULT
-        ));
-        assert!(r.route("/dev.azure.com/org", None).is_none());
-        assert!(r.route("/mde/api", None).is_some());
-    }
-}
+mod tests;

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use super::rescue::Rejection;
 use super::routing::Routed;
 use super::{BoxError, ProxyError};
-use crate::token::CachedToken;
+use crate::token::WorkerToken;
 
 /// Attaches the route's token (as an extension) to each routed request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,43 +55,42 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(entry) = req
-            .extensions()
-            .get::<Routed>()
-            .map(|r| Arc::clone(&r.target.entry))
-        else {
-            // Only a stack without the route stop gets here.
-            let refused = Rejection::new(ProxyError::NoRoute).with_unread(req.into_body());
-            return Either::Right(Box::pin(std::future::ready(Err(refused))));
+        // The token now (this worker's copy), or the target to wait with.
+        let looked = req.extensions().get::<Routed>().map(|r| {
+            let target = &r.target;
+            target
+                .token_slot
+                .usable(&target.entry)
+                .ok_or_else(|| Arc::clone(target))
+        });
+        let target = match looked {
+            Some(Ok(token)) => {
+                set_token(&mut req, token);
+                return Either::Left(self.inner.call(req));
+            }
+            Some(Err(target)) => target,
+            None => {
+                // Only a stack without the route stop gets here.
+                let refused = Rejection::new(ProxyError::NoRoute).with_unread(req.into_body());
+                return Either::Right(Box::pin(std::future::ready(Err(refused))));
+            }
         };
-        if let Some(token) = entry.usable() {
-            set_token(&mut req, token);
-            return Either::Left(self.inner.call(req));
-        }
         // Wait for the acquisition in flight; the service that was readied goes with it.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Either::Right(Box::pin(async move {
-            match entry.get().await {
+            match target.entry.get().await {
                 Ok(token) => {
-                    set_token(&mut req, token);
+                    set_token(&mut req, target.token_slot.copy_of(&token));
                     inner.call(req).await
                 }
                 Err(e) => {
-                    let target = req
-                        .extensions()
-                        .get::<Routed>()
-                        .map(|r| Arc::clone(&r.target));
-                    let message = match &target {
-                        Some(t) => t.explain(e.message),
-                        None => e.message,
-                    };
                     let error = ProxyError::TokenUnavailable {
-                        message,
+                        message: target.explain(e.message),
                         retry_after: e.retry_after,
                     };
                     let mut refused = Rejection::new(error).with_unread(req.into_body());
-                    refused.route = target;
+                    refused.route = Some(target);
                     Err(refused)
                 }
             }
@@ -100,7 +99,7 @@ where
 }
 
 /// The token goes down in the request's [`Routed`] extension.
-fn set_token<B>(req: &mut Request<B>, token: Arc<CachedToken>) {
+fn set_token<B>(req: &mut Request<B>, token: Arc<WorkerToken>) {
     if let Some(routed) = req.extensions_mut().get_mut::<Routed>() {
         routed.token = Some(token);
     }

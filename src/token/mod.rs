@@ -9,6 +9,8 @@
 //! - `entry.rs`: [`TokenEntry`], one token read without a lock and the single-flight wait for it;
 //! - `refresher.rs`: an entry's background refresher, the only code that asks the credential;
 //! - `cached.rs`: [`CachedToken`], the header ready to attach and the moments that bound its use;
+//! - `worker.rs`: [`TokenSlot`], a worker thread's own copy of a token's headers, so requests on
+//!   two cores do not write the same reference counts;
 //! - `schedule.rs`: when to refresh, until when a token may be used, how long to back off;
 //! - `failures.rs`: [`ProfileFailures`], what the log says when a profile's acquisitions keep
 //!   failing (once at WARN, then a summary a minute at most, one line at recovery).
@@ -19,8 +21,10 @@ mod entry;
 pub mod failures;
 mod refresher;
 pub mod schedule;
+mod worker;
 
 pub use cache::{CacheKey, CacheSettings, TokenCache};
 pub use cached::CachedToken;
 pub use entry::{EntryStatus, NoReplay, TokenEntry, TokenUnavailable, FORCED_REACQUIRE_INTERVAL};
 pub use failures::ProfileFailures;
+pub use worker::{TokenSlot, WorkerToken};

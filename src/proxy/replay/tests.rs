@@ -49,7 +49,7 @@ async fn request(
         .body(Full::new(Bytes::from_static(b"{\"a\":1}")))
         .expect("request");
     let mut routed = routed;
-    routed.token = Some(token);
+    routed.token = Some(routed.target.token_slot.copy_of(&token));
     req.extensions_mut().insert(routed);
     (req, counted, cache)
 }
@@ -80,7 +80,8 @@ async fn a_bodiless_request_is_sent_inline_and_replayed_the_same_way() {
     let layer = ReplayLayer::new(Arc::clone(&metrics), Duration::from_secs(100));
     let (router, counted, _cache) = testing::router_counted().await;
     let mut routed = router.route("/ado/_apis/projects", None).expect("route");
-    routed.token = Some(routed.target.entry.get().await.expect("token"));
+    let token = routed.target.entry.get().await.expect("token");
+    routed.token = Some(routed.target.token_slot.copy_of(&token));
     let first_token = routed.token.as_ref().map(|t| t.header.clone());
     let mut req = Request::builder()
         .method("GET")

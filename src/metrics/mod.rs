@@ -1,6 +1,11 @@
 //! Every metric (docs/metrics.md), in one place, registered on an injected [`Registry`]. Labels are
 //! bounded: configured route and profile names, scopes, status codes and fixed error classes —
 //! never a raw path, a token or a secret.
+//!
+//! The two per-request families are sharded per worker thread ([`requests`]): each worker writes
+//! its own atomics and the registered collector sums them at scrape time.
+
+mod requests;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -17,10 +22,12 @@ pub struct Metrics {
     pub token_refresh_duration: HistogramVec,
     /// `patless_token_expiry_timestamp_seconds{profile,scope}`
     pub token_expiry: GaugeVec,
-    /// `patless_requests_total{route,status}`
-    pub requests: IntCounterVec,
-    /// `patless_request_duration_seconds{route}`
-    pub request_duration: HistogramVec,
+    /// `patless_requests_total{route,status}`: this worker's shard.
+    requests: IntCounterVec,
+    /// `patless_request_duration_seconds{route}`: this worker's shard.
+    request_duration: HistogramVec,
+    /// Every worker's shard of the two families above, registered as one collector.
+    request_families: requests::RequestFamilies,
     /// `patless_upstream_errors_total{route,kind}`
     pub upstream_errors: IntCounterVec,
     /// `patless_upstream_auth_retries_total{route}`
@@ -141,16 +148,20 @@ fn histogram(registry: &Registry, family: &Family) -> HistogramVec {
 }
 
 impl Metrics {
-    /// Registers every metric on `registry`. Panics only if the same registry is used twice,
+    /// Registers every metric on `registry`; the per-request families write to worker 0's shard
+    /// (see [`Metrics::for_worker`]). Panics only if the same registry is used twice,
     /// which is a programming error caught by the first test.
     pub fn new(registry: Registry) -> Self {
         let r = &registry;
+        let request_families = register(r, Ok(requests::RequestFamilies::new()));
+        let shard = request_families.shard(0);
         let metrics = Metrics {
             token_refreshes: counter(r, &TOKEN_REFRESHES),
             token_refresh_duration: histogram(r, &TOKEN_REFRESH_DURATION),
             token_expiry: register(r, GaugeVec::new(TOKEN_EXPIRY.opts(), TOKEN_EXPIRY.labels)),
-            requests: counter(r, &REQUESTS),
-            request_duration: histogram(r, &REQUEST_DURATION),
+            requests: shard.requests.clone(),
+            request_duration: shard.request_duration.clone(),
+            request_families,
             upstream_errors: counter(r, &UPSTREAM_ERRORS),
             upstream_auth_retries: counter(r, &UPSTREAM_AUTH_RETRIES),
             inbound_rejections: counter(r, &INBOUND_REJECTIONS),
@@ -164,6 +175,27 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         metrics
+    }
+
+    /// A clone writing the per-request families into worker `worker`'s shard: the same shard on
+    /// every call with that index (a reload's new stacks keep counting where the old ones were).
+    pub fn for_worker(&self, worker: usize) -> Metrics {
+        let shard = self.request_families.shard(worker);
+        Metrics {
+            requests: shard.requests.clone(),
+            request_duration: shard.request_duration.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// `patless_requests_total{route,status}`, in this worker's shard.
+    pub fn requests(&self) -> &IntCounterVec {
+        &self.requests
+    }
+
+    /// `patless_request_duration_seconds{route}`, in this worker's shard.
+    pub fn request_duration(&self) -> &HistogramVec {
+        &self.request_duration
     }
 
     /// The Prometheus text exposition of every registered metric.
