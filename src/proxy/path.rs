@@ -20,9 +20,18 @@ pub fn validate(path: &str) -> Result<(), &'static str> {
         return Err("the path must start with `/`");
     }
     let bytes = path.as_bytes();
+    // One pass: escapes and forbidden bytes, and each segment as its `/` closes it.
+    let mut segment = 0;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
+            b'/' => {
+                if is_dot_segment(&path[segment..i]) {
+                    return Err(DOT_SEGMENT);
+                }
+                segment = i + 1;
+                i += 1;
+            }
             b'%' => {
                 let hex = |b: u8| (b as char).to_digit(16);
                 let (Some(h), Some(l)) = (
@@ -44,11 +53,13 @@ pub fn validate(path: &str) -> Result<(), &'static str> {
             _ => i += 1,
         }
     }
-    if path.split('/').any(is_dot_segment) {
-        return Err("the path has a `.` or `..` segment");
+    if is_dot_segment(&path[segment..]) {
+        return Err(DOT_SEGMENT);
     }
     Ok(())
 }
+
+const DOT_SEGMENT: &str = "the path has a `.` or `..` segment";
 
 /// Whether the `%2F` at `at` is the one of an npm scoped name: its segment is `@scope%2Fname`,
 /// with a non-empty scope, no other encoded slash before it in the segment, and a name that is

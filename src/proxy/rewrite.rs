@@ -128,12 +128,18 @@ where
         };
         let target = Arc::clone(&routed.target);
         let upstream_path = std::mem::take(&mut routed.path_and_query);
-        let uri = Uri::builder()
-            .scheme(target.scheme.clone())
-            .authority(target.authority.clone())
-            .path_and_query(upstream_path)
-            .build();
-        let Ok(uri) = uri else {
+        // From parts rather than `Uri::builder()`, whose steps each move the parts (~200
+        // instructions per request under callgrind).
+        let uri = http::uri::PathAndQuery::try_from(upstream_path)
+            .ok()
+            .and_then(|path_and_query| {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(target.scheme.clone());
+                parts.authority = Some(target.authority.clone());
+                parts.path_and_query = Some(path_and_query);
+                Uri::from_parts(parts).ok()
+            });
+        let Some(uri) = uri else {
             let refused = Rejection::on_route(
                 ProxyError::InvalidPath("the path cannot be forwarded"),
                 &target,
