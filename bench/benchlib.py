@@ -783,28 +783,55 @@ def report(path):
     p("")
     p("Issue 26's targets first, then the earlier ones (bench/README.md, \"Against the targets\").")
     p("")
+    p(
+        "A ratio between two targets is the median over rounds of that ratio within each round "
+        "(the two cells run seconds apart), with each round's value beside it; the table above "
+        "gives each cell's median on its own, so its ratios, one median over another, can differ."
+    )
+    p("")
     checks = []
 
-    def ratio(c, target, other, body="small"):
-        a, o = summary.get((body, c, target)), summary.get((body, c, other))
-        return a["rps"] / o["rps"] if a and o and a["rps"] and o["rps"] else None
+    def paired(c, target, other, body="small", cpu=False):
+        """`target` over `other` in each round (the two cells run one after the other, seconds
+        apart), and the verdict's value: the median of those, which this machine's drift from
+        one round to the next moves far less than a ratio of two medians taken from different
+        rounds. With one round, the ratio of the two cells."""
+
+        def by_round(t):
+            out = {}
+            for r in groups.get((body, c, t), []):
+                if cpu:
+                    v = r["cpu_s"] / r["requests"] if r.get("cpu_s") is not None and r["requests"] else None
+                else:
+                    v = r["rps"]
+                if v:
+                    out[r.get("round")] = v
+            return out
+
+        a, o = by_round(target), by_round(other)
+        rs = [a[k] / o[k] for k in sorted(a, key=str) if k in o]
+        return (_med(rs), rs)
+
+    def shown(value, rs):
+        rounds = f" (rounds {', '.join(f'{r:.2f}' for r in rs)})" if len(rs) > 1 else ""
+        return _f(value, "{:.2f}×") + rounds
 
     for c in (64, 256):
-        r = ratio(c, "patless" + HTTPS, "nginx" + HTTPS)
+        r, rs = paired(c, "patless" + HTTPS, "nginx" + HTTPS)
         if r is not None:
-            checks.append((f"HTTPS upstream, small, {c} conns: ≥ 1.05× nginx", r >= 1.05, _f(r, "{:.2f}×")))
-    r = ratio(64, "patless", "nginx")
-    checks.append(("plain upstream, small, 64 conns: ≥ 1.0× nginx", r is not None and r >= 1.0, _f(r, "{:.2f}×")))
+            checks.append((f"HTTPS upstream, small, {c} conns: ≥ 1.05× nginx", r >= 1.05, shown(r, rs)))
+    r, rs = paired(64, "patless", "nginx")
+    checks.append(("plain upstream, small, 64 conns: ≥ 1.0× nginx", r is not None and r >= 1.0, shown(r, rs)))
     for suffix in ("", HTTPS):
         for c in conns_list:
             a, o = summary.get(("small", c, "patless" + suffix)), summary.get(("small", c, "nginx" + suffix))
-            if a and o and a["cpu100k"] and o["cpu100k"]:
-                r = a["cpu100k"] / o["cpu100k"]
+            r, rs = paired(c, "patless" + suffix, "nginx" + suffix, cpu=True)
+            if a and o and a["cpu100k"] and o["cpu100k"] and r is not None:
                 where = "HTTPS" if suffix else "plain"
-                f = summary.get(("small", c, "floor")) if not suffix else None
-                floor = f"; the floor {f['cpu100k'] / o['cpu100k']:.2f}×" if f and f["cpu100k"] else ""
+                f = paired(c, "floor", "nginx", cpu=True)[0] if not suffix else None
+                floor = f"; the floor {f:.2f}×" if f else ""
                 checks.append((f"CPU per request ≤ 1.1× nginx ({where}, small, {c} conns)", r <= 1.1,
-                               f"{r:.2f}× ({a['cpu100k']:.2f} vs {o['cpu100k']:.2f} s / 100k{floor})"))
+                               f"{shown(r, rs)}: {a['cpu100k']:.2f} vs {o['cpu100k']:.2f} s / 100k{floor}"))
     a = summary.get(("64k", 256, "patless"))
     h = a["hwm_mib"] if a else None
     checks.append(("peak RSS ≤ 32 MiB at 256 conns, 64 KiB bodies (plain upstream)", h is not None and h <= 32, _f(h, "{:.1f} MiB")))
@@ -817,8 +844,8 @@ def report(path):
         checks.append(
             (f"h2 upstream, {c} conns ({b}): ≤ 4 upstream connections", n is not None and n <= 4, _f(n, "{:g}"))
         )
-        r = a["rps"] / o["rps"] if o and o["rps"] and a["rps"] else None
-        checks.append((f"h2 upstream, {c} conns ({b}): req/s ≥ patless-https", r is not None and r >= 1, _f(r, "{:.2f}×")))
+        r, rs = paired(c, "patless" + H2, "patless" + HTTPS, body=b)
+        checks.append((f"h2 upstream, {c} conns ({b}): req/s ≥ patless-https", r is not None and r >= 1, shown(r, rs)))
     r = held.get("patless")
     if r:
         for key, when in (("rss_open_kb", "before first request"), ("rss_req_later_kb", "7 s after one request")):
@@ -829,8 +856,8 @@ def report(path):
             )
     # The earlier targets.
     for c, want in ((1, 1.0), (256, 1.0)):
-        r = ratio(c, "patless", "nginx")
-        checks.append((f"(earlier) req/s at {c} conns ≥ {want}× nginx (small body)", r is not None and r >= want, _f(r, "{:.2f}×")))
+        r, rs = paired(c, "patless", "nginx")
+        checks.append((f"(earlier) req/s at {c} conns ≥ {want}× nginx (small body)", r is not None and r >= want, shown(r, rs)))
     for b in bodies:
         for c in conns_list:
             a, o = summary.get((b, c, "patless")), summary.get((b, c, "nginx"))
