@@ -235,6 +235,7 @@ mod tests {
                     "https://dev.azure.com/contoso/_apis/projects?x=1"
                 );
                 assert_eq!(h[header::HOST], "dev.azure.com");
+                assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
                 assert!(h[header::AUTHORIZATION].is_sensitive());
                 assert!(h[header::AUTHORIZATION]
                     .to_str()
@@ -264,6 +265,7 @@ mod tests {
             .uri("/ado/_apis/projects?x=1")
             .header(header::HOST, "127.0.0.1:7070")
             .header(header::AUTHORIZATION, "Basic OnN0YWxlLXBhdA==")
+            .header(header::AUTHORIZATION, "Bearer second-stale")
             .header("x-patless-token", "inbound")
             .header(header::PROXY_AUTHORIZATION, "Bearer inbound")
             .header(header::CONNECTION, "keep-alive")
