@@ -461,74 +461,75 @@ mod tests {
                 Ok::<_, Rejection>(http::Response::new(()))
             },
         ));
-        let req = |host: &str, extra: &[(&'static str, &'static str)]| {
-            let mut b = Request::builder().uri("/ado/x").header("host", host);
-            for (k, v) in extra {
+        let token = ("x-patless-token", "inbound-secret");
+        let cross = ("sec-fetch-site", "cross-site");
+        // In order, through one service as a worker's stack is: (method, Host, headers, refusal).
+        type Step<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let steps: &[Step] = &[
+            // Refused for its token: the host is not remembered as accepted.
+            (Method::GET, "evil.example", &[], Some("host_not_allowed")),
+            (
+                Method::GET,
+                "127.0.0.1:7070",
+                &[],
+                Some("inbound_auth_required"),
+            ),
+            (Method::GET, "127.0.0.1:7070", &[token], None),
+            // The same host again: the token, the browser and the method are still checked.
+            (Method::GET, "127.0.0.1:7070", &[token], None),
+            (
+                Method::GET,
+                "127.0.0.1:7070",
+                &[],
+                Some("inbound_auth_required"),
+            ),
+            (
+                Method::GET,
+                "127.0.0.1:7070",
+                &[token, cross],
+                Some("cross_site_request"),
+            ),
+            (
+                Method::TRACE,
+                "127.0.0.1:7070",
+                &[token],
+                Some("method_not_allowed"),
+            ),
+            // Another host is checked, and a foreign one refused, whatever was accepted before.
+            (
+                Method::GET,
+                "evil.example",
+                &[token],
+                Some("host_not_allowed"),
+            ),
+            (
+                Method::GET,
+                "127.0.0.1:7070.evil",
+                &[token],
+                Some("host_not_allowed"),
+            ),
+            (Method::GET, "localhost:7070", &[token], None),
+            (Method::GET, "127.0.0.1:7071", &[token], None),
+        ];
+        for (i, (method, host, extra, refusal)) in steps.iter().enumerate() {
+            let mut b = Request::builder()
+                .method(method.clone())
+                .uri("/ado/x")
+                .header("host", *host);
+            for (k, v) in extra.iter() {
                 b = b.header(*k, *v);
             }
-            b.body(http_body_util::Empty::<Bytes>::new())
-                .expect("request")
-        };
-        let token = ("x-patless-token", "inbound-secret");
-        // One service throughout, as a worker's stack is.
-        async fn send<S>(
-            svc: &mut S,
-            r: Request<http_body_util::Empty<Bytes>>,
-        ) -> Result<(), &'static str>
-        where
-            S: Service<Request<http_body_util::Empty<Bytes>>, Error = Rejection>,
-        {
-            let answer = svc.ready().await.map_err(|e| e.error.code())?.call(r).await;
-            answer.map(|_| ()).map_err(|e| e.error.code())
-        }
-        // Refused for its token: the host is not remembered as accepted.
-        assert_eq!(
-            send(&mut svc, req("evil.example", &[])).await.err(),
-            Some("host_not_allowed")
-        );
-        assert_eq!(
-            send(&mut svc, req("127.0.0.1:7070", &[])).await.err(),
-            Some("inbound_auth_required")
-        );
-        assert!(send(&mut svc, req("127.0.0.1:7070", &[token]))
-            .await
-            .is_ok());
-        // The same host again: still the token, the browser and the target are checked.
-        assert!(send(&mut svc, req("127.0.0.1:7070", &[token]))
-            .await
-            .is_ok());
-        assert_eq!(
-            send(&mut svc, req("127.0.0.1:7070", &[])).await.err(),
-            Some("inbound_auth_required")
-        );
-        let cross = [token, ("sec-fetch-site", "cross-site")];
-        assert_eq!(
-            send(&mut svc, req("127.0.0.1:7070", &cross)).await.err(),
-            Some("cross_site_request")
-        );
-        let mut trace = req("127.0.0.1:7070", &[token]);
-        *trace.method_mut() = Method::TRACE;
-        assert_eq!(
-            send(&mut svc, trace).await.err(),
-            Some("method_not_allowed")
-        );
-        // Another host is checked, and a foreign one refused, whatever was accepted before.
-        assert_eq!(
-            send(&mut svc, req("evil.example", &[token])).await.err(),
-            Some("host_not_allowed")
-        );
-        assert_eq!(
-            send(&mut svc, req("127.0.0.1:7070.evil", &[token]))
+            let req = b
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request");
+            let svc = svc
+                .ready()
                 .await
-                .err(),
-            Some("host_not_allowed")
-        );
-        assert!(send(&mut svc, req("localhost:7070", &[token]))
-            .await
-            .is_ok());
-        assert!(send(&mut svc, req("127.0.0.1:7071", &[token]))
-            .await
-            .is_ok());
+                .map_err(|e| e.error.code())
+                .expect("ready");
+            let answer = svc.call(req).await.map(|_| ()).map_err(|e| e.error.code());
+            assert_eq!(answer.err(), *refusal, "step {i}: {method} {host}");
+        }
     }
 
     #[test]
