@@ -115,13 +115,15 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
         let known = host.is_some_and(|h| self.accepted_host.is(h));
-        let checked = if known {
-            self.policy
-                .check_without_host(req.method(), req.uri(), req.headers())
-        } else {
-            self.policy
-                .check_request(req.method(), req.uri(), req.headers())
-        };
+        // `check_request`, with the `Host` check skipped for a value accepted before.
+        let policy = &self.policy;
+        let checked = policy
+            .check_target(req.method(), req.uri())
+            .and_then(|()| match known {
+                true => Ok(()),
+                false => policy.check_host(req.headers()),
+            })
+            .and_then(|()| policy.check_client(req.headers()));
         match checked {
             Ok(()) => {
                 if let (false, Some(host)) = (known, host) {
@@ -241,19 +243,6 @@ impl InboundPolicy {
         self.check(headers)
     }
 
-    /// [`InboundPolicy::check_request`] for a request whose `Host` this policy has accepted
-    /// before.
-    fn check_without_host(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-    ) -> Result<(), ProxyError> {
-        self.check_target(method, uri)?;
-        self.check_browser(headers)?;
-        self.check_token(headers)
-    }
-
     /// Method and target: not an open proxy.
     fn check_target(&self, method: &Method, uri: &Uri) -> Result<(), ProxyError> {
         if method == Method::CONNECT {
@@ -282,12 +271,23 @@ impl InboundPolicy {
 
     /// `Ok` or the refusal (`host_not_allowed`, `cross_site_request`, `inbound_auth_required`).
     pub fn check(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        self.check_host(headers)?;
+        self.check_client(headers)
+    }
+
+    /// `Ok`, or `host_not_allowed` for a `Host` neither loopback nor in `allowed_hosts`.
+    fn check_host(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
         if let Some(host) = headers.get(header::HOST) {
             let host = host.to_str().map_err(|_| ProxyError::HostNotAllowed)?;
             if !host_allowed(host, &self.allowed_hosts) {
                 return Err(ProxyError::HostNotAllowed);
             }
         }
+        Ok(())
+    }
+
+    /// The browser's marks and the inbound token.
+    fn check_client(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
         self.check_browser(headers)?;
         self.check_token(headers)
     }
