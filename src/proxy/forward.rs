@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tower::Service;
 
-use super::pool::{UpstreamClient, UpstreamError};
+use super::pool::{UpstreamBody, UpstreamClient, UpstreamError};
 use super::ProxyBody;
 
 /// Sends requests on one worker's upstream pool.
@@ -35,9 +34,10 @@ impl Forward {
 }
 
 impl Service<Request<ProxyBody>> for Forward {
-    type Response = Response<Incoming>;
+    type Response = Response<UpstreamBody>;
     type Error = UpstreamError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The pool opens a connection when none is free: never full.

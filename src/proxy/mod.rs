@@ -122,13 +122,10 @@ pub use pool::UpstreamClient;
 /// The header that carries the id of an answer patless made itself (a refusal, a panic's `500`).
 pub use crate::header_names::REQUEST_ID;
 
-/// The most an upstream connection's read buffer grows to, and so a bound on an upstream's
-/// response head (one larger is a `502 upstream_unreachable`; hyper checks between reads, so a
-/// head of up to twice this may pass; nginx's default refuses heads over 4–8 KiB). Bodies stream through it in reads of up to this size: a 64 KiB cap (measured with
-/// bench/) held 256 connections of 64 KiB answers at 57 instead of 78 MiB but cut a 1 GiB
-/// download by a quarter; from 128 KiB up the download is as fast as with hyper's ~400 KiB
-/// default and the memory the same.
-pub const UPSTREAM_READ_BUF_MAX: usize = 256 * 1024;
+/// The longest upstream answer head accepted (one longer is a `502 upstream_unreachable`;
+/// nginx's default refuses heads over 4–8 KiB). Only a head this long grows a connection's
+/// buffer this far: bodies are read in chunks of at most 16 KiB (`pool/h1.rs`).
+pub const UPSTREAM_MAX_HEAD: usize = 256 * 1024;
 
 /// Timeouts and connections toward upstreams.
 #[derive(Debug, Clone, Copy)]
@@ -168,7 +165,7 @@ pub fn upstream_client(
         pool::PoolSettings {
             idle_timeout: UPSTREAM_IDLE_TIMEOUT,
             max_idle: settings.upstream_max_idle,
-            max_buf: UPSTREAM_READ_BUF_MAX,
+            max_head: UPSTREAM_MAX_HEAD,
             http2: settings.upstream_http2,
         },
     )

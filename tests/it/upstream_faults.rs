@@ -355,9 +355,8 @@ async fn a_client_gone_mid_upload_cancels_the_upstream_request() {
     expect_recovered(&p, &up, &entra).await;
 }
 
-/// The upstream read buffer is bounded (`proxy::UPSTREAM_READ_BUF_MAX`, 256 KiB), and so is an
-/// upstream's response head: a large but sane head (192 KiB of headers) passes whole; one well
-/// over the bound (hyper checks it between reads, so up to twice may pass) is a
+/// An upstream's response head is bounded (`proxy::UPSTREAM_MAX_HEAD`, 256 KiB): a large but
+/// sane head (192 KiB of headers) passes whole; one over the bound is a
 /// `502 upstream_unreachable` counted as `protocol`, never a truncated answer, and the route
 /// keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

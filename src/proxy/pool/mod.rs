@@ -6,15 +6,18 @@
 //! proxied request under callgrind, 54k → 46k): no hashing of a pool key, no connector clone, no
 //! checkout future and no task spawned per request to hand a connection back.
 //!
-//! **HTTP/1.1.** A connection goes back into its list as soon as the answer's head is in, still
-//! busy with the body; a request takes the newest one that hyper says is ready for the next
-//! request (its last answer read to the end), else opens a new one. Closed connections (the
-//! upstream hung up, an answer not read to its end) and ones idle for longer than the idle
-//! timeout are dropped when met, and by [`UpstreamClient::close_idle`], which the server runs
-//! every quarter of the idle timeout so that a burst's connections do not outlive the traffic;
-//! it also closes the oldest idle ones past `max_idle` per upstream (`server.upstream_max_idle`).
-//! A request sent on a pooled connection that the upstream closed before taking it is sent on
-//! another (hyper hands the unsent request back), as a fresh connection's failure is reported.
+//! **HTTP/1.1** (`h1.rs`, patless's own: the request's task writes the request and reads the
+//! answer, with no connection task between). A connection is the request's while its answer's
+//! body is read, and goes back into its list when that body has been read to its end; a body
+//! dropped before its end closes it. A request takes the newest connection in the list, else
+//! opens one. Ones idle for longer than the idle timeout are dropped when met, and by
+//! [`UpstreamClient::close_idle`], which the server runs every quarter of the idle timeout so
+//! that a burst's connections do not outlive the traffic; it also closes the ones the upstream
+//! has closed, and the oldest idle ones past `max_idle` per upstream
+//! (`server.upstream_max_idle`). One idle for [`LOOK_AFTER`] or longer is looked at (one
+//! `recv` that must find nothing) before it is used. A request with no body and an idempotent
+//! method that gets nothing back on a reused connection (the upstream closed it as the request
+//! went) is sent on another.
 //!
 //! **HTTP/2.** An `https` upstream that picks `h2` by ALPN (`server.upstream_http2`, on by
 //! default) gets one connection per worker that carries up to [`MAX_STREAMS`] requests at
@@ -22,15 +25,21 @@
 //! an upstream is being made wait for it instead of each opening their own, unless the
 //! upstream turns out to speak only HTTP/1.1, which the pool then remembers.
 
+mod h1;
 mod open;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
@@ -52,7 +61,49 @@ pub enum UpstreamError {
     Connect(#[source] BoxError),
     /// The connection failed or the answer was not HTTP.
     #[error("the upstream connection failed")]
-    Protocol(#[source] hyper::Error),
+    Protocol(#[source] BoxError),
+}
+
+/// An idle HTTP/1.1 connection unused for this long is looked at before a request is sent on
+/// it: long enough that under load (connections reused within microseconds) no request pays
+/// the extra `recv`, short enough that an upstream's close is seen before the request goes.
+pub const LOOK_AFTER: Duration = Duration::from_millis(10);
+
+/// An upstream's answer body: read on the request's task (HTTP/1.1), or from hyper's HTTP/2
+/// connection.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Http1(h1::Reading),
+    Http2(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(b) => b.is_end_stream(),
+            UpstreamBody::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(b) => b.size_hint(),
+            UpstreamBody::Http2(b) => b.size_hint(),
+        }
+    }
 }
 
 impl UpstreamError {
@@ -69,8 +120,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Idle HTTP/1.1 connections kept per upstream (the sweep closes the oldest past it).
     pub max_idle: usize,
-    /// The most an HTTP/1.1 connection's read buffer grows to.
-    pub max_buf: usize,
+    /// The longest answer head accepted (and the longest trailer section).
+    pub max_head: usize,
     /// Offer `h2` to `https` upstreams.
     pub http2: bool,
 }
@@ -80,7 +131,53 @@ pub struct UpstreamClient {
     opener: Opener,
     idle_timeout: Duration,
     max_idle: usize,
+    max_head: usize,
+    lists: Arc<Lists>,
+}
+
+/// The connections, shared with the answers whose bodies give theirs back.
+#[derive(Default)]
+struct Lists {
     hosts: Mutex<Vec<HostPool>>,
+    /// HTTP/1.1 connections out with an answer's body.
+    busy: AtomicUsize,
+}
+
+/// Where an HTTP/1.1 connection goes back to once its answer has been read; counted busy until
+/// then.
+pub struct Home {
+    lists: Arc<Lists>,
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl Home {
+    fn new(lists: &Arc<Lists>, scheme: Scheme, authority: Authority) -> Self {
+        lists.busy.fetch_add(1, Ordering::Relaxed);
+        Home {
+            lists: Arc::clone(lists),
+            scheme,
+            authority,
+        }
+    }
+
+    /// Back into the list, ready for the next request.
+    fn give_back(self, conn: h1::Conn) {
+        let pooled = Pooled {
+            conn,
+            used: Instant::now(),
+        };
+        let mut hosts = lock(&self.lists.hosts);
+        host_mut(&mut hosts, &self.scheme, &self.authority)
+            .conns
+            .push(pooled);
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        self.lists.busy.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -110,8 +207,8 @@ struct HostPool {
 }
 
 struct Pooled {
-    sender: http1::SendRequest<ProxyBody>,
-    /// When it was last handed a request.
+    conn: h1::Conn,
+    /// When its last answer was read to the end.
     used: Instant,
 }
 
@@ -122,7 +219,7 @@ struct Shared {
 
 /// What the pool offers a request.
 enum Found {
-    Http1(http1::SendRequest<ProxyBody>),
+    Http1(h1::Conn),
     Http2(http2::SendRequest<ProxyBody>, Stream),
     /// Nothing free: wait for (or make) the connection being opened.
     Wait(Pending),
@@ -138,10 +235,11 @@ impl UpstreamClient {
     /// A pool over `connector`.
     pub fn new(connector: Connector, settings: PoolSettings) -> Self {
         UpstreamClient {
-            opener: Opener::new(connector, settings.max_buf, settings.http2),
+            opener: Opener::new(connector, settings.http2),
             idle_timeout: settings.idle_timeout,
             max_idle: settings.max_idle,
-            hosts: Mutex::new(Vec::new()),
+            max_head: settings.max_head,
+            lists: Arc::default(),
         }
     }
 
@@ -150,7 +248,7 @@ impl UpstreamClient {
     pub async fn request(
         &self,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let uri = req.uri();
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
         else {
@@ -159,24 +257,16 @@ impl UpstreamClient {
             ));
         };
         let may_h2 = self.opener.offers_h2() && scheme == Scheme::HTTPS;
+        let must_look = !h1::may_send_again(&req);
         loop {
-            match self.checkout(&scheme, &authority, may_h2) {
-                Found::Http1(mut sender) => {
-                    let (absolute, sendable) = origin_form(req);
-                    match sender.try_send_request(sendable).await {
-                        Ok(resp) => {
-                            self.checkin(scheme, authority, sender);
-                            return Ok(resp);
-                        }
-                        Err(mut e) => match e.take_message() {
-                            // Closed before it took the request (the upstream ended an idle
-                            // connection): nothing was sent, so another connection may carry it.
-                            Some(mut unsent) => {
-                                *unsent.uri_mut() = absolute;
-                                req = unsent;
-                            }
-                            None => return Err(UpstreamError::Protocol(e.into_error())),
-                        },
+            match self.checkout(&scheme, &authority, may_h2, must_look) {
+                Found::Http1(conn) => {
+                    match self.send_h1(&scheme, &authority, conn, req).await {
+                        Ok(resp) => return Ok(resp),
+                        // Nothing came back on a reused connection (the upstream ended it as
+                        // the request went), and the request may be sent again.
+                        Err(Retry::Unsent(unsent)) => req = *unsent,
+                        Err(Retry::No(e)) => return Err(e),
                     }
                 }
                 Found::Http2(mut sender, stream) => match send_h2(&mut sender, req, stream).await {
@@ -203,7 +293,7 @@ impl UpstreamClient {
         authority: Authority,
         pending: Pending,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let mut mine: Option<Result<Opened, UpstreamError>> = None;
         let shared = pending
             .get_or_init(|| async {
@@ -246,7 +336,7 @@ impl UpstreamClient {
         pending: &Pending,
         opened: &Result<Opened, UpstreamError>,
     ) {
-        let mut hosts = lock(&self.hosts);
+        let mut hosts = lock(&self.lists.hosts);
         let host = host_mut(&mut hosts, scheme, authority);
         if host
             .pending
@@ -273,10 +363,10 @@ impl UpstreamClient {
         scheme: Scheme,
         authority: Authority,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let opened = self.opener.open(base(&scheme, &authority)).await?;
         if let Opened::Http2(conn) = &opened {
-            let mut hosts = lock(&self.hosts);
+            let mut hosts = lock(&self.lists.hosts);
             let host = host_mut(&mut hosts, &scheme, &authority);
             host.speaks_h2 = Some(true);
             host.h2.push(Shared {
@@ -294,17 +384,15 @@ impl UpstreamClient {
         authority: Authority,
         opened: Opened,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match opened {
-            Opened::Http1(mut sender) => {
-                let (_, req) = origin_form(req);
-                let resp = sender
-                    .send_request(req)
-                    .await
-                    .map_err(UpstreamError::Protocol)?;
-                self.checkin(scheme, authority, sender);
-                Ok(resp)
-            }
+            Opened::Http1(conn) => match self.send_h1(&scheme, &authority, conn, req).await {
+                Ok(resp) => Ok(resp),
+                Err(Retry::Unsent(_)) => Err(UpstreamError::Connect(
+                    "the new connection closed at once".into(),
+                )),
+                Err(Retry::No(e)) => Err(e),
+            },
             Opened::Http2(conn) => {
                 let stream = conn.reserve_anyway();
                 let mut sender = conn.sender;
@@ -322,9 +410,15 @@ impl UpstreamClient {
     /// A free connection to this upstream: an HTTP/2 one with room, else the newest HTTP/1.1
     /// one ready for a request (closed and expired ones met on the way are dropped, which
     /// closes them); else what to do instead.
-    fn checkout(&self, scheme: &Scheme, authority: &Authority, may_h2: bool) -> Found {
+    fn checkout(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        may_h2: bool,
+        must_look: bool,
+    ) -> Found {
         let now = Instant::now();
-        let mut hosts = lock(&self.hosts);
+        let mut hosts = lock(&self.lists.hosts);
         let Some(host) = hosts.iter_mut().find(|h| h.is(scheme, authority)) else {
             if !may_h2 {
                 return Found::Open;
@@ -341,17 +435,12 @@ impl UpstreamClient {
                 }
             }
         }
-        let mut i = host.conns.len();
-        while i > 0 {
-            i -= 1;
-            let c = &host.conns[i];
-            if c.sender.is_closed() {
-                host.conns.swap_remove(i);
-            } else if c.sender.is_ready() {
-                let c = host.conns.swap_remove(i);
-                if now.saturating_duration_since(c.used) < self.idle_timeout {
-                    return Found::Http1(c.sender);
-                }
+        // Newest first; the expired and closed ones met on the way are dropped (which closes
+        // them).
+        while let Some(mut c) = host.conns.pop() {
+            let idle = now.saturating_duration_since(c.used);
+            if idle < self.idle_timeout && c.conn.is_open(must_look || idle >= LOOK_AFTER) {
+                return Found::Http1(c.conn);
             }
         }
         if may_h2 && host.speaks_h2 != Some(false) {
@@ -361,68 +450,80 @@ impl UpstreamClient {
         }
     }
 
-    /// Back into the list, busy with the answer's body until hyper says it is ready again.
-    fn checkin(&self, scheme: Scheme, authority: Authority, sender: http1::SendRequest<ProxyBody>) {
-        let pooled = Pooled {
-            sender,
-            used: Instant::now(),
-        };
-        let mut hosts = lock(&self.hosts);
-        host_mut(&mut hosts, &scheme, &authority).conns.push(pooled);
+    /// Sends `req` on an HTTP/1.1 connection (in origin form); the answer's body takes the
+    /// connection, and gives it back when read to its end.
+    async fn send_h1(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        mut conn: h1::Conn,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, Retry> {
+        let (absolute, mut req) = origin_form(req);
+        match conn.send(&mut req, self.max_head).await {
+            Ok(answer) => {
+                let home = Home::new(&self.lists, scheme.clone(), authority.clone());
+                let h1::Answer {
+                    parts,
+                    framing,
+                    upload,
+                } = answer;
+                let body = h1::Reading::new(conn, framing, upload, self.max_head, home);
+                Ok(Response::from_parts(parts, UpstreamBody::Http1(body)))
+            }
+            Err(failed) if failed.retry => {
+                *req.uri_mut() = absolute;
+                Err(Retry::Unsent(Box::new(req)))
+            }
+            Err(failed) => Err(Retry::No(UpstreamError::Protocol(failed.error.into()))),
+        }
     }
 
     /// Closes the connections idle for the idle timeout or longer, and the oldest idle HTTP/1.1
     /// ones past `max_idle` per upstream, and forgets the closed ones; returns how many went.
-    /// A connection still busy with an answer stays. Run every so often, so that connections
+    /// A connection out with an answer is not in the lists. Run every so often, so that connections
     /// a burst opened do not stay open (with their buffers) once the traffic stops;
     /// [`request`](Self::request) also skips expired ones when it meets them.
     pub fn close_idle(&self) -> usize {
         let now = Instant::now();
         let expired = |used: Instant| now.saturating_duration_since(used) >= self.idle_timeout;
-        let mut hosts = lock(&self.hosts);
+        let mut hosts = lock(&self.lists.hosts);
         let mut closed = 0;
         for host in hosts.iter_mut() {
             let before = host.conns.len() + host.h2.len();
             host.conns
-                .retain(|c| !(c.sender.is_closed() || c.sender.is_ready() && expired(c.used)));
+                .retain_mut(|c| !expired(c.used) && c.conn.is_open(true));
             host.h2.retain(|c| {
                 !(c.conn.sender.is_closed() || c.conn.in_flight() == 0 && expired(c.used))
             });
-            // Oldest first among the idle: the newest are the ones checkout hands out.
-            host.conns.sort_by_key(|c| c.used);
-            let mut idle = host.conns.iter().filter(|c| c.sender.is_ready()).count();
-            host.conns.retain(|c| {
-                let trim = idle > self.max_idle && c.sender.is_ready();
-                idle -= usize::from(trim);
-                !trim
-            });
+            // The oldest go past `max_idle` (the list is in the order they came back, and
+            // checkout hands out the newest).
+            let extra = host.conns.len().saturating_sub(self.max_idle);
+            host.conns.drain(..extra);
             closed += before - host.conns.len() - host.h2.len();
         }
         hosts.retain(|h| !h.conns.is_empty() || !h.h2.is_empty() || h.pending.is_some());
         closed
     }
 
-    /// Connections ready for a request, for tests.
+    /// HTTP/1.1 connections ready for a request, for tests.
     #[cfg(test)]
     fn ready(&self) -> usize {
-        lock(&self.hosts)
-            .iter()
-            .flat_map(|h| &h.conns)
-            .filter(|c| c.sender.is_ready())
-            .count()
+        lock(&self.lists.hosts).iter().map(|h| h.conns.len()).sum()
     }
 
-    /// Connections held (busy or idle, either protocol), for tests and `Debug`.
+    /// Connections held (out with an answer or idle, either protocol), for tests and `Debug`.
     pub fn pooled(&self) -> usize {
-        lock(&self.hosts)
+        let listed: usize = lock(&self.lists.hosts)
             .iter()
             .map(|h| h.conns.len() + h.h2.len())
-            .sum()
+            .sum();
+        listed + self.lists.busy.load(Ordering::Relaxed)
     }
 
     /// HTTP/2 connections held, for tests.
     pub fn multiplexed(&self) -> usize {
-        lock(&self.hosts).iter().map(|h| h.h2.len()).sum()
+        lock(&self.lists.hosts).iter().map(|h| h.h2.len()).sum()
     }
 }
 
@@ -489,9 +590,10 @@ fn origin_form(mut req: Request<ProxyBody>) -> (Uri, Request<ProxyBody>) {
     (absolute, req)
 }
 
-/// Why an HTTP/2 request got no answer.
+/// Why a request got no answer.
 enum Retry {
-    /// The connection closed before it took the request: another may carry it.
+    /// Nothing was taken (HTTP/2: the connection closed before it took the request; HTTP/1.1:
+    /// see [`h1::Failed::retry`]): another connection may carry it.
     Unsent(Box<Request<ProxyBody>>),
     No(UpstreamError),
 }
@@ -503,7 +605,7 @@ async fn send_h2(
     sender: &mut http2::SendRequest<ProxyBody>,
     mut req: Request<ProxyBody>,
     stream: Stream,
-) -> Result<Response<Incoming>, Retry> {
+) -> Result<Response<UpstreamBody>, Retry> {
     let host = req.headers_mut().remove(http::header::HOST);
     *req.version_mut() = Version::HTTP_2;
     let sent = sender.try_send_request(req).await;
@@ -511,7 +613,7 @@ async fn send_h2(
     match sent {
         Ok(mut resp) => {
             *resp.version_mut() = Version::HTTP_11;
-            Ok(resp)
+            Ok(resp.map(UpstreamBody::Http2))
         }
         Err(mut e) => match e.take_message() {
             Some(mut unsent) => {
@@ -521,7 +623,7 @@ async fn send_h2(
                 }
                 Err(Retry::Unsent(Box::new(unsent)))
             }
-            None => Err(Retry::No(UpstreamError::Protocol(e.into_error()))),
+            None => Err(Retry::No(UpstreamError::Protocol(e.into_error().into()))),
         },
     }
 }

@@ -1,17 +1,17 @@
 //! Opening one upstream connection: TCP (direct or through the egress proxy's tunnel), TLS for
-//! `https` with ALPN offering `h2` and `http/1.1` when HTTP/2 is on, then hyper's handshake for
-//! the protocol the upstream picked.
+//! `https` with ALPN offering `h2` and `http/1.1` when HTTP/2 is on, then hyper's handshake when
+//! the upstream picked `h2` (HTTP/1.1 needs none: `h1.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::Uri;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::ServiceExt;
 
-use super::{Connector, UpstreamError};
+use super::{h1, Connector, UpstreamError};
 use crate::proxy::ProxyBody;
 
 /// The most requests patless sends on one HTTP/2 connection at a time (counted until each
@@ -23,14 +23,13 @@ pub const MAX_STREAMS: usize = 100;
 #[derive(Clone)]
 pub struct Opener {
     connector: Connector,
-    h1: http1::Builder,
     /// `None` when HTTP/2 is off (`server.upstream_http2 = false`).
     h2: Option<http2::Builder<TokioExecutor>>,
 }
 
 /// A new connection, in the protocol the upstream chose.
 pub enum Opened {
-    Http1(http1::SendRequest<ProxyBody>),
+    Http1(h1::Conn),
     Http2(Multiplexed),
 }
 
@@ -80,11 +79,8 @@ impl Multiplexed {
 }
 
 impl Opener {
-    /// `max_buf` bounds an HTTP/1.1 connection's read buffer; `http2` offers `h2` to `https`
-    /// upstreams.
-    pub fn new(connector: Connector, max_buf: usize, http2: bool) -> Self {
-        let mut h1 = http1::Builder::new();
-        h1.max_buf_size(max_buf);
+    /// `http2` offers `h2` to `https` upstreams.
+    pub fn new(connector: Connector, http2: bool) -> Self {
         let h2 = http2.then(|| {
             let mut b = http2::Builder::new(TokioExecutor::new());
             // A dead connection is noticed while idle, not by the next request.
@@ -93,7 +89,7 @@ impl Opener {
                 .keep_alive_while_idle(false);
             b
         });
-        Opener { connector, h1, h2 }
+        Opener { connector, h2 }
     }
 
     /// Whether `h2` is offered at all.
@@ -111,7 +107,10 @@ impl Opener {
             .map_err(UpstreamError::Connect)?;
         match &self.h2 {
             Some(h2) if io.connected().is_negotiated_h2() => {
-                let (sender, conn) = h2.handshake(io).await.map_err(UpstreamError::Protocol)?;
+                let (sender, conn) = h2
+                    .handshake(io)
+                    .await
+                    .map_err(|e| UpstreamError::Protocol(e.into()))?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!("upstream HTTP/2 connection ended: {e}");
@@ -122,19 +121,7 @@ impl Opener {
                     streams: Arc::new(AtomicUsize::new(0)),
                 }))
             }
-            _ => {
-                let (sender, conn) = self
-                    .h1
-                    .handshake(io)
-                    .await
-                    .map_err(UpstreamError::Protocol)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("upstream connection ended: {e}");
-                    }
-                });
-                Ok(Opened::Http1(sender))
-            }
+            _ => Ok(Opened::Http1(h1::Conn::new(TokioIo::new(io)))),
         }
     }
 }

@@ -72,7 +72,7 @@ fn client_keeping(idle: Duration, max_idle: usize) -> UpstreamClient {
         PoolSettings {
             idle_timeout: idle,
             max_idle,
-            max_buf: crate::proxy::UPSTREAM_READ_BUF_MAX,
+            max_head: crate::proxy::UPSTREAM_MAX_HEAD,
             http2: true,
         },
     )
@@ -85,7 +85,7 @@ fn get(url: &str, path: &str) -> Request<ProxyBody> {
         .expect("request")
 }
 
-async fn body(resp: Response<Incoming>) -> String {
+async fn body(resp: Response<UpstreamBody>) -> String {
     assert_eq!(resp.status(), 200);
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     String::from_utf8(bytes.to_vec()).expect("utf-8")
@@ -155,19 +155,52 @@ async fn an_answer_not_read_to_its_end_does_not_poison_the_next_request() {
     assert!(up.opened.load(Ordering::SeqCst) <= 2);
 }
 
+/// An upstream that ends each connection after its answer, without saying so: the next request
+/// goes on a new connection without an error, whether it comes at once (sent on the closed one,
+/// nothing comes back, and a `GET` is sent again) or after the idle look finds it closed.
 #[tokio::test]
 async fn a_connection_the_upstream_closed_is_replaced_without_an_error() {
-    let (up, url) = upstream(Duration::ZERO, true).await;
-    let c = client(Duration::from_secs(60));
-    for i in 0..3 {
-        let resp = c.request(get(&url, "/x")).await.expect("answer");
-        assert_eq!(body(resp).await, "ok");
-        until("the upstream's close is seen", || {
-            up.closed.load(Ordering::SeqCst) > i
+    for pause in [Duration::ZERO, LOOK_AFTER * 3] {
+        let (up, url) = upstream(Duration::ZERO, true).await;
+        let c = client(Duration::from_secs(60));
+        for i in 0..3 {
+            let resp = c.request(get(&url, "/x")).await.expect("answer");
+            assert_eq!(body(resp).await, "ok", "request {i} after {pause:?}");
+            tokio::time::sleep(pause).await;
+        }
+        assert_eq!(up.opened.load(Ordering::SeqCst), 3, "after {pause:?}");
+        until("the closed ones are closed on this side too", || {
+            up.closed.load(Ordering::SeqCst) >= 2
         })
         .await;
     }
-    assert_eq!(up.opened.load(Ordering::SeqCst), 3);
+}
+
+/// A request that could not be sent again (a body, or a method that is not idempotent) is not
+/// sent on a connection without a look at it first, however recently it was used: a `POST`
+/// right after the upstream ended the connection goes on a new one.
+#[tokio::test]
+async fn a_post_looks_at_its_connection_before_it_is_sent() {
+    let (up, url) = upstream(Duration::ZERO, true).await;
+    let c = client(Duration::from_secs(60));
+    assert_eq!(
+        body(c.request(get(&url, "/first")).await.expect("answer")).await,
+        "ok"
+    );
+    // Less than LOOK_AFTER: a GET now would be sent on the closed connection (and again).
+    tokio::time::sleep(LOOK_AFTER / 2).await;
+    let post = Request::post(format!("{url}/upload"))
+        .header(http::header::HOST, "upstream")
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"data"))
+                .map_err(BoxError::from)
+                .boxed_unsync(),
+        )
+        .expect("request");
+    assert_eq!(body(c.request(post).await.expect("answer")).await, "ok");
+    assert_eq!(up.opened.load(Ordering::SeqCst), 2);
+    let lines = lock(&up.lines).clone();
+    assert_eq!(lines, ["GET /first HTTP/1.1", "POST /upload HTTP/1.1"]);
 }
 
 /// Idle time on the tokio clock: paused only between requests (a paused clock would also

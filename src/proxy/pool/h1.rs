@@ -1,0 +1,893 @@
+//! HTTP/1.1 toward an upstream, on the request's own task: the request is written and its
+//! answer read by the task that serves the client, with no connection task between them.
+//!
+//! Why not hyper's HTTP/1.1 client: there each connection runs in a task of its own and reads
+//! ahead into a buffer that grows to fit what arrives, so memory follows the bytes in flight
+//! (256 connections of 64 KiB answers held ~77 MiB), and every chunk of an answer is a hand-off
+//! between two tasks. Here a connection reads only when the client's side asks for the next
+//! chunk, in reads of at most [`READ_CHUNK`] bytes; a connection is one buffer, whatever the
+//! answers' sizes (bench/README.md, "Peak RSS").
+//!
+//! The wire follows RFC 9112: the request's framing from its `Content-Length` or its body's
+//! exact size, else chunked; the answer's from `Transfer-Encoding`, `Content-Length`, the
+//! method and the status (§6.3), or read to the connection's end. A connection is reused only
+//! when its answer was read to the end, nothing more arrived, and neither side said `close`.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::Home;
+use crate::proxy::{BoxError, ProxyBody};
+
+/// A connection's stream: TCP, or TLS over it.
+pub type Io = TokioIo<hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// The most read at once for an answer's first 64 KiB (and so about what one connection holds
+/// while its answer is read, however many answers are in flight). A 64 KiB cap held 256
+/// connections of 64 KiB answers at ~37 MiB, 32 KiB at ~32, 16 KiB at ~27 (bench/README.md).
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// The most read at once past an answer's first 64 KiB: a long download in 16 KiB reads ran at
+/// about two thirds of the speed (each read is a system call and a hand-off through the stack).
+pub const READ_STREAM: usize = 256 * 1024;
+
+/// How much one read of a body may take, once `so_far` bytes of it have come: [`READ_CHUNK`]
+/// for the first 64 KiB, so that many answers at once hold little each; [`READ_STREAM`] for a
+/// long one.
+fn read_size(so_far: u64) -> usize {
+    if so_far < 64 * 1024 {
+        READ_CHUNK
+    } else {
+        READ_STREAM
+    }
+}
+
+/// The first read of an answer's head (with what follows it of the body); a longer head grows
+/// the buffer up to the pool's bound.
+const HEAD_CHUNK: usize = READ_CHUNK;
+
+/// Header lines accepted in an answer (hyper's limit, which this replaces).
+const MAX_HEADERS: usize = 100;
+
+/// A chunk-size line longer than this is not HTTP.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// Body bytes at most copied into the buffer that carries the request's head, rather than
+/// written on their own.
+const COALESCE: usize = 16 * 1024;
+
+/// What went wrong on the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the upstream closed the connection before its answer was complete")]
+    Closed,
+    #[error("the upstream's answer is not HTTP/1.1: {0}")]
+    Parse(&'static str),
+    #[error("the upstream's answer head is larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("the request body failed: {0}")]
+    RequestBody(BoxError),
+    #[error("the request body does not match its content-length")]
+    RequestLength,
+}
+
+/// How a failed exchange ended.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: WireError,
+    /// Nothing came back on a connection used before, for a request that may be sent again: the
+    /// upstream most likely closed it while idle, and another connection may carry the request.
+    pub retry: bool,
+}
+
+/// One upstream connection, idle or carrying one exchange.
+pub struct Conn {
+    /// Boxed: a TLS stream is over 1 KiB, and a connection moves in and out of its pool.
+    io: Box<Io>,
+    buf: BytesMut,
+    /// Answers read to their end on it.
+    served: u32,
+    /// Neither side has said `close`, and the last answer was read to its end.
+    reusable: bool,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("served", &self.served)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an answer's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes (0: no body).
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// An answer's head.
+pub struct Answer {
+    pub parts: http::response::Parts,
+    pub framing: Framing,
+    /// The rest of the request, when the answer began before all of it was written.
+    pub upload: Option<Box<Upload>>,
+}
+
+/// How the request's body is framed on the wire.
+#[derive(Clone, Copy)]
+enum Encoding {
+    Length(u64),
+    Chunked,
+}
+
+impl Conn {
+    /// A connection just made.
+    pub fn new(io: Io) -> Self {
+        Conn {
+            io: Box::new(io),
+            buf: BytesMut::new(),
+            served: 0,
+            reusable: true,
+        }
+    }
+
+    /// Whether an idle connection can carry a request: nothing unread and, when `look`, a look at
+    /// the socket (without waiting: one `recv` that finds nothing) finds it neither closed by the
+    /// upstream nor holding bytes no request asked for.
+    pub fn is_open(&mut self, look: bool) -> bool {
+        if !self.reusable || !self.buf.is_empty() {
+            return false;
+        }
+        if !look {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(
+            Pin::new(&mut *self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    /// Writes `req` (its URI in origin form) and reads its answer's head. The body is read by
+    /// [`Reading`] afterwards.
+    pub async fn send(
+        &mut self,
+        req: &mut Request<ProxyBody>,
+        max_head: usize,
+    ) -> Result<Answer, Failed> {
+        let reused = self.served > 0;
+        let replayable = may_send_again(req);
+        let retry = |error: WireError, received: bool| Failed {
+            retry: reused && replayable && !received && is_hangup(&error),
+            error,
+        };
+        let mut out = BytesMut::with_capacity(512);
+        let encoding = encode_head(req, &mut out).map_err(|e| retry(e, true))?;
+        let mut upload = Upload::new(out, std::mem::take(req.body_mut()), encoding);
+        let head_only = req.method() == Method::HEAD;
+        let sent = std::future::poll_fn(|cx| self.poll_start(cx, &mut upload, head_only, max_head))
+            .await
+            .map_err(|(e, received)| retry(e, received))?;
+        match sent {
+            Sent::Early(mut answer) => {
+                answer.upload = Some(Box::new(upload));
+                return Ok(*answer);
+            }
+            Sent::Cut => self.reusable = false,
+            Sent::All => {}
+        }
+        self.read_head(head_only, max_head)
+            .await
+            .map_err(|(e, received)| retry(e, received))
+    }
+
+    /// Writes the request until it is all written, or its answer's head has come, or the
+    /// upstream hangs up.
+    fn poll_start(
+        &mut self,
+        cx: &mut Context<'_>,
+        upload: &mut Upload,
+        head_only: bool,
+        max_head: usize,
+    ) -> Poll<Result<Sent, (WireError, bool)>> {
+        loop {
+            match upload.poll_send(&mut self.io, cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(Sent::All)),
+                Poll::Ready(Err(WireError::RequestBody(e))) => {
+                    return Poll::Ready(Err((WireError::RequestBody(e), true)))
+                }
+                Poll::Ready(Err(WireError::RequestLength)) => {
+                    return Poll::Ready(Err((WireError::RequestLength, true)))
+                }
+                // The upstream may have answered before it hung up: read what it sent.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(Sent::Cut)),
+                Poll::Pending => {}
+            }
+            // The request waits: has the answer begun?
+            if self.buf.len() >= max_head {
+                return Poll::Ready(Err((WireError::HeadTooLarge(max_head), true)));
+            }
+            let want = (max_head - self.buf.len()).min(HEAD_CHUNK) as u64;
+            match ready!(self.poll_fill(cx, want)) {
+                Ok(0) => return Poll::Ready(Ok(Sent::Cut)),
+                Ok(_) => {
+                    if let Some(answer) = self.parse_head(head_only).map_err(|e| (e, true))? {
+                        return Poll::Ready(Ok(Sent::Early(Box::new(answer))));
+                    }
+                }
+                Err(e) => return Poll::Ready(Err((e.into(), !self.buf.is_empty()))),
+            }
+        }
+    }
+
+    /// Reads up to the end of the answer's head (skipping interim `1xx` answers).
+    async fn read_head(
+        &mut self,
+        head_only: bool,
+        max_head: usize,
+    ) -> Result<Answer, (WireError, bool)> {
+        let mut received = !self.buf.is_empty();
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(answer) = self.parse_head(head_only).map_err(|e| (e, true))? {
+                    return Ok(answer);
+                }
+            }
+            if self.buf.len() >= max_head {
+                return Err((WireError::HeadTooLarge(max_head), true));
+            }
+            let room = (self.buf.len().max(HEAD_CHUNK)).min(max_head - self.buf.len());
+            self.buf.reserve(room);
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) => return Err((WireError::Closed, received)),
+                Ok(_) => received = true,
+                Err(e) => return Err((WireError::Io(e), received)),
+            }
+        }
+    }
+
+    /// The answer's head, if the buffer holds all of it (after any interim answers, which are
+    /// dropped).
+    fn parse_head(&mut self, head_only: bool) -> Result<Option<Answer>, WireError> {
+        loop {
+            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut lines);
+            let len = match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(WireError::Parse(parse_error(e))),
+            };
+            let code = parsed.code.unwrap_or_default();
+            if (100..200).contains(&code) {
+                if code == 101 {
+                    return Err(WireError::Parse(
+                        "101 Switching Protocols was not asked for",
+                    ));
+                }
+                self.buf.advance(len);
+                continue;
+            }
+            let status = StatusCode::from_u16(code).map_err(|_| WireError::Parse("status"))?;
+            let version = if parsed.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            // Where each name and value lies in the head, so that the values can share the
+            // head's bytes instead of each being copied.
+            let base = self.buf.as_ptr() as usize;
+            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+            let count = parsed.headers.len();
+            for (span, line) in spans.iter_mut().zip(parsed.headers.iter()) {
+                let name = line.name.as_ptr() as usize - base;
+                let value = line.value.as_ptr() as usize - base;
+                *span = (name, line.name.len(), value, line.value.len());
+            }
+            let head = self.buf.split_to(len).freeze();
+            let mut headers = HeaderMap::with_capacity(count);
+            for &(name, name_len, value, value_len) in &spans[..count] {
+                let name = HeaderName::from_bytes(&head[name..name + name_len])
+                    .map_err(|_| WireError::Parse("a header name"))?;
+                let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+                    .map_err(|_| WireError::Parse("a header value"))?;
+                headers.append(name, value);
+            }
+            let keep_alive = keep_alive(version, &headers);
+            let framing = framing(head_only, status, &mut headers)?;
+            self.reusable &= keep_alive && framing != Framing::Close;
+            let (mut parts, ()) = http::Response::new(()).into_parts();
+            parts.status = status;
+            parts.version = Version::HTTP_11;
+            parts.headers = headers;
+            return Ok(Some(Answer {
+                parts,
+                framing,
+                upload: None,
+            }));
+        }
+    }
+
+    /// Reads more of the answer: at most `want` bytes' room (and [`READ_CHUNK`]).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
+        self.poll_fill_up_to(cx, want, READ_CHUNK)
+    }
+
+    fn poll_fill_up_to(
+        &mut self,
+        cx: &mut Context<'_>,
+        want: u64,
+        most: usize,
+    ) -> Poll<io::Result<usize>> {
+        let room = usize::try_from(want).unwrap_or(most).clamp(1, most);
+        self.buf.reserve(room);
+        let read = self.io.read_buf(&mut self.buf);
+        std::pin::pin!(read).poll(cx)
+    }
+}
+
+/// Whether `req` may be sent again when nothing came back: no body, and a method that asks for
+/// nothing more if it arrives twice (RFC 9110 §9.2.2).
+pub fn may_send_again(req: &Request<ProxyBody>) -> bool {
+    req.body().is_end_stream() && req.method().is_idempotent()
+}
+
+/// Whether the error is the upstream hanging up (rather than, say, a malformed answer).
+fn is_hangup(e: &WireError) -> bool {
+    match e {
+        WireError::Closed => true,
+        WireError::Io(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::TooManyHeaders => "more than 100 header lines",
+        httparse::Error::Status => "the status line",
+        httparse::Error::Version => "the version",
+        httparse::Error::HeaderName => "a header name",
+        httparse::Error::HeaderValue => "a header value",
+        _ => "the head",
+    }
+}
+
+/// Whether the connection may carry another request after this answer (RFC 9112 §9.3).
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut keep = version == Version::HTTP_11;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                keep = true;
+            }
+        }
+    }
+    keep
+}
+
+/// How the answer's body is delimited (RFC 9112 §6.3); a `Content-Length` beside a
+/// `Transfer-Encoding` goes, as the coding decides.
+fn framing(
+    head_only: bool,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+) -> Result<Framing, WireError> {
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(<[u8]>::trim_ascii);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n =
+                parse_length(part.trim_ascii()).ok_or(WireError::Parse("the content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(WireError::Parse("two content-lengths"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// The request line and headers, with the framing its body needs.
+fn encode_head(req: &Request<ProxyBody>, out: &mut BytesMut) -> Result<Encoding, WireError> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.put_slice(req.method().as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    let headers = req.headers();
+    for (name, value) in headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = req.uri().authority() {
+            out.put_slice(b"host: ");
+            out.put_slice(authority.as_str().as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
+    let encoding = if headers.contains_key(header::TRANSFER_ENCODING) {
+        Encoding::Chunked
+    } else if let Some(value) = headers.get(header::CONTENT_LENGTH) {
+        Encoding::Length(parse_length(value.as_bytes()).ok_or(WireError::RequestLength)?)
+    } else {
+        match req.body().size_hint().exact() {
+            Some(0) if !expects_body(req.method()) => Encoding::Length(0),
+            Some(n) => {
+                out.put_slice(b"content-length: ");
+                out.put_slice(n.to_string().as_bytes());
+                out.put_slice(b"\r\n");
+                Encoding::Length(n)
+            }
+            None => {
+                out.put_slice(b"transfer-encoding: chunked\r\n");
+                Encoding::Chunked
+            }
+        }
+    };
+    out.put_slice(b"\r\n");
+    Ok(encoding)
+}
+
+/// Methods whose empty body is still said (`content-length: 0`), as hyper's client did.
+fn expects_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// The request on its way out: its head, then its body frame by frame. It may outlive the
+/// exchange's start: an upstream can answer before it has read the whole body (git's backend
+/// sends its head first; a refusal comes at once), and then the rest goes out while the answer
+/// is read ([`Reading`]).
+pub struct Upload {
+    out: BytesMut,
+    /// A body frame large enough to write as it is rather than copy behind `out`.
+    large: Bytes,
+    body: ProxyBody,
+    encoding: Encoding,
+    sent: u64,
+    body_done: bool,
+}
+
+impl Upload {
+    fn new(out: BytesMut, body: ProxyBody, encoding: Encoding) -> Self {
+        let body_done = body.is_end_stream();
+        let mut up = Upload {
+            out,
+            large: Bytes::new(),
+            body,
+            encoding,
+            sent: 0,
+            body_done: false,
+        };
+        if body_done {
+            up.end_body();
+        }
+        up
+    }
+
+    fn end_body(&mut self) {
+        self.body_done = true;
+        if matches!(self.encoding, Encoding::Chunked) {
+            self.out.put_slice(b"0\r\n\r\n");
+        }
+    }
+
+    /// The body has ended: it must have been as long as it said.
+    fn finish_body(&mut self) -> Result<(), WireError> {
+        if let Encoding::Length(n) = self.encoding {
+            if self.sent != n {
+                return Err(WireError::RequestLength);
+            }
+        }
+        self.end_body();
+        Ok(())
+    }
+
+    /// Takes a data frame, framed for the wire.
+    fn take(&mut self, data: Bytes) -> Result<(), WireError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.sent += data.len() as u64;
+        match self.encoding {
+            Encoding::Length(n) => {
+                if self.sent > n {
+                    return Err(WireError::RequestLength);
+                }
+                if data.len() > COALESCE {
+                    self.large = data;
+                } else {
+                    self.out.put_slice(&data);
+                }
+            }
+            Encoding::Chunked => {
+                self.out
+                    .put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                self.out.put_slice(&data);
+                self.out.put_slice(b"\r\n");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what it can; ready when all of the request is written and flushed. Pending when
+    /// the socket is full or the client's next bytes are not here (what is written is flushed
+    /// first).
+    fn poll_send(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), WireError>> {
+        loop {
+            let pending: &mut dyn Buf = if !self.out.is_empty() {
+                &mut self.out
+            } else if !self.large.is_empty() {
+                &mut self.large
+            } else if self.body_done {
+                return Pin::new(io).poll_flush(cx).map_err(Into::into);
+            } else {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.take(data)?;
+                        }
+                        if self.body.is_end_stream() {
+                            self.finish_body()?;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(WireError::RequestBody(e)))
+                    }
+                    Poll::Ready(None) => {
+                        self.finish_body()?;
+                        continue;
+                    }
+                    Poll::Pending => {
+                        ready!(Pin::new(io).poll_flush(cx))?;
+                        return Poll::Pending;
+                    }
+                }
+            };
+            match ready!(Pin::new(&mut *io).poll_write(cx, pending.chunk())) {
+                Ok(0) => return Poll::Ready(Err(WireError::Closed)),
+                Ok(n) => pending.advance(n),
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+}
+
+/// How the request's start went.
+enum Sent {
+    /// All of it is written.
+    All,
+    /// Not all of it could be written (the upstream hung up, or stopped reading and answered):
+    /// what came back is read, and the connection ends with it.
+    Cut,
+    /// The answer's head came while the request's body was still going.
+    Early(Box<Answer>),
+}
+
+/// Where in a chunked body the reader is.
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+}
+
+/// How much of the answer's body is left.
+#[derive(Debug, Clone, Copy)]
+enum Left {
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+}
+
+/// Reads one answer's body from its connection, and gives the connection back to its pool
+/// ([`Home`]) when the body has been read to its end (dropped unread, the connection closes).
+pub struct Reading {
+    conn: Option<Conn>,
+    left: Left,
+    /// The rest of the request, still going out.
+    upload: Option<Box<Upload>>,
+    /// Body bytes handed on so far.
+    read: u64,
+    home: Option<Home>,
+    max_trailers: usize,
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reading")
+            .field("left", &self.left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reading {
+    /// The body after `framing`'s head on `conn`; `max_trailers` bounds a chunked body's
+    /// trailer section.
+    pub fn new(
+        conn: Conn,
+        framing: Framing,
+        upload: Option<Box<Upload>>,
+        max_trailers: usize,
+        home: Home,
+    ) -> Self {
+        let left = match framing {
+            Framing::Length(n) => Left::Length(n),
+            Framing::Chunked => Left::Chunked(Chunk::Size),
+            Framing::Close => Left::Close,
+        };
+        let mut reading = Reading {
+            conn: Some(conn),
+            left,
+            upload,
+            read: 0,
+            home: Some(home),
+            max_trailers,
+        };
+        if matches!(left, Left::Length(0)) {
+            reading.finish();
+        }
+        reading
+    }
+
+    /// The body is read to its end: the connection goes back (if it can carry another: the
+    /// request, too, went out whole).
+    fn finish(&mut self) {
+        let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else {
+            return;
+        };
+        if conn.reusable && conn.buf.is_empty() && self.upload.take().is_none() {
+            conn.served += 1;
+            home.give_back(conn);
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, WireError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(upload) = self.upload.as_mut() {
+                match upload.poll_send(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => self.upload = None,
+                    // The answer goes on; the connection ends with it.
+                    Poll::Ready(Err(_)) => {
+                        self.upload = None;
+                        conn.reusable = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match &mut self.left {
+                Left::Length(0) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Left::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        *left -= n as u64;
+                        let data = conn.buf.split_to(n).freeze();
+                        if *left == 0 {
+                            self.finish();
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    let want = *left;
+                    if ready!(conn.poll_fill_up_to(cx, want, read_size(self.read)))? == 0 {
+                        return Poll::Ready(Some(Err(WireError::Closed)));
+                    }
+                }
+                Left::Close => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    let most = read_size(self.read);
+                    if ready!(conn.poll_fill_up_to(cx, most as u64, most))? == 0 {
+                        self.conn = None;
+                        return Poll::Ready(None);
+                    }
+                }
+                Left::Chunked(chunk) => match step(chunk, &mut conn.buf, self.max_trailers)? {
+                    Step::Data(data) => {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    Step::Done => {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Step::More(want) => {
+                        let most = read_size(self.read);
+                        if ready!(conn.poll_fill_up_to(cx, want, most))? == 0 {
+                            return Poll::Ready(Some(Err(WireError::Closed)));
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// What a chunked body's next step found in the buffer.
+enum Step {
+    Data(Bytes),
+    /// The last chunk and the trailers are read.
+    Done,
+    /// More bytes are needed (about this many).
+    More(u64),
+}
+
+/// Moves through a chunked body as far as the buffer allows (RFC 9112 §7.1).
+fn step(chunk: &mut Chunk, buf: &mut BytesMut, max_trailers: usize) -> Result<Step, WireError> {
+    loop {
+        match *chunk {
+            Chunk::Size => {
+                let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(WireError::Parse("a chunk-size line"));
+                    }
+                    return Ok(Step::More(HEAD_CHUNK as u64));
+                };
+                let line = &buf[..end];
+                let digits = line
+                    .iter()
+                    .position(|&b| b == b';' || b == b' ' || b == b'\t')
+                    .map_or(line, |i| &line[..i]);
+                if digits.is_empty() || digits.len() > 15 {
+                    return Err(WireError::Parse("a chunk size"));
+                }
+                let size = digits.iter().try_fold(0u64, |n, &d| {
+                    let d = (d as char).to_digit(16)?;
+                    Some(n << 4 | u64::from(d))
+                });
+                let size = size.ok_or(WireError::Parse("a chunk size"))?;
+                buf.advance(end + 2);
+                *chunk = if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More(left));
+                }
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let data = buf.split_to(n).freeze();
+                *chunk = if left == n as u64 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n as u64)
+                };
+                return Ok(Step::Data(data));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::More(2));
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(WireError::Parse("a chunk's end"));
+                }
+                buf.advance(2);
+                *chunk = Chunk::Size;
+            }
+            Chunk::Trailers(seen) => {
+                let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
+                    if seen + buf.len() > max_trailers {
+                        return Err(WireError::HeadTooLarge(max_trailers));
+                    }
+                    return Ok(Step::More(HEAD_CHUNK as u64));
+                };
+                buf.advance(end + 2);
+                if end == 0 {
+                    return Ok(Step::Done);
+                }
+                // A trailer field: not forwarded (the client's side has no trailers to carry).
+                *chunk = Chunk::Trailers(seen + end + 2);
+            }
+        }
+    }
+}
+
+impl Body for Reading {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match ready!(this.poll_next(cx)) {
+            Some(Ok(data)) => {
+                this.read += data.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => {
+                // Broken off: the connection cannot carry another answer.
+                this.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            _ if self.ended() => SizeHint::with_exact(0),
+            Left::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
