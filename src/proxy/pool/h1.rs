@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -180,7 +181,7 @@ impl Conn {
             retry: reused && replayable && !received && is_hangup(&error),
             error,
         };
-        let mut out = BytesMut::with_capacity(512);
+        let mut out = BytesMut::with_capacity(head_size(req));
         let encoding = encode_head(req, &mut out).map_err(|e| retry(e, true))?;
         let mut upload = Upload::new(out, std::mem::take(req.body_mut()), encoding);
         let head_only = req.method() == Method::HEAD;
@@ -269,13 +270,17 @@ impl Conn {
     /// dropped).
     fn parse_head(&mut self, head_only: bool) -> Result<Option<Answer>, WireError> {
         loop {
-            let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut lines);
-            let len = match parsed.parse(&self.buf) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(WireError::Parse(parse_error(e))),
-            };
+            // Uninitialised: 100 header slots are 3.2 KiB that a parse need not clear first.
+            let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let config = httparse::ParserConfig::default();
+            let len =
+                match config.parse_response_with_uninit_headers(&mut parsed, &self.buf, &mut lines)
+                {
+                    Ok(httparse::Status::Complete(len)) => len,
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(e) => return Err(WireError::Parse(parse_error(e))),
+                };
             let code = parsed.code.unwrap_or_default();
             if (100..200).contains(&code) {
                 if code == 101 {
@@ -294,17 +299,25 @@ impl Conn {
             };
             // Where each name and value lies in the head, so that the values can share the
             // head's bytes instead of each being copied.
+            // (A head is at most the pool's bound, 256 KiB: offsets fit in u32.)
             let base = self.buf.as_ptr() as usize;
-            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+            let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
             let count = parsed.headers.len();
             for (span, line) in spans.iter_mut().zip(parsed.headers.iter()) {
-                let name = line.name.as_ptr() as usize - base;
-                let value = line.value.as_ptr() as usize - base;
-                *span = (name, line.name.len(), value, line.value.len());
+                let (name, value) = (line.name.as_bytes(), line.value);
+                *span = (
+                    offset(name),
+                    name.len() as u32,
+                    offset(value),
+                    value.len() as u32,
+                );
             }
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
             for &(name, name_len, value, value_len) in &spans[..count] {
+                let (name, value) = (name as usize, value as usize);
+                let (name_len, value_len) = (name_len as usize, value_len as usize);
                 let name = HeaderName::from_bytes(&head[name..name + name_len])
                     .map_err(|_| WireError::Parse("a header name"))?;
                 let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
@@ -481,6 +494,18 @@ fn encode_head(req: &Request<ProxyBody>, out: &mut BytesMut) -> Result<Encoding,
     };
     out.put_slice(b"\r\n");
     Ok(encoding)
+}
+
+/// About how long the request's head is on the wire (its `Authorization` alone is 1–3 KiB), so
+/// that its buffer is allocated once.
+fn head_size(req: &Request<ProxyBody>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let lines: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    target + lines + 96
 }
 
 /// Methods whose empty body is still said (`content-length: 0`), as hyper's client did.
