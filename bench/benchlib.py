@@ -569,7 +569,7 @@ def report(path):
             "*floor* rows: bench/floor.rs, patless's server (worker threads, connection handling) "
             "and upstream pool with nothing between them: it sets the token and forwards, without "
             "patless's stack (inbound policy, path check, routes, token cache, replay, timeouts, "
-            "metrics). What it costs per request, any proxy built on hyper and tokio pays; the "
+            "metrics). What it costs per request, patless's stack cannot go below; the "
             "difference to the patless row is the stack's cost."
         )
         p("")
