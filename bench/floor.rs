@@ -8,7 +8,7 @@
 //! bearer token in `$BENCH_TOKEN`, hop-by-hop headers stripped both ways. It has none of the
 //! stack (`src/proxy/mod.rs`): no inbound policy, path check, routing table, token cache,
 //! replay, timeouts, metrics or JSON errors. Its CPU per request is what the stack is measured
-//! against: the cost of hyper's server, patless's HTTP/1.1 client (src/proxy/pool/h1.rs) and
+//! against: the cost of hyper's server, patless's HTTP/1.1 client (src/proxy/pool/h1/) and
 //! tokio, which the stack cannot go below.
 
 #[cfg(not(target_env = "msvc"))]

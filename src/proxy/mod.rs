@@ -124,7 +124,7 @@ pub use crate::header_names::REQUEST_ID;
 
 /// The longest upstream answer head accepted (one longer is a `502 upstream_unreachable`;
 /// nginx's default refuses heads over 4–8 KiB). Only a head this long grows a connection's
-/// buffer this far: bodies are read in chunks of at most 16 KiB (`pool/h1.rs`).
+/// buffer this far: bodies are read in chunks of at most 16 KiB (`pool/h1/`).
 pub const UPSTREAM_MAX_HEAD: usize = 256 * 1024;
 
 /// Timeouts and connections toward upstreams.

@@ -6,7 +6,7 @@
 //! proxied request under callgrind, 54k → 46k): no hashing of a pool key, no connector clone, no
 //! checkout future and no task spawned per request to hand a connection back.
 //!
-//! **HTTP/1.1** (`h1.rs`, patless's own: the request's task writes the request and reads the
+//! **HTTP/1.1** (`h1/`, patless's own: the request's task writes the request and reads the
 //! answer, with no connection task between). A connection is the request's while its answer's
 //! body is read, and goes back into its list when that body has been read to its end; a body
 //! dropped before its end closes it. A request takes the newest connection in the list, else
@@ -25,20 +25,16 @@
 //! an upstream is being made wait for it instead of each opening their own, unless the
 //! upstream turns out to speak only HTTP/1.1, which the pool then remembers.
 
+mod body;
 mod h1;
 mod open;
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -47,6 +43,7 @@ use super::{BoxError, ProxyBody};
 use crate::egress::EgressConnector;
 use open::{Multiplexed, Opened, Opener, Stream};
 
+pub use body::UpstreamBody;
 pub use open::MAX_STREAMS;
 
 /// How connections are made: TCP (direct or through the egress proxy's tunnel), then TLS for
@@ -68,43 +65,6 @@ pub enum UpstreamError {
 /// it: long enough that under load (connections reused within microseconds) no request pays
 /// the extra `recv`, short enough that an upstream's close is seen before the request goes.
 pub const LOOK_AFTER: Duration = Duration::from_millis(10);
-
-/// An upstream's answer body: read on the request's task (HTTP/1.1), or from hyper's HTTP/2
-/// connection.
-#[derive(Debug)]
-pub enum UpstreamBody {
-    Http1(h1::Reading),
-    Http2(Incoming),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Http1(b) => b.is_end_stream(),
-            UpstreamBody::Http2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Http1(b) => b.size_hint(),
-            UpstreamBody::Http2(b) => b.size_hint(),
-        }
-    }
-}
 
 impl UpstreamError {
     /// A failure to connect (rather than one on an open connection).

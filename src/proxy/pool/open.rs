@@ -1,6 +1,6 @@
 //! Opening one upstream connection: TCP (direct or through the egress proxy's tunnel), TLS for
 //! `https` with ALPN offering `h2` and `http/1.1` when HTTP/2 is on, then hyper's handshake when
-//! the upstream picked `h2` (HTTP/1.1 needs none: `h1.rs`).
+//! the upstream picked `h2` (HTTP/1.1 needs none: `h1/`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -5,6 +5,10 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
+use bytes::Bytes;
+use http_body::Frame;
+
+use super::reading::{step, Chunk, Step};
 use super::*;
 use crate::proxy::pool::Lists;
 
